@@ -1,0 +1,46 @@
+# study-embed — `make help` lists the targets.  Targets stay thin: they call scripts or the CLI.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+CLI   := $(VENV)/bin/study-embed
+STAMP := $(VENV)/.deps-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help deps db-up db-down db-url migrate test listen drain status bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+
+deps: ## install PostgreSQL, pgvector, pg_cron and the Python deps (idempotent)
+	@bash scripts/deps.sh
+
+$(STAMP): pyproject.toml scripts/deps.sh
+	@bash scripts/deps.sh
+
+db-up: $(STAMP) ## start the project-local PostgreSQL (.pgdata/, loopback, pg_cron preloaded)
+	@$(PY) -m study_embed.localdb up
+
+db-down: ## stop the project-local PostgreSQL
+	@if [ -x $(PY) ]; then $(PY) -m study_embed.localdb down; fi
+
+db-url: $(STAMP) ## print the local DATABASE_URL
+	@$(PY) -m study_embed.localdb url
+
+migrate: $(STAMP) ## apply db/ to DATABASE_URL (local cluster when unset)
+	@if [ -z "$$DATABASE_URL" ]; then $(PY) -m study_embed.localdb up; fi
+	@$(CLI) migrate
+
+test: $(STAMP) ## run the test suite (starts its own throwaway PostgreSQL)
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+listen: migrate ## run the listener against DATABASE_URL
+	@$(CLI) listen
+
+drain: migrate ## embed everything waiting, then exit
+	@$(CLI) drain
+
+status: $(STAMP) ## show the embedding queue
+	@$(CLI) status
+
+clean: db-down ## remove the local cluster and the virtual environment
+	rm -rf .pgdata $(VENV)

@@ -1,0 +1,277 @@
+-- 010_state_machine.sql — re-runnable: applied by `make migrate` whenever it changed.
+--
+-- The embedding status of a question, written once.  Every status change of
+-- public.study_questions, whoever makes it, passes through study_embed._guard_update(); the
+-- allowed transitions are the one CASE in study_embed.transition_allowed().
+--
+--   status    meaning                                              claimable when
+--   none      inserted, never embedded                             at once
+--   stale     its text changed (or a re-embed was asked for);      at once
+--             the previous embedding is kept and still served
+--   pending   claimed by a listener; lease until embedding_due_at  the lease expired
+--   ready     embedding computed from the current text             never
+--   failed    the last attempt failed; previous embedding kept     at embedding_due_at (backoff),
+--                                                                  never after max_attempts
+--
+-- Who may change it:
+--   client   (any SQL session)  content edit -> stale; `SET embedding_status = 'stale'`
+--                               (ask for a re-embed); nothing else, and never the embedding
+--                               bookkeeping columns
+--   claim                       none|stale|failed|pending(expired) -> pending,
+--                               pending(expired, attempts used up) -> failed
+--   complete                    pending -> ready
+--   fail                        pending -> failed
+--   release                     pending -> none|stale|failed (transient error: not counted)
+--   requeue                     ready|failed -> stale (model change, explicit retry)
+--
+-- psql variables: :"vector_schema" (the schema pgvector is installed in).
+
+-- The one place that says what text is embedded.  Subject and scope are left out on purpose:
+-- category names are noise for semantic search.
+CREATE OR REPLACE FUNCTION study_embed.render_question(
+    question_text text, choice_1 text, choice_2 text, choice_3 text, choice_4 text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN '문제: ' || question_text || E'\n보기:\n1. ' || choice_1 || E'\n2. ' || choice_2
+       || E'\n3. ' || choice_3 || E'\n4. ' || choice_4;
+COMMENT ON FUNCTION study_embed.render_question(text, text, text, text, text) IS
+    'The exact text embedded for a question: 문제/보기 and the four numbered choices.';
+
+CREATE OR REPLACE FUNCTION study_embed.text_sha256(body text)
+RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN sha256(convert_to(body, 'UTF8'));
+COMMENT ON FUNCTION study_embed.text_sha256(text) IS
+    'sha256 of a rendered text: what embedding_source_sha256 records.';
+
+CREATE OR REPLACE FUNCTION study_embed.transition_allowed(op text, old_status text, new_status text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN CASE op
+    WHEN 'client'   THEN new_status = old_status OR new_status = 'stale'
+    WHEN 'claim'    THEN old_status IN ('none', 'stale', 'failed', 'pending')
+                         AND new_status = 'pending'
+                         OR (old_status = 'pending' AND new_status = 'failed')
+    WHEN 'complete' THEN old_status = 'pending' AND new_status = 'ready'
+    WHEN 'fail'     THEN old_status = 'pending' AND new_status = 'failed'
+    WHEN 'release'  THEN old_status = 'pending' AND new_status IN ('none', 'stale', 'failed')
+    WHEN 'requeue'  THEN old_status IN ('ready', 'failed') AND new_status = 'stale'
+    ELSE false
+END;
+COMMENT ON FUNCTION study_embed.transition_allowed(text, text, text) IS
+    'The embedding state machine: which actor may move a row from one status to another.';
+
+-- Every status must come with the bookkeeping that makes it true.
+CREATE OR REPLACE FUNCTION study_embed._check_consistent(q public.study_questions)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    problem text := CASE q.embedding_status
+        WHEN 'ready' THEN CASE
+            WHEN q.embedding IS NULL THEN 'it has no embedding'
+            WHEN q.embedding_model IS NULL THEN 'it has no embedding_model'
+            WHEN q.embedding_source_sha256 IS DISTINCT FROM study_embed.text_sha256(
+                     study_embed.render_question(q.question_text, q.choice_1, q.choice_2,
+                                                 q.choice_3, q.choice_4))
+                THEN 'its embedding was not computed from its current text'
+            WHEN q.embedding_claim_token IS NOT NULL OR q.embedding_due_at IS NOT NULL
+                THEN 'it is still queued' END
+        WHEN 'pending' THEN CASE
+            WHEN q.embedding_claim_token IS NULL OR q.embedding_due_at IS NULL
+                THEN 'nobody claimed it (pending is set by study_embed.claim only)' END
+        WHEN 'none' THEN CASE
+            WHEN q.embedding_claim_token IS NOT NULL THEN 'it carries a claim token'
+            WHEN q.embedding_due_at IS NULL THEN 'it is not queued' END
+        WHEN 'stale' THEN CASE
+            WHEN q.embedding_claim_token IS NOT NULL THEN 'it carries a claim token'
+            WHEN q.embedding_due_at IS NULL THEN 'it is not queued' END
+        WHEN 'failed' THEN CASE
+            WHEN q.embedding_claim_token IS NOT NULL THEN 'it carries a claim token'
+            WHEN q.embedding_last_error IS NULL THEN 'it has no error recorded' END
+        ELSE format('%L is not an embedding status (none, pending, ready, failed, stale)',
+                    q.embedding_status)
+    END;
+BEGIN
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'study_questions %: embedding_status % is inconsistent: %',
+            q.id, q.embedding_status, problem
+            USING ERRCODE = 'check_violation';
+    END IF;
+END;
+$$;
+
+-- BEFORE INSERT: a new question starts as `none` and is queued for the backfill.  The only
+-- other way in is `ready` with a verifiable embedding (a copied row, a restored dump).
+CREATE OR REPLACE FUNCTION study_embed._guard_insert()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.embedding_claim_token := NULL;
+    IF NEW.embedding_status = 'ready' THEN
+        NEW.embedding_due_at := NULL;
+        NEW.embedding_queued_at := NULL;
+        NEW.embedding_attempts := 0;
+        NEW.embedding_last_error := NULL;
+    ELSIF NEW.embedding_status = 'none' THEN
+        IF NEW.embedding IS NOT NULL THEN
+            RAISE EXCEPTION 'a new question with an embedding must say embedding_status = ''ready'''
+                USING ERRCODE = 'check_violation',
+                      HINT = 'Insert it without the embedding to have it embedded, or copy '
+                             'embedding_source_sha256 and embedding_model with it.';
+        END IF;
+        NEW.embedding_due_at := now();
+        NEW.embedding_queued_at := now();
+        NEW.embedding_attempts := 0;
+        NEW.embedding_last_error := NULL;
+        NEW.embedding_source_sha256 := NULL;
+    ELSE
+        RAISE EXCEPTION 'a new question cannot start as embedding_status %', quote_nullable(NEW.embedding_status)
+            USING ERRCODE = 'check_violation',
+                  HINT = 'Leave embedding_status at its default (none): the row is queued and embedded.';
+    END IF;
+    PERFORM study_embed._check_consistent(NEW);
+    RETURN NEW;
+END;
+$$;
+
+-- BEFORE UPDATE: the state machine.
+CREATE OR REPLACE FUNCTION study_embed._guard_update()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, :"vector_schema", pg_temp
+AS $$
+DECLARE
+    actor text := coalesce(nullif(current_setting('study_embed.actor', true), ''), 'client');
+    text_changed boolean :=
+        study_embed.render_question(OLD.question_text, OLD.choice_1, OLD.choice_2,
+                                    OLD.choice_3, OLD.choice_4)
+        IS DISTINCT FROM
+        study_embed.render_question(NEW.question_text, NEW.choice_1, NEW.choice_2,
+                                    NEW.choice_3, NEW.choice_4);
+    touched text[];
+BEGIN
+    IF actor = 'client' THEN
+        touched := array_remove(ARRAY[
+            CASE WHEN NEW.embedding IS DISTINCT FROM OLD.embedding THEN 'embedding' END,
+            CASE WHEN NEW.embedding_model IS DISTINCT FROM OLD.embedding_model THEN 'embedding_model' END,
+            CASE WHEN NEW.embedding_updated_at IS DISTINCT FROM OLD.embedding_updated_at THEN 'embedding_updated_at' END,
+            CASE WHEN NEW.embedding_source_sha256 IS DISTINCT FROM OLD.embedding_source_sha256 THEN 'embedding_source_sha256' END,
+            CASE WHEN NEW.embedding_claim_token IS DISTINCT FROM OLD.embedding_claim_token THEN 'embedding_claim_token' END,
+            CASE WHEN NEW.embedding_due_at IS DISTINCT FROM OLD.embedding_due_at THEN 'embedding_due_at' END,
+            CASE WHEN NEW.embedding_queued_at IS DISTINCT FROM OLD.embedding_queued_at THEN 'embedding_queued_at' END,
+            CASE WHEN NEW.embedding_attempts IS DISTINCT FROM OLD.embedding_attempts THEN 'embedding_attempts' END,
+            CASE WHEN NEW.embedding_last_error IS DISTINCT FROM OLD.embedding_last_error THEN 'embedding_last_error' END
+        ], NULL);
+        IF cardinality(touched) > 0 THEN
+            RAISE EXCEPTION 'study_questions %: % managed by the embedding pipeline', OLD.id,
+                array_to_string(touched, ', ') || CASE WHEN cardinality(touched) > 1 THEN ' are' ELSE ' is' END
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Edit the question; to ask for a new embedding set embedding_status = ''stale''.';
+        END IF;
+    ELSIF text_changed THEN
+        RAISE EXCEPTION 'study_embed.% must not change question text', actor;
+    END IF;
+
+    IF NOT study_embed.transition_allowed(actor, OLD.embedding_status, NEW.embedding_status) THEN
+        RAISE EXCEPTION 'study_questions %: embedding_status cannot go from % to % (%)', OLD.id,
+            OLD.embedding_status, quote_nullable(NEW.embedding_status),
+            CASE actor WHEN 'client' THEN 'a SQL client may only set ''stale'', to ask for a re-embed'
+                       ELSE 'by study_embed.' || actor END
+            USING ERRCODE = 'check_violation';
+    END IF;
+
+    -- New text, or an explicit request: queue the row again.  The previous embedding stays
+    -- (it keeps serving search) until the new one replaces it; an in-flight claim is voided.
+    IF text_changed OR (actor = 'client' AND NEW.embedding_status = 'stale'
+                        AND OLD.embedding_status <> 'stale') THEN
+        NEW.embedding_status := 'stale';
+        NEW.embedding_claim_token := NULL;
+        NEW.embedding_due_at := now();
+        NEW.embedding_queued_at := now();
+        NEW.embedding_attempts := 0;
+        NEW.embedding_last_error := NULL;
+    END IF;
+
+    PERFORM study_embed._check_consistent(NEW);
+    RETURN NEW;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS study_embed_guard_insert ON public.study_questions;
+CREATE TRIGGER study_embed_guard_insert
+    BEFORE INSERT ON public.study_questions
+    FOR EACH ROW EXECUTE FUNCTION study_embed._guard_insert();
+
+DROP TRIGGER IF EXISTS study_embed_guard_update ON public.study_questions;
+CREATE TRIGGER study_embed_guard_update
+    BEFORE UPDATE ON public.study_questions
+    FOR EACH ROW EXECUTE FUNCTION study_embed._guard_update();
+
+-- AFTER each statement: record the status-count deltas and wake the listeners (one NOTIFY per
+-- statement, and only when the statement left something claimable).
+CREATE OR REPLACE FUNCTION study_embed._after_statement()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    wake boolean := false;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO study_embed.status_counts (status, deleted, n)
+        SELECT embedding_status, deleted_at IS NOT NULL, count(*) FROM new_rows GROUP BY 1, 2;
+        wake := EXISTS (SELECT 1 FROM new_rows
+                        WHERE deleted_at IS NULL AND embedding_status <> 'ready');
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO study_embed.status_counts (status, deleted, n)
+        SELECT status, deleted, sum(d) FROM (
+            SELECT embedding_status AS status, deleted_at IS NOT NULL AS deleted, 1 AS d FROM new_rows
+            UNION ALL
+            SELECT embedding_status, deleted_at IS NOT NULL, -1 FROM old_rows) x
+        GROUP BY 1, 2 HAVING sum(d) <> 0;
+        wake := EXISTS (SELECT 1 FROM new_rows
+                        WHERE deleted_at IS NULL AND embedding_status IN ('none', 'stale')
+                          AND embedding_due_at <= now());
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO study_embed.status_counts (status, deleted, n)
+        SELECT embedding_status, deleted_at IS NOT NULL, -count(*) FROM old_rows GROUP BY 1, 2;
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        DELETE FROM study_embed.status_counts;
+    END IF;
+    IF wake THEN
+        PERFORM pg_notify(study_embed.channel(), 'study_questions');
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION study_embed.channel()
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN 'study_embed';
+COMMENT ON FUNCTION study_embed.channel() IS
+    'The NOTIFY channel that wakes listeners when something becomes claimable.';
+
+DROP TRIGGER IF EXISTS study_embed_after_insert ON public.study_questions;
+CREATE TRIGGER study_embed_after_insert
+    AFTER INSERT ON public.study_questions REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION study_embed._after_statement();
+DROP TRIGGER IF EXISTS study_embed_after_update ON public.study_questions;
+CREATE TRIGGER study_embed_after_update
+    AFTER UPDATE ON public.study_questions REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION study_embed._after_statement();
+DROP TRIGGER IF EXISTS study_embed_after_delete ON public.study_questions;
+CREATE TRIGGER study_embed_after_delete
+    AFTER DELETE ON public.study_questions REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION study_embed._after_statement();
+DROP TRIGGER IF EXISTS study_embed_after_truncate ON public.study_questions;
+CREATE TRIGGER study_embed_after_truncate
+    AFTER TRUNCATE ON public.study_questions
+    FOR EACH STATEMENT EXECUTE FUNCTION study_embed._after_statement();

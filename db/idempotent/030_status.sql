@@ -1,0 +1,64 @@
+-- 030_status.sql — re-runnable.  What an operator looks at: exact counts, the oldest waiting
+-- row, the failures.  Cheap on a table of millions: counts come from study_embed.status_counts,
+-- the rest from the partial queue indexes.
+
+CREATE OR REPLACE FUNCTION study_embed.compact_counts()
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH gone AS (DELETE FROM study_embed.status_counts RETURNING status, deleted, n)
+    INSERT INTO study_embed.status_counts (status, deleted, n)
+    SELECT status, deleted, sum(n) FROM gone GROUP BY status, deleted HAVING sum(n) <> 0;
+END;
+COMMENT ON FUNCTION study_embed.compact_counts() IS
+    'Fold the status-count deltas into one row per (status, deleted).';
+
+-- Recompute the counts from the table (under a lock that keeps writers out meanwhile).
+-- `make migrate` runs it whenever it installs the triggers.
+CREATE OR REPLACE FUNCTION study_embed.recount()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    LOCK TABLE public.study_questions IN SHARE MODE;
+    DELETE FROM study_embed.status_counts;
+    INSERT INTO study_embed.status_counts (status, deleted, n)
+    SELECT embedding_status, deleted_at IS NOT NULL, count(*)
+    FROM public.study_questions GROUP BY 1, 2;
+END;
+$$;
+COMMENT ON FUNCTION study_embed.recount() IS
+    'Recompute study_embed.status_counts from study_questions.';
+
+CREATE OR REPLACE VIEW study_embed.status AS
+WITH counts AS (
+    SELECT status,
+           coalesce(sum(n) FILTER (WHERE NOT deleted), 0)::bigint AS live,
+           coalesce(sum(n) FILTER (WHERE deleted), 0)::bigint AS deleted
+    FROM study_embed.status_counts GROUP BY status
+)
+SELECT s.status,
+       coalesce(c.live, 0) AS live,
+       coalesce(c.deleted, 0) AS deleted,
+       CASE WHEN s.status <> 'ready' THEN (
+           SELECT now() - min(q.embedding_queued_at) FROM public.study_questions q
+           WHERE q.deleted_at IS NULL AND q.embedding_status <> 'ready'
+             AND q.embedding_status = s.status) END AS oldest_waiting
+FROM (VALUES ('none', 1), ('stale', 2), ('pending', 3), ('failed', 4), ('ready', 5)) AS s(status, ord)
+LEFT JOIN counts c ON c.status = s.status
+ORDER BY s.ord;
+COMMENT ON VIEW study_embed.status IS
+    'Exact row counts per embedding status (live and soft-deleted) and the age of the oldest '
+    'row waiting in each queue status.';
+
+CREATE OR REPLACE VIEW study_embed.failures AS
+SELECT q.id, q.embedding_attempts AS attempts, q.embedding_last_error AS last_error,
+       q.embedding_due_at AS next_retry_at,
+       q.embedding_due_at IS NULL AS waiting_for_edit
+FROM public.study_questions q
+WHERE q.deleted_at IS NULL AND q.embedding_status <> 'ready' AND q.embedding_status = 'failed';
+COMMENT ON VIEW study_embed.failures IS
+    'Live rows whose last embedding attempt failed, with the error; waiting_for_edit when their '
+    'attempts are used up (study_embed.retry_failed() queues them again).';

@@ -1,0 +1,3 @@
+"""study-embed: keep question embeddings correct inside PostgreSQL."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,246 @@
+"""`make migrate` / `study-embed migrate`: apply db/ to DATABASE_URL with psql.
+
+- db/migrations/NNNN_*.sql run once each, in order, each in one transaction with its ledger
+  row (study_embed.schema_migrations, with the file's sha256).  An applied file whose content
+  changed is refused.
+- db/idempotent/*.sql (functions, triggers, views, grants) are re-applied, in one transaction,
+  whenever any of them changed since the last run (their combined sha256 is in the ledger).
+- db/cron.sql schedules study_embed.tick() every minute in pg_cron's database.
+- A session advisory lock serialises concurrent migrators; a second run applies nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from .sqlfiles import sql_dir
+
+LOCK_KEY = 0x5354_5544_5945_4D42 & 0x7FFF_FFFF_FFFF_FFFF  # "STUDYEMB"
+IDEMPOTENT_LEDGER_NAME = "idempotent/*"
+MIN_PGVECTOR = (0, 5, 0)  # HNSW
+
+
+class MigrationError(Exception):
+    """A migration cannot proceed; the message says why and what to do."""
+
+
+@dataclass
+class Report:
+    applied: list[str] = field(default_factory=list)
+    idempotent: bool = False
+    cron: str = "skipped"
+
+    def summary(self) -> str:
+        if not self.applied and not self.idempotent and self.cron in ("up to date", "skipped"):
+            return "migrate: nothing to apply, the database is up to date" + (
+                "" if self.cron == "up to date" else " (pg_cron tick not managed: --no-cron)")
+        parts = [f"applied {len(self.applied)} migration(s)" + (
+            f": {', '.join(self.applied)}" if self.applied else "")]
+        parts.append("functions/triggers/views " + ("applied" if self.idempotent else "up to date"))
+        parts.append(f"pg_cron tick {self.cron}")
+        return "migrate: " + "; ".join(parts)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
+
+
+class Migrator:
+    def __init__(self, url: str, *, embedding_dim: int | None = None, cron: bool = True,
+                 db_dir: Path | None = None, log=None) -> None:
+        self.url = url
+        self.embedding_dim = embedding_dim
+        self.cron = cron
+        self.db_dir = db_dir or sql_dir()
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.psql = shutil.which("psql")
+        if not self.psql:
+            raise MigrationError("psql is not installed: install postgresql-client (make deps)")
+
+    # -- psql ------------------------------------------------------------------------------------
+
+    def _psql(self, script: str, variables: dict[str, str], url: str | None = None) -> None:
+        cmd = [self.psql, url or self.url, "--no-psqlrc", "--quiet", "--single-transaction",
+               "-v", "ON_ERROR_STOP=1"]
+        for k, v in variables.items():
+            cmd += ["-v", f"{k}={v}"]
+        r = subprocess.run(cmd, input=script, text=True, capture_output=True,
+                           env={**os.environ, "PGOPTIONS": "-c client_min_messages=warning"})
+        if r.returncode != 0:
+            raise MigrationError(r.stderr.strip() or f"psql exited with {r.returncode}")
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def _preflight(self, conn: psycopg.Connection) -> dict[str, str]:
+        row = conn.execute(
+            "SELECT default_version, installed_version FROM pg_available_extensions"
+            " WHERE name = 'vector'").fetchone()
+        if row is None:
+            raise MigrationError(
+                "pgvector is not installed on this PostgreSQL server. On Debian run `make deps`; "
+                "on a managed service enable the `vector` extension (RDS, Cloud SQL, Azure, "
+                "Supabase and Neon all offer it).")
+        version = row[1] or row[0]
+        if _version_tuple(version) < MIN_PGVECTOR:
+            raise MigrationError(f"pgvector {version} is too old: HNSW needs 0.5.0 or newer")
+        cron_db = None
+        if self.cron:
+            cron_db = conn.execute("SELECT current_setting('cron.database_name', true)").fetchone()[0]
+            if not cron_db:
+                raise MigrationError(
+                    "pg_cron is not preloaded: add shared_preload_libraries = 'pg_cron' (and "
+                    "cron.database_name) to postgresql.conf and restart PostgreSQL, or enable "
+                    "pg_cron in your provider's parameter group. To migrate without the pg_cron "
+                    "tick (listeners then poll), pass --no-cron or set STUDY_EMBED_CRON=off.")
+        dbname = conn.info.dbname
+        existing = conn.execute(
+            "SELECT a.atttypmod FROM pg_attribute a"
+            " WHERE a.attrelid = to_regclass('public.study_questions') AND a.attname = 'embedding'"
+            " AND NOT a.attisdropped").fetchone()
+        dim = self.embedding_dim
+        if existing is not None:
+            if dim is not None and dim != existing[0]:
+                raise MigrationError(
+                    f"study_questions.embedding is vector({existing[0]}) but EMBEDDING_DIM={dim}. "
+                    "Changing the dimension means a new model: re-create the column and re-embed "
+                    "every row; migrate does not do that by itself.")
+            dim = existing[0]
+        dim = dim or 1024
+        if not 1 <= dim <= 16000:
+            raise MigrationError(f"EMBEDDING_DIM must be between 1 and 16000, not {dim}")
+        return {"embedding_dim": str(dim), "app_db": dbname, "cron_db": cron_db or ""}
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def _ledger(self, conn: psycopg.Connection) -> dict[str, str]:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS study_embed")
+        conn.execute("COMMENT ON SCHEMA study_embed IS"
+                     " 'study-embed: the embedding pipeline of public.study_questions'")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS study_embed.schema_migrations ("
+            " filename text PRIMARY KEY, sha256 text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())")
+        return dict(conn.execute("SELECT filename, sha256 FROM study_embed.schema_migrations"))
+
+    def _vector_schema(self, conn: psycopg.Connection) -> str:
+        row = conn.execute(
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+            " WHERE e.extname = 'vector'").fetchone()
+        if row is None:
+            raise MigrationError("the vector extension is missing after the migrations ran")
+        return row[0]
+
+    def _apply_migrations(self, ledger: dict[str, str], variables: dict[str, str],
+                          report: Report) -> None:
+        files = sorted((self.db_dir / "migrations").glob("*.sql"))
+        for path in files:
+            rel = f"migrations/{path.name}"
+            digest = _sha256(path.read_bytes())
+            if rel in ledger:
+                if ledger[rel] != digest:
+                    raise MigrationError(
+                        f"db/{rel} was edited after it was applied (applied sha256 "
+                        f"{ledger[rel][:12]}…, file now {digest[:12]}…). Applied migrations are "
+                        "immutable: restore the file and put the change in a new migration.")
+                continue
+            self.log(f"migrate: applying db/{rel}")
+            script = (f"\\i {_quote_psql(path)}\n"
+                      "INSERT INTO study_embed.schema_migrations (filename, sha256)"
+                      " VALUES (:'migration_file', :'migration_sha256');\n")
+            self._psql(script, {**variables, "migration_file": rel, "migration_sha256": digest})
+            report.applied.append(path.name)
+
+    def _apply_idempotent(self, conn: psycopg.Connection, ledger: dict[str, str],
+                          variables: dict[str, str], report: Report, force: bool) -> None:
+        files = sorted((self.db_dir / "idempotent").glob("*.sql"))
+        h = hashlib.sha256()
+        for path in files:
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        h.update(variables["vector_schema"].encode())
+        digest = h.hexdigest()
+        if not force and not report.applied and ledger.get(IDEMPOTENT_LEDGER_NAME) == digest:
+            return
+        self.log("migrate: applying db/idempotent (functions, triggers, views, privileges)")
+        script = "".join(f"\\i {_quote_psql(p)}\n" for p in files)
+        script += ("SELECT study_embed.recount();\n"
+                   "INSERT INTO study_embed.schema_migrations (filename, sha256)"
+                   " VALUES (:'migration_file', :'migration_sha256')"
+                   " ON CONFLICT (filename) DO UPDATE"
+                   " SET sha256 = excluded.sha256, applied_at = now();\n")
+        self._psql(script, {**variables, "migration_file": IDEMPOTENT_LEDGER_NAME,
+                            "migration_sha256": digest})
+        report.idempotent = True
+
+    def _schedule_cron(self, conn: psycopg.Connection, variables: dict[str, str],
+                       report: Report) -> None:
+        app_db, cron_db = variables["app_db"], variables["cron_db"]
+        job = f"study_embed_tick:{app_db}"
+        cron_url = self.url if cron_db == app_db else _with_dbname(self.url, cron_db)
+        try:
+            with psycopg.connect(cron_url, autocommit=True) as cconn:
+                has_ext = cconn.execute(
+                    "SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
+                if has_ext:
+                    row = cconn.execute(
+                        "SELECT 1 FROM cron.job WHERE jobname = %s AND schedule = '* * * * *'"
+                        " AND command = 'SELECT study_embed.tick()' AND database = %s AND active",
+                        (job, app_db)).fetchone()
+                    if row:
+                        report.cron = "up to date"
+                        return
+        except psycopg.OperationalError as e:
+            raise MigrationError(
+                f"pg_cron lives in database {cron_db!r} (cron.database_name) and migrate could not "
+                f"connect to it to schedule the tick: {e}. Grant this user access to it, or pass "
+                "--no-cron and schedule `SELECT study_embed.tick()` every minute yourself.") from e
+        self.log(f"migrate: scheduling {job} in pg_cron (database {cron_db})")
+        self._psql((self.db_dir / "cron.sql").read_text(), {"app_db": app_db}, url=cron_url)
+        report.cron = "scheduled"
+
+    def run(self, *, force: bool = False) -> Report:
+        report = Report()
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, application_name="study-embed migrate")
+        except psycopg.OperationalError as e:
+            raise MigrationError(f"cannot connect to the database: {e}".strip()) from e
+        with conn:
+            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
+                self.log("migrate: another migrator holds the lock; waiting for it")
+                conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+            try:
+                variables = self._preflight(conn)
+                ledger = self._ledger(conn)
+                self._apply_migrations(ledger, variables, report)
+                variables["vector_schema"] = self._vector_schema(conn)
+                self._apply_idempotent(conn, ledger, variables, report, force)
+                if self.cron:
+                    self._schedule_cron(conn, variables, report)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        return report
+
+
+def _quote_psql(path: Path) -> str:
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    """The same connection parameters, another database."""
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+__all__ = ["Migrator", "MigrationError", "Report"]

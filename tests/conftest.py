@@ -1,0 +1,96 @@
+"""Test fixtures: a throwaway PostgreSQL cluster with the real pgvector and pg_cron.
+
+The cluster is started once per session (as the unprivileged `postgres` user when the suite runs
+as root, since initdb refuses root), pg_cron preloaded in the `postgres` database with
+background workers.  pytest-postgresql builds a migrated template database once and clones it
+for every test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from pytest_postgresql import factories
+
+from study_embed.localdb import Cluster
+from study_embed.migrate import Migrator
+
+from .helpers import QuestionBank, vector_for
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_root = Path(tempfile.mkdtemp(prefix="study-embed-test-"))
+os.chmod(_root, 0o755)
+CLUSTER = Cluster(datadir=_root / "pg" / "data", port=_free_port())
+TEMPLATE_DB = "study_embed_test"
+
+
+def url_for(dbname: str, user: str = "postgres") -> str:
+    return CLUSTER.url(dbname, user)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pg_cluster():
+    CLUSTER.init()
+    CLUSTER.start()
+    yield CLUSTER
+    CLUSTER.destroy()
+
+
+def _load_schema(host, port, user, dbname, password=None, **kwargs):
+    # No cron job for the template: pg_cron's worker would hold a connection to it, and a
+    # template with connections cannot be cloned.  The cron tests schedule their own.
+    Migrator(url_for(dbname), cron=False, log=lambda _msg: None).run()
+
+
+pg_noproc = factories.postgresql_noproc(
+    host=str(CLUSTER.sockdir), port=CLUSTER.port, user="postgres", dbname=TEMPLATE_DB,
+    load=[_load_schema])
+postgresql = factories.postgresql("pg_noproc")
+
+
+@pytest.fixture
+def db(postgresql: psycopg.Connection) -> psycopg.Connection:
+    """An autocommit connection to a fresh, migrated database."""
+    postgresql.autocommit = True
+    return postgresql
+
+
+@pytest.fixture
+def db_url(db: psycopg.Connection) -> str:
+    return url_for(db.info.dbname)
+
+
+@pytest.fixture
+def bank(db: psycopg.Connection) -> QuestionBank:
+    return QuestionBank(db)
+
+
+@pytest.fixture
+def connect(db_url):
+    """Open more connections to the test database (closed at teardown)."""
+    opened: list[psycopg.Connection] = []
+
+    def _connect(**kwargs) -> psycopg.Connection:
+        kwargs.setdefault("autocommit", True)
+        c = psycopg.connect(db_url, **kwargs)
+        opened.append(c)
+        return c
+
+    yield _connect
+    for c in opened:
+        c.close()
+
+
+__all__ = ["CLUSTER", "url_for", "vector_for", "np"]

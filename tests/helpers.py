@@ -1,0 +1,112 @@
+"""Shared test helpers: question rows, deterministic vectors, direct calls of the queue API."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+
+DIM = 1024
+_counter = itertools.count()
+
+
+def render(question: str, c1: str, c2: str, c3: str, c4: str) -> str:
+    """The mission's text, written independently of the SQL renderer it checks."""
+    return f"문제: {question}\n보기:\n1. {c1}\n2. {c2}\n3. {c3}\n4. {c4}"
+
+
+def vector_for(text: str, dim: int = DIM) -> np.ndarray:
+    """A deterministic unit vector for a text: what the test embedding server returns."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+@dataclass
+class Claimed:
+    id: int
+    token: object
+    body: str
+
+
+class QuestionBank:
+    """Writes questions as an app (any SQL client) would, and drives the queue API."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        register_vector(conn)
+        self.user_id, self.topic_id = self.new_user()
+
+    def new_user(self) -> tuple[int, int]:
+        n = next(_counter)
+        uid = self.conn.execute(
+            "INSERT INTO users (email) VALUES (%s) RETURNING id", (f"u{n}@example.com",)
+        ).fetchone()[0]
+        tid = self.conn.execute(
+            "INSERT INTO study_topics (user_id, name) VALUES (%s, %s) RETURNING id", (uid, f"t{n}")
+        ).fetchone()[0]
+        return uid, tid
+
+    def insert(self, question: str | None = None, choices=None, *, user: tuple[int, int] | None = None,
+               correct: int = 1, **extra) -> int:
+        n = next(_counter)
+        question = question if question is not None else f"question {n}?"
+        choices = choices or (f"a{n}", f"b{n}", f"c{n}", f"d{n}")
+        uid, tid = user or (self.user_id, self.topic_id)
+        cols = ["user_id", "study_topic_id", "question_text", "choice_1", "choice_2", "choice_3",
+                "choice_4", "correct_choice", *extra]
+        vals = [uid, tid, question, *choices, correct, *extra.values()]
+        q = psycopg.sql.SQL("INSERT INTO study_questions ({}) VALUES ({}) RETURNING id").format(
+            psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, cols)),
+            psycopg.sql.SQL(", ").join(psycopg.sql.Placeholder() * len(vals)))
+        return self.conn.execute(q, vals).fetchone()[0]
+
+    def update(self, qid: int, **cols) -> None:
+        q = psycopg.sql.SQL("UPDATE study_questions SET {} WHERE id = %s").format(
+            psycopg.sql.SQL(", ").join(
+                psycopg.sql.SQL("{} = %s").format(psycopg.sql.Identifier(c)) for c in cols))
+        self.conn.execute(q, [*cols.values(), qid])
+
+    def row(self, qid: int) -> dict:
+        cur = self.conn.cursor(row_factory=psycopg.rows.dict_row)
+        return cur.execute("SELECT * FROM study_questions WHERE id = %s", (qid,)).fetchone()
+
+    def status(self, qid: int) -> str:
+        return self.row(qid)["embedding_status"]
+
+    def text(self, qid: int) -> str:
+        r = self.row(qid)
+        return render(r["question_text"], r["choice_1"], r["choice_2"], r["choice_3"], r["choice_4"])
+
+    # -- the queue API, as a listener calls it ---------------------------------------------------
+
+    def claim(self, n: int = 10, lease: str = "2 minutes", conn=None) -> list[Claimed]:
+        rows = (conn or self.conn).execute(
+            "SELECT id, claim_token, body FROM study_embed.claim(%s, %s::interval)", (n, lease)
+        ).fetchall()
+        return [Claimed(*r) for r in rows]
+
+    def complete(self, claimed: list[Claimed], model: str = "test-model", vectors=None,
+                 conn=None) -> set[int]:
+        vectors = vectors or [vector_for(c.body) for c in claimed]
+        rows = (conn or self.conn).execute(
+            "SELECT * FROM study_embed.complete(%s, %s, %s, %s)",
+            ([c.id for c in claimed], [c.token for c in claimed], vectors, model)).fetchall()
+        return {r[0] for r in rows}
+
+    def fail(self, claimed: list[Claimed], error: str = "boom", retryable: bool = True) -> set[int]:
+        rows = self.conn.execute(
+            "SELECT * FROM study_embed.fail(%s, %s, %s, %s)",
+            ([c.id for c in claimed], [c.token for c in claimed], [error] * len(claimed),
+             retryable)).fetchall()
+        return {r[0] for r in rows}
+
+    def release(self, claimed: list[Claimed], retry_in: str = "0 seconds") -> set[int]:
+        rows = self.conn.execute(
+            "SELECT * FROM study_embed.release(%s, %s, %s::interval)",
+            ([c.id for c in claimed], [c.token for c in claimed], retry_in)).fetchall()
+        return {r[0] for r in rows}
