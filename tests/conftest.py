@@ -30,9 +30,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-_root = Path(tempfile.mkdtemp(prefix="study-embed-test-"))
-os.chmod(_root, 0o755)
-CLUSTER = Cluster(datadir=_root / "pg" / "data", port=_free_port())
+def scratch_dir(prefix: str = "study-embed-test-") -> Path:
+    """A temporary directory the unprivileged server user can reach (pytest's tmp_path is 0700)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(d, 0o755)
+    return d
+
+
+CLUSTER = Cluster(datadir=scratch_dir() / "pg" / "data", port=_free_port())
 TEMPLATE_DB = "study_embed_test"
 
 

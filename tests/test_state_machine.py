@@ -118,7 +118,7 @@ def test_edit_between_claim_and_complete_never_ends_ready(bank):
 
 def test_stale_complete_after_reclaim_is_refused(bank):
     qid = bank.insert()
-    [old] = bank.claim(lease="1 millisecond")
+    [old] = bank.claim(lease="1 microsecond")
     [new] = bank.claim()                            # lease expired: someone else takes over
     assert new.id == qid and new.token != old.token
     assert bank.complete([old]) == set()
@@ -203,7 +203,7 @@ def test_restore_of_ready_row_stays_ready(bank, db):
 
 def test_delete_while_pending_then_restore_is_claimable_after_lease(bank, db):
     qid = bank.insert()
-    [c] = bank.claim(lease="1 millisecond")
+    [c] = bank.claim(lease="1 microsecond")
     db.execute("UPDATE study_questions SET deleted_at = now() WHERE id = %s", (qid,))
     assert bank.claim() == []
     db.execute("UPDATE study_questions SET deleted_at = NULL WHERE id = %s", (qid,))
@@ -289,11 +289,11 @@ def test_release_returns_failed_and_stale_rows_to_their_status(bank, db):
 def test_expired_lease_counts_as_an_attempt_and_is_bounded(bank, db):
     db.execute("UPDATE study_embed.settings SET max_attempts = 3")
     qid = bank.insert()
-    bank.claim(lease="1 millisecond")
-    bank.claim(lease="1 millisecond")               # expiry 1
+    bank.claim(lease="1 microsecond")
+    bank.claim(lease="1 microsecond")               # expiry 1
     assert bank.row(qid)["embedding_attempts"] == 1
-    bank.claim(lease="1 millisecond")               # expiry 2
-    assert bank.claim(lease="1 millisecond") == []  # expiry 3: attempts used up
+    bank.claim(lease="1 microsecond")               # expiry 2
+    assert bank.claim(lease="1 microsecond") == []  # expiry 3: attempts used up
     r = bank.row(qid)
     assert r["embedding_status"] == "failed" and r["embedding_due_at"] is None
     assert "lease expired" in r["embedding_last_error"]

@@ -35,15 +35,21 @@ class Setting:
 
 
 def _positive_int(s: str) -> int:
-    v = int(s)
+    try:
+        v = int(s)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
     if v < 1:
         raise ValueError("must be at least 1")
     return v
 
 
 def _positive_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
+    try:
+        v = float(s)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not 0 < v < float("inf"):
         raise ValueError("must be greater than 0")
     return v
 
@@ -116,7 +122,7 @@ def resolve(args: argparse.Namespace, command: str) -> dict[str, Any]:
         if command not in s.commands:
             continue
         raw = getattr(args, s.dest, None)
-        source = s.flag
+        source = f"{s.flag} ({s.env})"
         if raw is None:
             raw = os.environ.get(s.env)
             source = s.env

@@ -97,7 +97,11 @@ class Migrator:
             raise MigrationError(f"pgvector {version} is too old: HNSW needs 0.5.0 or newer")
         cron_db = None
         if self.cron:
-            cron_db = conn.execute("SELECT current_setting('cron.database_name', true)").fetchone()[0]
+            # pg_settings lists cron.* only when the library is loaded (a value in
+            # postgresql.conf alone is a mere placeholder)
+            row = conn.execute(
+                "SELECT setting FROM pg_settings WHERE name = 'cron.database_name'").fetchone()
+            cron_db = row[0] if row else None
             if not cron_db:
                 raise MigrationError(
                     "pg_cron is not preloaded: add shared_preload_libraries = 'pg_cron' (and "

@@ -1,0 +1,203 @@
+"""`make migrate`: from scratch, twice, refusals, the lock, the dimension, pg_cron."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from study_embed.localdb import Cluster
+from study_embed.migrate import MigrationError, Migrator
+from study_embed.sqlfiles import sql_dir
+
+from .conftest import CLUSTER, _free_port, scratch_dir, url_for
+
+
+@pytest.fixture
+def empty_db():
+    name = f"mig_{uuid.uuid4().hex[:10]}"
+    CLUSTER.create_database(name)
+    yield url_for(name)
+    with psycopg.connect(url_for("postgres"), autocommit=True) as c:
+        if c.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'").fetchone():
+            c.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s", (name,))
+        c.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
+
+
+def _columns(url: str) -> dict[str, str]:
+    with psycopg.connect(url) as c:
+        return dict(c.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = 'public.study_questions'::regclass AND attnum > 0"
+            " AND NOT attisdropped").fetchall())
+
+
+def test_from_scratch_twice_second_run_applies_nothing(empty_db):
+    logs: list[str] = []
+    first = Migrator(empty_db, cron=False, log=logs.append).run()
+    assert first.applied == ["0001_schema.sql"] and first.idempotent
+    cols = _columns(empty_db)
+    # the seed's columns, as its ORM names them, and the pipeline's bookkeeping
+    for name in ["question_text", "choice_1", "choice_2", "choice_3", "choice_4", "correct_choice",
+                 "subject", "scope", "exam_name", "exam_round", "explanation", "source_note",
+                 "is_active", "ai_explanation", "ai_explanation_status",
+                 "ai_explanation_generated_at", "ai_explanation_model", "embedding_status",
+                 "embedding_updated_at", "embedding_model", "created_at", "updated_at",
+                 "deleted_at", "embedding_claim_token", "embedding_due_at",
+                 "embedding_source_sha256", "embedding_attempts", "embedding_last_error"]:
+        assert name in cols, name
+    assert cols["embedding"] == "vector(1024)"
+    assert cols["embedding_status"] == "character varying(20)"
+    logs.clear()
+    second = Migrator(empty_db, cron=False, log=logs.append).run()
+    assert second.applied == [] and not second.idempotent and logs == []
+    assert second.summary().startswith("migrate: nothing to apply")
+
+
+def test_indexes_are_the_seeds_hnsw_and_the_queue(empty_db):
+    Migrator(empty_db, cron=False, log=lambda m: None).run()
+    with psycopg.connect(empty_db) as c:
+        defs = dict(c.execute("SELECT indexname, indexdef FROM pg_indexes"
+                              " WHERE tablename = 'study_questions'").fetchall())
+    hnsw = defs["study_questions_embedding_hnsw"]
+    assert "USING hnsw (embedding vector_cosine_ops)" in hnsw
+    assert "WHERE ((deleted_at IS NULL) AND (embedding IS NOT NULL))" in hnsw
+    assert "WHERE ((deleted_at IS NULL) AND ((embedding_status)::text <> 'ready'::text))" \
+        in defs["study_questions_embedding_queue"]
+
+
+def test_edited_applied_migration_is_refused(empty_db, tmp_path):
+    db_dir = tmp_path / "db"
+    shutil.copytree(sql_dir(), db_dir)
+    Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
+    mig = db_dir / "migrations" / "0001_schema.sql"
+    mig.write_text(mig.read_text() + "\n-- an innocent-looking edit\n")
+    with pytest.raises(MigrationError, match="0001_schema.sql was edited after it was applied"):
+        Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
+
+
+def test_new_migration_and_changed_functions_are_applied(empty_db, tmp_path):
+    db_dir = tmp_path / "db"
+    shutil.copytree(sql_dir(), db_dir)
+    Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
+    (db_dir / "migrations" / "0099_extra.sql").write_text(
+        "ALTER TABLE public.study_questions ADD COLUMN extra int;\n")
+    (db_dir / "idempotent" / "099_extra.sql").write_text(
+        "CREATE OR REPLACE FUNCTION study_embed.extra() RETURNS int LANGUAGE sql RETURN 7;\n")
+    r = Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
+    assert r.applied == ["0099_extra.sql"] and r.idempotent
+    with psycopg.connect(empty_db) as c:
+        assert c.execute("SELECT study_embed.extra()").fetchone()[0] == 7
+
+
+def test_failed_migration_rolls_back_with_its_ledger_row(empty_db, tmp_path):
+    db_dir = tmp_path / "db"
+    shutil.copytree(sql_dir(), db_dir)
+    Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
+    (db_dir / "migrations" / "0099_bad.sql").write_text(
+        "CREATE TABLE half_done (id int);\nSELECT no_such_function();\n")
+    with pytest.raises(MigrationError, match="no_such_function"):
+        Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
+    with psycopg.connect(empty_db) as c:
+        assert c.execute("SELECT to_regclass('half_done')").fetchone()[0] is None
+        assert c.execute("SELECT count(*) FROM study_embed.schema_migrations"
+                         " WHERE filename LIKE '%%0099%%'").fetchone()[0] == 0
+
+
+def test_two_migrators_do_not_race(empty_db):
+    from study_embed.migrate import LOCK_KEY
+
+    holder = psycopg.connect(empty_db, autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    logs: list[str] = []
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(
+        r=Migrator(empty_db, cron=False, log=logs.append).run()))
+    t.start()
+    deadline = time.monotonic() + 10
+    while not logs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert logs and "waiting" in logs[0]
+    assert _table_missing(empty_db)               # nothing applied while the lock is held
+    holder.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    holder.close()
+    t.join(30)
+    assert result["r"].applied == ["0001_schema.sql"]
+
+
+def _table_missing(url: str) -> bool:
+    with psycopg.connect(url) as c:
+        return c.execute("SELECT to_regclass('public.study_questions')").fetchone()[0] is None
+
+
+def test_embedding_dim_is_a_migrate_time_setting(empty_db):
+    Migrator(empty_db, embedding_dim=384, cron=False, log=lambda m: None).run()
+    assert _columns(empty_db)["embedding"] == "vector(384)"
+    with pytest.raises(MigrationError, match=r"vector\(384\) but EMBEDDING_DIM=1024"):
+        Migrator(empty_db, embedding_dim=1024, cron=False, log=lambda m: None).run()
+    # unset: the existing column keeps its dimension
+    assert Migrator(empty_db, cron=False, log=lambda m: None).run().applied == []
+    with psycopg.connect(empty_db) as c:
+        assert c.execute("SELECT study_embed.embedding_dimension()").fetchone()[0] == 384
+
+
+def _cli(*args, env=None):
+    import os
+    return subprocess.run([sys.executable, "-m", "study_embed.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_cli_bad_configuration_exits_2(empty_db):
+    r = _cli("migrate", "--embedding-dim", "lots", "--database-url", empty_db)
+    assert r.returncode == 2 and "EMBEDDING_DIM" in r.stderr.upper()
+    r = _cli("migrate", env={"DATABASE_URL": empty_db, "STUDY_EMBED_CRON": "maybe"})
+    assert r.returncode == 2 and "STUDY_EMBED_CRON='maybe': must be on or off" in r.stderr
+
+
+def test_cli_unreachable_database_is_a_clear_error():
+    r = _cli("migrate", "--database-url", "postgresql://nobody@127.0.0.1:1/nothing")
+    assert r.returncode == 1 and "cannot connect to the database" in r.stderr
+
+
+def test_cron_tick_is_scheduled_into_the_app_database_and_notifies(empty_db):
+    report = Migrator(empty_db, cron=True, log=lambda m: None).run()
+    assert report.cron == "scheduled"
+    app_db = psycopg.conninfo.conninfo_to_dict(empty_db)["dbname"]
+    with psycopg.connect(url_for("postgres")) as c:
+        jobs = c.execute("SELECT jobname, schedule, command, database FROM cron.job"
+                         " WHERE database = %s", (app_db,)).fetchall()
+    assert jobs == [(f"study_embed_tick:{app_db}", "* * * * *", "SELECT study_embed.tick()", app_db)]
+    again = Migrator(empty_db, cron=True, log=lambda m: None).run()
+    assert again.cron == "up to date" and again.summary().startswith("migrate: nothing to apply")
+
+    # pg_cron really runs it: a claimable row and an idle listener get a NOTIFY from the tick
+    with psycopg.connect(empty_db, autocommit=True) as app:
+        uid = app.execute("INSERT INTO users (email) VALUES ('cron@x') RETURNING id").fetchone()[0]
+        tid = app.execute("INSERT INTO study_topics (user_id, name) VALUES (%s, 't') RETURNING id",
+                          (uid,)).fetchone()[0]
+        app.execute("INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,"
+                    " choice_2, choice_3, choice_4, correct_choice)"
+                    " VALUES (%s, %s, 'q', 'a', 'b', 'c', 'd', 1)", (uid, tid))
+        app.execute("LISTEN study_embed")
+        got = [n.payload for n in app.notifies(timeout=75, stop_after=1)]
+    assert got == ["tick"]
+
+
+def test_pg_cron_not_preloaded_is_a_clear_error():
+    other = Cluster(datadir=scratch_dir() / "nocron" / "data", port=_free_port())
+    other.init()
+    other.start(extra_options="-c shared_preload_libraries=")
+    try:
+        other.create_database("app")
+        with pytest.raises(MigrationError, match="pg_cron is not preloaded.*--no-cron"):
+            Migrator(other.url("app"), cron=True, log=lambda m: None).run()
+        # without the tick the rest of the schema still installs
+        assert Migrator(other.url("app"), cron=False, log=lambda m: None).run().applied
+    finally:
+        other.destroy()
