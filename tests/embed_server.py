@@ -1,0 +1,159 @@
+"""A real loopback HTTP embedding server for the tests.
+
+It speaks the three protocols the listener knows (TEI `POST /embed`, OpenAI `POST
+/v1/embeddings`, Ollama `POST /api/embed`, plus `GET /health`), returns deterministic vectors
+(`helpers.vector_for`), records every text it receives, and can be told to misbehave: delay,
+answer with an error status, HTML, wrong counts, wrong dimensions, NaN, zero vectors, reject
+"poison" texts with 422, or go down altogether (connection refused).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .helpers import vector_for
+
+PROBE = "문제: dimension probe"   # what the listener embeds at start-up
+TEI_ERRORS = {422: "Validation", 424: "Backend", 429: "Overloaded", 503: "Unhealthy", 400: "Empty"}
+
+
+class EmbedServer:
+    def __init__(self, dim: int = 1024, port: int = 0) -> None:
+        self.dim = dim
+        self.delay = 0.0               # seconds before answering
+        self.mode: str | int | None = None  # None, an HTTP status, or a misbehaviour name
+        self.poison: set[str] = set()  # texts containing one of these get 422
+        self.spare_probe = True        # the listener's start-up probe is answered correctly
+        self.requests: list[tuple[str, list[str]]] = []   # (path, texts)
+        self.lock = threading.Lock()
+        self._open: set[socket.socket] = set()   # live connections, cut by stop()
+        self._port = port
+        self._httpd: ThreadingHTTPServer | None = None
+        self.start()
+
+    # -- control ---------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    def start(self) -> None:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def setup(self):
+                super().setup()
+                with server.lock:
+                    server._open.add(self.connection)
+
+            def finish(self):
+                with server.lock:
+                    server._open.discard(self.connection)
+                super().finish()
+
+            def do_GET(self):
+                if self.path == "/health":
+                    self._send(200, b"", "text/plain")
+                else:
+                    self._send(404, b'{"error": "not found"}')
+
+            def do_POST(self):
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                server._handle(self, self.path, body)
+
+            def _send(self, status: int, payload: bytes, ctype: str = "application/json"):
+                self.send_response(status)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
+        self._httpd.daemon_threads = True
+        self._port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        """Go down: connections are refused until start()."""
+        if self._httpd:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        with self.lock:
+            for conn in self._open:  # keep-alive connections too: the server is gone
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._open.clear()
+
+    def texts(self) -> list[str]:
+        with self.lock:
+            return [t for _, ts in self.requests for t in ts]
+
+    def text_counts(self) -> Counter:
+        return Counter(self.texts())
+
+    # -- answering -------------------------------------------------------------------------------
+
+    def _handle(self, h, path: str, body: dict) -> None:
+        if path == "/embed":
+            texts = body.get("inputs")
+        elif path in ("/v1/embeddings", "/api/embed"):
+            texts = body.get("input")
+        else:
+            return h._send(404, b'{"error": "unknown route"}')
+        texts = [texts] if isinstance(texts, str) else list(texts or [])
+        with self.lock:
+            self.requests.append((path, texts))
+        if self.delay:
+            time.sleep(self.delay)
+        mode = None if self.spare_probe and texts == [PROBE] else self.mode
+        if any(p in t for p in self.poison for t in texts):
+            return self._error(h, path, 422, "Input validation error: input is too long")
+        if isinstance(mode, int):
+            return self._error(h, path, mode, f"simulated {mode}")
+        if mode == "html":
+            return h._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+        vectors = [vector_for(t, self.dim).tolist() for t in texts]
+        if mode == "wrong_count":
+            vectors = vectors[:-1] if len(vectors) > 1 else vectors * 2
+        elif mode == "wrong_dim":
+            vectors = [v[: self.dim // 2] for v in vectors]
+        elif mode == "nan":
+            vectors[-1][0] = float("nan")
+        elif mode == "zero":
+            vectors[-1] = [0.0] * self.dim
+        if path == "/embed":
+            payload = vectors
+        elif path == "/v1/embeddings":
+            # OpenAI-compatible servers may answer in any order: reversed, to be sure
+            payload = {"object": "list", "model": body.get("model"),
+                       "data": [{"object": "embedding", "index": i, "embedding": v}
+                                for i, v in reversed(list(enumerate(vectors)))],
+                       "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+        else:
+            payload = {"model": body.get("model"), "embeddings": vectors}
+        h._send(200, json.dumps(payload).encode())
+
+    @staticmethod
+    def _error(h, path: str, status: int, message: str) -> None:
+        if path == "/embed":
+            payload = {"error": message, "error_type": TEI_ERRORS.get(status, "Backend")}
+        elif path == "/v1/embeddings":
+            payload = {"error": {"message": message, "type": "invalid_request_error",
+                                 "code": status}}
+        else:
+            payload = {"error": message}
+        h._send(status, json.dumps(payload).encode())

@@ -1,0 +1,384 @@
+"""The listener against a real PostgreSQL and a real loopback embedding server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psycopg
+import pytest
+from pgvector.psycopg import register_vector
+
+from study_embed.localdb import Cluster
+from study_embed.migrate import Migrator
+
+from .conftest import _free_port, scratch_dir
+from .embed_server import PROBE, EmbedServer
+from .helpers import QuestionBank, render, vector_for
+
+
+
+@pytest.fixture
+def server():
+    s = EmbedServer(dim=1024)
+    yield s
+    s.stop()
+
+
+def _env(db_url: str, server: EmbedServer, **extra) -> dict:
+    env = {**os.environ, "DATABASE_URL": db_url, "EMBEDDING_URL": server.url,
+           "EMBEDDING_API": "tei", "EMBEDDING_MODEL": "test-model", "LOG_LEVEL": "INFO"}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_cli(*args, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study_embed.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def spawn():
+    procs: list[subprocess.Popen] = []
+
+    def _spawn(*args, env: dict) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-m", "study_embed.cli", *args], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        return p
+
+    yield _spawn
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+
+
+def wait_until(pred, timeout: float = 30, every: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def statuses(db) -> dict[str, int]:
+    return dict(db.execute("SELECT embedding_status, count(*) FROM study_questions"
+                           " GROUP BY 1").fetchall())
+
+
+def assert_ready_with_current_text(db, ids=None):
+    rows = db.execute("SELECT id, question_text, choice_1, choice_2, choice_3, choice_4, embedding,"
+                      " embedding_status FROM study_questions ORDER BY id").fetchall()
+    for qid, q, c1, c2, c3, c4, emb, status in rows:
+        if ids is not None and qid not in ids:
+            continue
+        assert status == "ready", (qid, status)
+        assert np.array_equal(emb.to_numpy(), vector_for(render(q, c1, c2, c3, c4))), qid
+
+
+# -- the basics ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("api", ["tei", "openai", "ollama"])
+def test_drain_embeds_the_exact_rendered_text_with_each_protocol(bank, db, db_url, server, api):
+    ids = [bank.insert(f"질문 {i}?", (f"가{i}", "나", "다", "라"), subject="ignored",
+                       scope="ignored") for i in range(25)]
+    r = run_cli("drain", env=_env(db_url, server, EMBEDDING_API=api, BATCH_SIZE=7))
+    assert r.returncode == 0, r.stderr
+    assert "drain: embedded 25 rows" in r.stderr
+    sent = [t for t in server.texts() if t != PROBE]
+    assert sorted(sent) == sorted(render(f"질문 {i}?", f"가{i}", "나", "다", "라") for i in range(25))
+    assert all("ignored" not in t for t in sent)
+    assert_ready_with_current_text(db, set(ids))
+    assert {p for p, _ in server.requests} == {{"tei": "/embed", "openai": "/v1/embeddings",
+                                               "ollama": "/api/embed"}[api]}
+    model = db.execute("SELECT DISTINCT embedding_model FROM study_questions").fetchall()
+    assert model == [("test-model",)]
+
+
+def test_requests_respect_the_server_input_limit(bank, db_url, server):
+    for _ in range(50):
+        bank.insert()
+    r = run_cli("drain", env=_env(db_url, server, BATCH_SIZE=50, EMBEDDING_MAX_INPUTS=32))
+    assert r.returncode == 0, r.stderr
+    sizes = [len(ts) for _, ts in server.requests if ts != [PROBE]]
+    assert sizes == [32, 18]
+
+
+def test_content_edit_is_reembedded_and_other_edits_are_not(bank, db, db_url, server):
+    a, b = bank.insert("first"), bank.insert("second")
+    env = _env(db_url, server)
+    assert run_cli("drain", env=env).returncode == 0
+    bank.update(a, choice_2="edited choice")
+    bank.update(b, explanation="new explanation", correct_choice=4, subject="s", scope="sc")
+    assert run_cli("drain", env=env).returncode == 0
+    counts = server.text_counts()
+    assert counts[bank.text(a)] == 1 and counts[bank.text(b)] == 1
+    assert sum(n for t, n in counts.items() if t != PROBE) == 3
+    assert_ready_with_current_text(db)
+
+
+def test_edit_while_the_server_is_slow_never_ends_ready_with_the_old_vector(
+        bank, db, db_url, server, spawn):
+    qid = bank.insert("before")
+    server.delay = 1.5
+    p = spawn("drain", env=_env(db_url, server))
+    wait_until(lambda: any("before" in t for t in server.texts()), what="the request")
+    bank.update(qid, question_text="after")
+    p.wait(30)
+    row = bank.row(qid)
+    assert row["embedding_status"] == "stale" and row["embedding"] is None
+    server.delay = 0
+    assert run_cli("drain", env=_env(db_url, server)).returncode == 0
+    assert_ready_with_current_text(db)
+
+
+# -- faults ----------------------------------------------------------------------------------------
+
+def test_sigkill_mid_batch_every_row_ready_after_the_lease(bank, db, db_url, server, spawn):
+    ids = [bank.insert() for _ in range(12)]
+    server.delay = 5
+    p = spawn("listen", env=_env(db_url, server, LEASE_SECONDS=2, BATCH_SIZE=4))
+    wait_until(lambda: len(server.requests) >= 2, what="a batch in flight")
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+    assert statuses(db).get("pending", 0) > 0          # the claims died with the process
+    server.delay = 0
+    spawn("listen", env=_env(db_url, server, POLL_INTERVAL=0.5))
+    wait_until(lambda: statuses(db) == {"ready": 12}, timeout=30, what="all ready")
+    assert_ready_with_current_text(db, set(ids))
+
+
+def test_postgres_restart_during_a_drain(server):
+    cluster = Cluster(datadir=scratch_dir() / "restart" / "data", port=_free_port())
+    cluster.init()
+    cluster.start()
+    try:
+        cluster.create_database("app")
+        url = cluster.url("app")
+        Migrator(url, cron=False, log=lambda m: None).run()
+        with psycopg.connect(url, autocommit=True) as conn:
+            bank = QuestionBank(conn)
+            for _ in range(120):
+                bank.insert()
+        server.delay = 0.1
+        p = subprocess.Popen([sys.executable, "-m", "study_embed.cli", "drain"],
+                             env=_env(url, server, BATCH_SIZE=5, CONCURRENCY=1),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: len(server.requests) >= 5, what="the drain to get going")
+        cluster.stop("fast")
+        sent_before_restart = len(server.requests)
+        time.sleep(1)
+        cluster.start()
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert len(server.requests) > sent_before_restart      # it carried on afterwards
+        with psycopg.connect(url) as conn:
+            register_vector(conn)
+            assert statuses(conn) == {"ready": 120}
+            assert_ready_with_current_text(conn)
+    finally:
+        cluster.destroy()
+
+
+def test_server_down_then_back_no_row_fails(bank, db, db_url, server, spawn):
+    env = _env(db_url, server, POLL_INTERVAL=0.5)
+    p = spawn("listen", env=env)
+    wait_until(lambda: len(server.requests) >= 1, what="the start-up probe")
+    server.stop()
+    ids = [bank.insert() for _ in range(20)]
+    time.sleep(4)                                   # several attempts while it is down
+    assert statuses(db).get("ready", 0) == 0
+    server.start()
+    wait_until(lambda: statuses(db) == {"ready": 20}, timeout=90, what="all ready")
+    attempts = db.execute("SELECT max(embedding_attempts) FROM study_questions").fetchone()[0]
+    assert attempts == 0
+    p.terminate()
+    _, err = p.communicate(timeout=30)
+    assert "embedding server unavailable; batch given back" in err
+    assert_ready_with_current_text(db, set(ids))
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_transient_status_gives_the_batch_back(bank, db, db_url, server, spawn, status):
+    ids = [bank.insert() for _ in range(5)]
+    p = spawn("listen", env=_env(db_url, server, POLL_INTERVAL=0.5))
+    wait_until(lambda: len(server.requests) >= 1, what="the probe")
+    server.mode = status
+    bank.insert()
+    wait_until(lambda: len(server.requests) >= 3, what="a failed batch")
+    assert statuses(db).get("failed", 0) == 0
+    server.mode = None
+    wait_until(lambda: statuses(db) == {"ready": 6}, timeout=60, what="all ready")
+    p.terminate()
+    p.wait(30)
+    assert_ready_with_current_text(db, set(ids))
+
+
+def test_one_poison_row_the_others_become_ready(bank, db, db_url, server):
+    good = [bank.insert(f"good {i}") for i in range(9)]
+    bad = bank.insert("POISON pill")
+    server.poison = {"POISON"}
+    r = run_cli("drain", env=_env(db_url, server, BATCH_SIZE=10))
+    assert r.returncode == 1                                 # a row is left failed
+    assert_ready_with_current_text(db, set(good))
+    row = bank.row(bad)
+    assert row["embedding_status"] == "failed" and row["embedding"] is None
+    assert "422" in row["embedding_last_error"] and "too long" in row["embedding_last_error"]
+    assert row["embedding_due_at"] is None                   # waits for an edit
+    assert "1 row(s) are left failed" in r.stderr
+    # the poison text was sent only while isolating it (log2(10) splits), the good ones once more
+    assert server.text_counts()[bank.text(bad)] <= 5
+
+
+@pytest.mark.parametrize("mode,message", [
+    ("html", "reply is not JSON (content-type text/html)"),
+    ("wrong_count", "asked for 3 embeddings, got 2"),
+    ("wrong_dim", "embedding has 512 dimensions, the column has 1024"),
+    ("nan", "NaN or infinity"),
+    ("zero", "zero vector"),
+])
+def test_malformed_replies_are_failures_never_embeddings(bank, db, db_url, server, mode, message):
+    ids = [bank.insert() for _ in range(3)]
+    server.mode = mode                      # the start-up probe is still answered correctly
+    r = run_cli("drain", env=_env(db_url, server, BATCH_SIZE=3))
+    assert r.returncode == 1, r.stderr
+    rows = db.execute("SELECT id, embedding_status, embedding IS NULL, embedding_last_error"
+                      " FROM study_questions ORDER BY id").fetchall()
+    failed = [r for r in rows if r[1] == "failed"]
+    assert failed, rows
+    for _, status, no_embedding, error in failed:
+        assert no_embedding and message in error
+    # per-vector problems (NaN, zero) spare the other rows of the batch
+    if mode in ("nan", "zero"):
+        assert [r[1] for r in rows].count("ready") == len(ids) - 1
+
+
+def test_dimension_mismatch_refuses_to_start_and_touches_nothing(bank, db, db_url):
+    ids = [bank.insert() for _ in range(3)]
+    small = EmbedServer(dim=768)
+    try:
+        r = run_cli("drain", env=_env(db_url, small))
+        assert r.returncode == 2
+        assert "768" in r.stderr and "vector(1024)" in r.stderr
+        assert small.texts() == [PROBE]
+    finally:
+        small.stop()
+    rows = db.execute("SELECT embedding_status, embedding_claim_token FROM study_questions").fetchall()
+    assert rows == [("none", None)] * len(ids)
+
+
+def test_four_listeners_embed_each_content_version_exactly_once(bank, db, db_url, server, spawn):
+    env = _env(db_url, server, POLL_INTERVAL=0.5, BATCH_SIZE=5, CONCURRENCY=2)
+    procs = [spawn("listen", env=env) for _ in range(4)]
+    wait_until(lambda: server.texts().count(PROBE) == 4, what="four listeners up")
+    ids = [bank.insert() for _ in range(150)]
+    wait_until(lambda: statuses(db) == {"ready": 150}, timeout=60, what="first versions")
+    for qid in ids[:50]:
+        bank.update(qid, question_text=f"second version of {qid}")
+    wait_until(lambda: statuses(db) == {"ready": 150}, timeout=60, what="second versions")
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(30)
+    counts = server.text_counts()
+    del counts[PROBE]
+    assert len(counts) == 200 and set(counts.values()) == {1}
+    assert_ready_with_current_text(db)
+
+
+def test_notify_wakes_an_idle_listener(bank, db, db_url, server, spawn):
+    p = spawn("listen", env=_env(db_url, server, POLL_INTERVAL=3600))   # no polling to speak of
+    wait_until(lambda: len(server.requests) >= 1, what="the probe")
+    time.sleep(1)                                    # it scanned, found nothing, and sleeps
+    qid = bank.insert("wake up")
+    wait_until(lambda: bank.status(qid) == "ready", timeout=20, what="the NOTIFY to wake it")
+    p.terminate()
+    p.wait(30)
+
+
+def test_sigterm_finishes_or_gives_back_in_flight_rows(bank, db, db_url, server, spawn):
+    for _ in range(20):
+        bank.insert()
+    server.delay = 2
+    p = spawn("listen", env=_env(db_url, server, BATCH_SIZE=5, SHUTDOWN_TIMEOUT=0.5))
+    wait_until(lambda: len(server.requests) >= 2, what="a batch in flight")
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    st = statuses(db)
+    assert st.get("pending", 0) == 0, st           # nothing left waiting for a lease
+    assert "giving back unfinished rows" in err
+
+
+def test_reembed_queues_rows_of_another_model(bank, db, db_url, server):
+    ids = [bank.insert() for _ in range(4)]
+    assert run_cli("drain", env=_env(db_url, server, EMBEDDING_MODEL="old-model")).returncode == 0
+    r = run_cli("reembed", env=_env(db_url, server, EMBEDDING_MODEL="new-model"))
+    assert r.returncode == 0 and "queued 4 row(s)" in r.stderr
+    assert statuses(db) == {"stale": 4}
+    assert db.execute("SELECT count(*) FROM study_questions WHERE embedding IS NULL").fetchone()[0] == 0
+    assert run_cli("drain", env=_env(db_url, server, EMBEDDING_MODEL="new-model")).returncode == 0
+    assert db.execute("SELECT DISTINCT embedding_model FROM study_questions").fetchall() == [("new-model",)]
+    assert_ready_with_current_text(db, set(ids))
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+def test_help_lists_every_setting():
+    from study_embed.config import SETTINGS
+
+    for command in ("listen", "drain"):
+        out = subprocess.run([sys.executable, "-m", "study_embed.cli", command, "--help"],
+                             capture_output=True, text=True).stdout
+        for s in SETTINGS:
+            if command in s.commands:
+                assert s.flag in out and s.env in out, (command, s.env)
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"EMBEDDING_API": "grpc"}, "EMBEDDING_API='grpc': must be one of tei, openai, ollama"),
+    ({"BATCH_SIZE": "0"}, "BATCH_SIZE='0': must be at least 1"),
+    ({"EMBEDDING_TIMEOUT": "soon"}, "EMBEDDING_TIMEOUT='soon': must be a number"),
+    ({"EMBEDDING_URL": "ftp://x"}, "must be an http(s) URL"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml'"),
+])
+def test_bad_configuration_exits_2(db_url, server, env, message):
+    r = run_cli("drain", env=_env(db_url, server, **env))
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_unreachable_server_at_drain_start_is_a_clear_error(bank, db_url):
+    r = run_cli("drain", env={**os.environ, "DATABASE_URL": db_url,
+                              "EMBEDDING_URL": f"http://127.0.0.1:{_free_port()}"})
+    assert r.returncode == 1
+    assert "does not answer correctly" in r.stderr and "ConnectError" in r.stderr
+
+
+def test_status_command_shows_counts_and_errors(bank, db_url, server):
+    bank.insert("POISON")
+    bank.insert("fine")
+    server.poison = {"POISON"}
+    run_cli("drain", env=_env(db_url, server))
+    r = run_cli("status", env=_env(db_url, server))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(ln.split()[:2] == ["ready", "1"] for ln in lines)
+    assert any(ln.split()[:2] == ["failed", "1"] for ln in lines)
+    assert "after an edit" in r.stdout and "too long" in r.stdout
+
+
+def test_json_logs(bank, db_url, server):
+    bank.insert()
+    r = run_cli("drain", env=_env(db_url, server, LOG_FORMAT="json"))
+    assert r.returncode == 0
+    records = [json.loads(ln) for ln in r.stderr.splitlines() if ln.startswith("{")]
+    batch = [rec for rec in records if rec["msg"] == "batch"]
+    assert batch and batch[0]["rows"] == 1 and batch[0]["embedded"] == 1
+    assert "embed_ms" in batch[0]
