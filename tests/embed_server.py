@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import zlib
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,7 @@ class EmbedServer:
         self.mode: str | int | None = None  # None, an HTTP status, or a misbehaviour name
         self.poison: set[str] = set()  # texts containing one of these get 422
         self.spare_probe = True        # the listener's start-up probe is answered correctly
+        self.constant = False          # benchmarks: pre-encoded vectors, next to no server cost
         self.requests: list[tuple[str, list[str]]] = []   # (path, texts)
         self.lock = threading.Lock()
         self._open: set[socket.socket] = set()   # live connections, cut by stop()
@@ -126,6 +128,8 @@ class EmbedServer:
             return self._error(h, path, mode, f"simulated {mode}")
         if mode == "html":
             return h._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+        if self.constant and mode is None:
+            return h._send(200, self._constant_reply(texts, path, body.get("model")))
         vectors = [vector_for(t, self.dim).tolist() for t in texts]
         if mode == "wrong_count":
             vectors = vectors[:-1] if len(vectors) > 1 else vectors * 2
@@ -146,6 +150,21 @@ class EmbedServer:
         else:
             payload = {"model": body.get("model"), "embeddings": vectors}
         h._send(200, json.dumps(payload).encode())
+
+    def _constant_reply(self, texts: list[str], path: str, model) -> bytes:
+        """4,096 distinct pre-encoded unit vectors, picked by a hash of the text: distinct
+        enough for an HNSW index to do its real work, cheap enough to measure the pipeline."""
+        pool = getattr(self, "_pool", None)
+        if pool is None:
+            pool = self._pool = [json.dumps(vector_for(f"pool {i}", self.dim).tolist())
+                                 for i in range(4096)]
+        vs = [pool[zlib.crc32(t.encode()) % len(pool)] for t in texts]
+        if path == "/embed":
+            return ("[" + ",".join(vs) + "]").encode()
+        if path == "/v1/embeddings":
+            items = ",".join(f'{{"index": {i}, "embedding": {v}}}' for i, v in enumerate(vs))
+            return f'{{"data": [{items}], "model": {json.dumps(model)}}}'.encode()
+        return f'{{"embeddings": [{",".join(vs)}]}}'.encode()
 
     @staticmethod
     def _error(h, path: str, status: int, message: str) -> None:

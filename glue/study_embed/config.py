@@ -64,7 +64,7 @@ def _on_off(s: str) -> bool:
 
 
 DB = ("listen", "drain", "status", "reembed", "migrate", "search", "check-duplicate")
-EMBED = ("listen", "drain", "reembed", "search", "check-duplicate")
+EMBED = ("listen", "drain", "search", "check-duplicate")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", None, "PostgreSQL connection URL (default: the project-local "
@@ -73,7 +73,7 @@ SETTINGS: tuple[Setting, ...] = (
             commands=EMBED),
     Setting("EMBEDDING_URL", "http://127.0.0.1:8080", "embedding server base URL", commands=EMBED),
     Setting("EMBEDDING_MODEL", "BAAI/bge-m3", "model name sent to the server and stored in "
-            "embedding_model", commands=EMBED),
+            "embedding_model", commands=(*EMBED, "reembed")),
     Setting("EMBEDDING_API_KEY", None, "bearer token for the embedding server (optional)",
             commands=EMBED),
     Setting("EMBEDDING_TIMEOUT", 15.0, "seconds to wait for one embedding request",

@@ -1,0 +1,100 @@
+"""Rows per second of `study-embed drain` against a zero-cost loopback embedding server.
+
+    .venv/bin/python bench/drain_rate.py [--rows 10000] [--configs 10x1,50x2,...] [--no-index]
+
+Starts its own throwaway PostgreSQL cluster (pg_cron preloaded, as `make db-up` does), migrates
+a database, and for each BATCHxCONCURRENCY setting loads ROWS new questions and times a drain.
+The embedding server returns one pre-encoded 1024-dim vector for every text, so the figure is
+the pipeline's own ceiling (claim, HTTP, JSON, complete, triggers, indexes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from study_embed.localdb import Cluster  # noqa: E402
+from study_embed.migrate import Migrator  # noqa: E402
+from tests.embed_server import EmbedServer  # noqa: E402
+
+LOAD = """
+INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,
+                             choice_3, choice_4, correct_choice)
+SELECT %(uid)s, %(tid)s,
+       '다음 중 ' || g || '번째 문제의 설명으로 옳은 것은? Which statement about item ' || g
+           || ' is correct according to the lecture notes?',
+       '보기 하나 ' || g, 'option two ' || g, '세 번째 보기 ' || g, 'the fourth option ' || g,
+       1 + g %% 4
+FROM generate_series(1, %(n)s) g
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=10_000)
+    ap.add_argument("--configs", default="10x1,10x2,50x2,100x2,200x2,100x4")
+    ap.add_argument("--no-index", action="store_true", help="drop the HNSW index first")
+    args = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="study-embed-bench-"))
+    os.chmod(root, 0o755)
+    cluster = Cluster(datadir=root / "data", port=free_port())
+    server = EmbedServer(dim=1024)
+    server.constant = True
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.create_database("bench")
+        url = cluster.url("bench")
+        Migrator(url, cron=False, log=lambda m: None).run()
+        with psycopg.connect(url, autocommit=True) as conn:
+            if args.no_index:
+                conn.execute("DROP INDEX study_questions_embedding_hnsw")
+            uid = conn.execute("INSERT INTO users (email) VALUES ('b@x') RETURNING id").fetchone()[0]
+            tid = conn.execute("INSERT INTO study_topics (user_id, name) VALUES (%s, 't')"
+                               " RETURNING id", (uid,)).fetchone()[0]
+        env = {**os.environ, "DATABASE_URL": url, "EMBEDDING_URL": server.url,
+               "EMBEDDING_API": "tei", "LOG_LEVEL": "WARNING"}
+        print(f"drain of {args.rows} new rows, zero-cost embedder, HNSW index "
+              f"{'dropped' if args.no_index else 'in place'}, {os.cpu_count()} CPUs")
+        print(f"{'batch':>6} {'conc':>5} {'rows/s':>9} {'seconds':>8}")
+        for cfg in args.configs.split(","):
+            batch, conc = (int(x) for x in cfg.split("x"))
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("TRUNCATE study_question_attempts, study_questions")
+                conn.execute(LOAD, {"uid": uid, "tid": tid, "n": args.rows})
+                conn.execute("VACUUM ANALYZE study_questions")
+            t0 = time.monotonic()
+            r = subprocess.run([sys.executable, "-m", "study_embed.cli", "drain"], text=True,
+                               capture_output=True, env={**env, "BATCH_SIZE": str(batch),
+                                                         "CONCURRENCY": str(conc)})
+            wall = time.monotonic() - t0
+            m = re.search(r"embedded (\d+) rows in ([\d.]+) s", r.stderr)
+            if r.returncode != 0 or not m or int(m.group(1)) != args.rows:
+                sys.exit(f"drain failed:\n{r.stderr}")
+            print(f"{batch:>6} {conc:>5} {args.rows / wall:>9.0f} {wall:>8.2f}", flush=True)
+    finally:
+        server.stop()
+        cluster.destroy()
+
+
+if __name__ == "__main__":
+    main()
