@@ -4,7 +4,7 @@
 
 Starts its own throwaway PostgreSQL cluster (pg_cron preloaded, as `make db-up` does), migrates
 a database, and for each BATCHxCONCURRENCY setting loads ROWS new questions and times a drain.
-The embedding server returns one pre-encoded 1024-dim vector for every text, so the figure is
+The embedding server answers from 4,096 pre-encoded 1024-dim vectors, so the figure is
 the pipeline's own ceiling (claim, HTTP, JSON, complete, triggers, indexes).
 """
 
@@ -13,38 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import psycopg
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from study_embed.localdb import Cluster  # noqa: E402
-from study_embed.migrate import Migrator  # noqa: E402
-from tests.embed_server import EmbedServer  # noqa: E402
-
-LOAD = """
-INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,
-                             choice_3, choice_4, correct_choice)
-SELECT %(uid)s, %(tid)s,
-       '다음 중 ' || g || '번째 문제의 설명으로 옳은 것은? Which statement about item ' || g
-           || ' is correct according to the lecture notes?',
-       '보기 하나 ' || g, 'option two ' || g, '세 번째 보기 ' || g, 'the fourth option ' || g,
-       1 + g %% 4
-FROM generate_series(1, %(n)s) g
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common import LOAD, scratch_database  # noqa: I001 - bench/ is the script's directory
+from tests.embed_server import EmbedServer
 
 
 def main() -> None:
@@ -54,17 +30,9 @@ def main() -> None:
     ap.add_argument("--no-index", action="store_true", help="drop the HNSW index first")
     args = ap.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="study-embed-bench-"))
-    os.chmod(root, 0o755)
-    cluster = Cluster(datadir=root / "data", port=free_port())
     server = EmbedServer(dim=1024)
     server.constant = True
-    try:
-        cluster.init()
-        cluster.start()
-        cluster.create_database("bench")
-        url = cluster.url("bench")
-        Migrator(url, cron=False, log=lambda m: None).run()
+    with scratch_database() as (_, url):
         with psycopg.connect(url, autocommit=True) as conn:
             if args.no_index:
                 conn.execute("DROP INDEX study_questions_embedding_hnsw")
@@ -79,7 +47,7 @@ def main() -> None:
         for cfg in args.configs.split(","):
             batch, conc = (int(x) for x in cfg.split("x"))
             with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("TRUNCATE study_question_attempts, study_questions")
+                conn.execute("TRUNCATE study_question_attempts, study_questions CASCADE")
                 conn.execute(LOAD, {"uid": uid, "tid": tid, "n": args.rows})
                 conn.execute("VACUUM ANALYZE study_questions")
             t0 = time.monotonic()
@@ -91,9 +59,7 @@ def main() -> None:
             if r.returncode != 0 or not m or int(m.group(1)) != args.rows:
                 sys.exit(f"drain failed:\n{r.stderr}")
             print(f"{batch:>6} {conc:>5} {args.rows / wall:>9.0f} {wall:>8.2f}", flush=True)
-    finally:
-        server.stop()
-        cluster.destroy()
+    server.stop()
 
 
 if __name__ == "__main__":

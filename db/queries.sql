@@ -36,3 +36,15 @@ SELECT coalesce(sum(live), 0)::bigint FROM study_embed.status WHERE status <> 'r
 
 -- name: channel
 SELECT study_embed.channel();
+
+-- name: search
+SELECT id, similarity, question_text
+FROM study_embed.search_questions(%(user_id)s, %(query)s, %(k)s, %(topic_id)s);
+
+-- name: find_duplicates
+SELECT id, similarity, question_text
+FROM study_embed.find_duplicates(%(user_id)s, %(query)s, %(threshold)s::real);
+
+-- name: render
+SELECT study_embed.render_question(%(question_text)s, %(choice_1)s, %(choice_2)s, %(choice_3)s,
+                                   %(choice_4)s);

@@ -45,6 +45,21 @@ def url_for(dbname: str, user: str = "postgres") -> str:
     return CLUSTER.url(dbname, user)
 
 
+def fresh_database(name: str, embedding_dim: int | None = None) -> str:
+    """A new, migrated database in the test cluster (no cron job); returns its URL."""
+    drop_database(name)
+    CLUSTER.create_database(name)
+    url = url_for(name)
+    Migrator(url, embedding_dim=embedding_dim, cron=False, log=lambda _msg: None).run()
+    return url
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(url_for("postgres"), autocommit=True) as c:
+        c.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            psycopg.sql.Identifier(name)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def pg_cluster():
     CLUSTER.init()

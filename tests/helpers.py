@@ -110,3 +110,27 @@ class QuestionBank:
             "SELECT * FROM study_embed.release(%s, %s, %s::interval)",
             ([c.id for c in claimed], [c.token for c in claimed], retry_in)).fetchall()
         return {r[0] for r in rows}
+
+
+def nested_plans(url: str, statement: str, params=None, expect_rows: int | None = None,
+                 setup: tuple[str, ...] = ()) -> list[str]:
+    """EXPLAIN ANALYZE of every statement `statement` runs, functions' inner ones included
+    (auto_explain, reported to this client as NOTICEs), in a transaction that is rolled back
+    (after the `setup` statements)."""
+    notices: list[str] = []
+    with psycopg.connect(url, autocommit=True) as c:
+        register_vector(c)
+        c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        for setting in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
+                        "SET auto_explain.log_nested_statements = on",
+                        "SET auto_explain.log_analyze = on", "SET auto_explain.log_buffers = on",
+                        "SET auto_explain.log_level = notice"):
+            c.execute(setting)
+        with c.transaction(force_rollback=True):
+            for stmt in setup:
+                c.execute(stmt)
+            notices.clear()
+            rows = c.execute(statement, params).fetchall()
+    if expect_rows is not None:
+        assert len(rows) == expect_rows
+    return notices

@@ -7,9 +7,8 @@ import re
 import psycopg
 import pytest
 
-from study_embed.migrate import Migrator
-
-from .conftest import CLUSTER, url_for
+from .conftest import drop_database, fresh_database
+from .helpers import nested_plans
 
 ROWS = 100_000
 CLAIMABLE = 100                      # 0.1 %
@@ -19,11 +18,7 @@ CLAIMABLE = 100                      # 0.1 %
 def big_db():
     """100k ready rows and 100 waiting ones, at a small dimension (the claim reads no vector)."""
     name = "claim_plan_100k"
-    with psycopg.connect(url_for("postgres"), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name}")
-    CLUSTER.create_database(name)
-    url = url_for(name)
-    Migrator(url, embedding_dim=8, cron=False, log=lambda m: None).run()
+    url = fresh_database(name, embedding_dim=8)
     with psycopg.connect(url) as c:
         uid = c.execute("INSERT INTO users (email) VALUES ('big@x') RETURNING id").fetchone()[0]
         tid = c.execute("INSERT INTO study_topics (user_id, name) VALUES (%s, 't') RETURNING id",
@@ -51,24 +46,13 @@ def big_db():
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("VACUUM ANALYZE study_questions")
     yield url
-    with psycopg.connect(url_for("postgres"), autocommit=True) as c:
-        c.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    drop_database(name)
 
 
 def _claim_plan(url: str) -> str:
-    """The real plan of the statement inside study_embed.claim(), via auto_explain."""
-    notices: list[str] = []
-    with psycopg.connect(url, autocommit=True) as c:
-        c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
-        for setting in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
-                        "SET auto_explain.log_nested_statements = on",
-                        "SET auto_explain.log_analyze = on", "SET auto_explain.log_buffers = on",
-                        "SET auto_explain.log_level = notice"):
-            c.execute(setting)
-        with c.transaction(force_rollback=True):
-            rows = c.execute("SELECT * FROM study_embed.claim(10)").fetchall()
-            assert len(rows) == 10
-    return next(n for n in notices if "FOR UPDATE SKIP LOCKED" in n)
+    """The real plan of the statement inside study_embed.claim()."""
+    plans = nested_plans(url, "SELECT * FROM study_embed.claim(10)", expect_rows=10)
+    return next(p for p in plans if "FOR UPDATE SKIP LOCKED" in p)
 
 
 def test_claim_uses_the_queue_index_on_100k_rows(big_db):

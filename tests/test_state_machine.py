@@ -362,7 +362,7 @@ def test_status_view_counts_exactly(bank, db):
     assert {s: live for s, live in db.execute("SELECT status, live FROM study_embed.status")} == got
     oldest = db.execute("SELECT oldest_waiting FROM study_embed.status WHERE status = 'none'").fetchone()[0]
     assert oldest is not None
-    db.execute("TRUNCATE study_question_attempts, study_questions")
+    db.execute("TRUNCATE study_question_attempts, study_questions CASCADE")
     assert sum(r[0] for r in db.execute("SELECT live FROM study_embed.status")) == 0
 
 

@@ -31,7 +31,7 @@ class QueueMachine(RuleBasedStateMachine):
         super().__init__()
         self.bank = bank
         self.db = bank.conn
-        self.db.execute("TRUNCATE study_question_attempts, study_questions")
+        self.db.execute("TRUNCATE study_question_attempts, study_questions CASCADE")
         self.claims: list = []          # every claim handed out, current or voided
 
     @rule(target=questions, q=WORDS, c=st.tuples(WORDS, WORDS, WORDS, WORDS))

@@ -78,13 +78,16 @@ COMMENT ON FUNCTION study_embed.claim(integer, interval) IS
 
 -- Store the embeddings of a claimed batch in one call.  A row becomes ready only if its claim is
 -- still the current one (so its text has not changed since the claim); the others are left as
--- they are.  Returns the ids written.
+-- they are.  The near-duplicates of the rows written are recorded (035_search.sql).  Returns
+-- the ids written.
 CREATE OR REPLACE FUNCTION study_embed.complete(ids bigint[], claim_tokens uuid[],
                                                 embeddings :"vector_schema".vector[], model text)
 RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, :"vector_schema", pg_temp
 AS $$
+DECLARE
+    done bigint[];
 BEGIN
     IF cardinality(ids) IS DISTINCT FROM cardinality(claim_tokens)
        OR cardinality(ids) IS DISTINCT FROM cardinality(embeddings) THEN
@@ -97,7 +100,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM study_embed._set_actor('complete');
-    RETURN QUERY
+    WITH written AS (
     UPDATE public.study_questions q
     SET embedding = c.embedding,
         embedding_status = 'ready',
@@ -115,8 +118,13 @@ BEGIN
       AND q.embedding_status = 'pending'
       AND q.embedding_claim_token = c.claim_token
       AND c.embedding IS NOT NULL
-    RETURNING q.id;
+    RETURNING q.id)
+    SELECT array_agg(w.id) INTO done FROM written w;
     PERFORM study_embed._set_actor(NULL);
+    IF done IS NOT NULL THEN
+        PERFORM study_embed._record_duplicates(done);
+    END IF;
+    RETURN QUERY SELECT unnest(done);
 END;
 $$;
 COMMENT ON FUNCTION study_embed.complete(bigint[], uuid[], vector[], text) IS

@@ -1,6 +1,7 @@
 -- 030_status.sql — re-runnable.  What an operator looks at: exact counts, the oldest waiting
 -- row, the failures.  Cheap on a table of millions: counts come from study_embed.status_counts,
--- the rest from the partial queue indexes.
+-- the rest from the partial queue indexes.  (The views are dropped and re-created: nothing
+-- depends on them.)
 
 CREATE OR REPLACE FUNCTION study_embed.compact_counts()
 RETURNS void
@@ -32,7 +33,8 @@ $$;
 COMMENT ON FUNCTION study_embed.recount() IS
     'Recompute study_embed.status_counts from study_questions.';
 
-CREATE OR REPLACE VIEW study_embed.status AS
+DROP VIEW IF EXISTS study_embed.status;
+CREATE VIEW study_embed.status AS
 WITH counts AS (
     SELECT status,
            coalesce(sum(n) FILTER (WHERE NOT deleted), 0)::bigint AS live,
@@ -53,7 +55,8 @@ COMMENT ON VIEW study_embed.status IS
     'Exact row counts per embedding status (live and soft-deleted) and the age of the oldest '
     'row waiting in each queue status.';
 
-CREATE OR REPLACE VIEW study_embed.failures AS
+DROP VIEW IF EXISTS study_embed.failures;
+CREATE VIEW study_embed.failures AS
 SELECT q.id, q.embedding_attempts AS attempts, q.embedding_last_error AS last_error,
        q.embedding_due_at AS next_retry_at,
        q.embedding_due_at IS NULL AS waiting_for_edit

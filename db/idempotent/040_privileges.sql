@@ -15,6 +15,20 @@ EXCEPTION WHEN insufficient_privilege THEN
                      '(NOLOGIN) yourself.';
 END;
 $$;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'study_embed_app') THEN
+        CREATE ROLE study_embed_app NOLOGIN;
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE EXCEPTION 'cannot create role study_embed_app: %', SQLERRM
+        USING HINT = 'Run make migrate as a user with CREATEROLE once, or create the role '
+                     '(NOLOGIN) yourself.';
+END;
+$$;
+COMMENT ON ROLE study_embed_app IS
+    'study-embed search functions (grant it to the app''s role, which also needs SELECT on '
+    'study_questions): similar questions, duplicates, explanation context, clusters.';
 COMMENT ON ROLE study_embed_listener IS
     'study-embed listener: may claim, complete, fail and release embedding work; nothing else.';
 
@@ -45,3 +59,16 @@ GRANT EXECUTE ON FUNCTION
     study_embed.embedding_dimension()
 TO study_embed_listener;
 GRANT SELECT ON study_embed.status, study_embed.failures TO study_embed_listener;
+
+-- The search functions run as the caller (SECURITY INVOKER): the caller also needs SELECT on
+-- study_questions, which the listener's role does not have.
+GRANT EXECUTE ON FUNCTION
+    study_embed._nearest(bigint, :"vector_schema".vector, integer, bigint, bigint, boolean),
+    study_embed.search_questions(bigint, :"vector_schema".vector, integer, bigint),
+    study_embed.similar_questions(bigint, integer, boolean),
+    study_embed.explanation_context(bigint, integer),
+    study_embed.find_duplicates(bigint, :"vector_schema".vector, real),
+    study_embed.wrong_answer_clusters(bigint, integer, real)
+TO study_embed_app;
+GRANT SELECT ON study_embed.settings, study_embed.duplicate_pairs TO study_embed_app;
+GRANT SELECT, UPDATE (dismissed_at) ON study_embed.duplicate_candidates TO study_embed_app;

@@ -219,12 +219,81 @@ def _cmd_reembed(cfg: dict, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- search / check-duplicate ---------------------------------------------------------------------
+
+def _embed_text(cfg: dict, text: str):
+    """One text through the configured embedding server."""
+    from .embedders import EmbeddingError, make_client
+
+    async def run():
+        client = make_client(_client_config(cfg))
+        try:
+            [vec] = await client.embed([text])
+            return vec
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(run())
+    except EmbeddingError as e:
+        raise SystemExit(f"the embedding server at {cfg['embedding_url']} failed: {e}") from None
+
+
+def _search_rows(cfg: dict, query: str, params: dict) -> list[tuple]:
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    from .sqlfiles import queries
+
+    with psycopg.connect(cfg["database_url"], application_name="study-embed search") as conn:
+        register_vector(conn)
+        return conn.execute(queries()[query], params).fetchall()
+
+
+def _print_hits(rows: list[tuple], empty: str) -> None:
+    if not rows:
+        print(empty)
+        return
+    print(f"{'similarity':>10} {'id':>10}  question")
+    for qid, sim, text in rows:
+        first = " ".join(text.split())
+        print(f"{sim:>10.3f} {qid:>10}  {first[:100]}")
+
+
+def _cmd_search(cfg: dict, args: argparse.Namespace) -> int:
+    vec = _embed_text(cfg, args.text)
+    rows = _search_rows(cfg, "search", {"user_id": args.user, "query": vec, "k": args.k,
+                                        "topic_id": args.topic})
+    _print_hits(rows, f"no embedded questions of user {args.user}")
+    return 0
+
+
+def _cmd_check_duplicate(cfg: dict, args: argparse.Namespace) -> int:
+    import psycopg
+
+    from .sqlfiles import queries
+
+    with psycopg.connect(cfg["database_url"]) as conn:   # the pipeline's own renderer
+        text = conn.execute(queries()["render"], {
+            "question_text": args.question, "choice_1": args.choices[0],
+            "choice_2": args.choices[1], "choice_3": args.choices[2],
+            "choice_4": args.choices[3]}).fetchone()[0]
+    vec = _embed_text(cfg, text)
+    rows = _search_rows(cfg, "find_duplicates", {"user_id": args.user, "query": vec,
+                                                 "threshold": args.threshold})
+    _print_hits(rows, f"no near-duplicates among user {args.user}'s questions")
+    return 0
+
+
 COMMANDS = {
     "migrate": (_cmd_migrate, "apply db/ to DATABASE_URL (run-once migrations, functions, cron)"),
     "listen": (_cmd_listen, "embed claimed rows as they come (LISTEN/NOTIFY, poll as fallback)"),
     "drain": (_cmd_drain, "embed everything claimable now, then exit (non-zero if rows failed)"),
     "status": (_cmd_status, "show the embedding queue: counts, oldest waiting, recent errors"),
     "reembed": (_cmd_reembed, "queue every row embedded by another model than EMBEDDING_MODEL"),
+    "search": (_cmd_search, "free-text search in one user's questions"),
+    "check-duplicate": (_cmd_check_duplicate,
+                        "before inserting a question: its near-duplicates in the user's bank"),
 }
 
 
@@ -247,6 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             p.add_argument("--errors", type=int, default=10, metavar="N",
                            help="show up to N failed rows (default 10)")
+        if name in ("search", "check-duplicate"):
+            p.add_argument("--user", type=int, required=True, metavar="ID",
+                           help="the user whose questions are searched (no other user's ever are)")
+        if name == "search":
+            p.add_argument("text", help="what to look for")
+            p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+            p.add_argument("--topic", type=int, default=None, metavar="ID",
+                           help="only this study topic")
+        if name == "check-duplicate":
+            p.add_argument("--question", required=True, help="the question text")
+            p.add_argument("--choices", nargs=4, required=True, metavar="CHOICE",
+                           help="the four choices, in order")
+            p.add_argument("--threshold", type=float, default=None,
+                           help="cosine similarity (default: settings.duplicate_threshold)")
     return parser
 
 

@@ -1,0 +1,52 @@
+"""Shared by the benchmark scripts: a throwaway cluster and realistic question rows."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from study_embed.localdb import Cluster  # noqa: E402
+from study_embed.migrate import Migrator  # noqa: E402
+
+# Korean and English text of realistic length; %(...)s are psycopg parameters.
+LOAD = """
+INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,
+                             choice_3, choice_4, correct_choice)
+SELECT %(uid)s, %(tid)s,
+       '다음 중 ' || g || '번째 문제의 설명으로 옳은 것은? Which statement about item ' || g
+           || ' is correct according to the lecture notes?',
+       '보기 하나 ' || g, 'option two ' || g, '세 번째 보기 ' || g, 'the fourth option ' || g,
+       1 + g %% 4
+FROM generate_series(1, %(n)s) g
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def scratch_database(embedding_dim: int = 1024, settings: str = ""):
+    """A throwaway cluster with one migrated database `bench`; yields (cluster, url)."""
+    root = Path(tempfile.mkdtemp(prefix="study-embed-bench-"))
+    os.chmod(root, 0o755)
+    cluster = Cluster(datadir=root / "data", port=free_port())
+    try:
+        cluster.init()
+        cluster.start(extra_options=settings)
+        cluster.create_database("bench")
+        url = cluster.url("bench")
+        Migrator(url, embedding_dim=embedding_dim, cron=False, log=lambda m: None).run()
+        yield cluster, url
+    finally:
+        cluster.destroy()

@@ -1,0 +1,262 @@
+-- 035_search.sql — re-runnable.  What the embeddings are for: similar questions, free-text
+-- search, near-duplicates, context for explanations, clusters of wrongly answered questions.
+--
+-- Tenant safety: every function takes the user explicitly or derives it from the question, and
+-- every query filters on it; nothing here returns another user's question.  These functions
+-- are SECURITY INVOKER: the caller needs SELECT on study_questions (the app's role has it, the
+-- listener's role does not), and EXECUTE, granted to study_embed_app (040_privileges.sql).
+--
+-- psql variables: :"vector_schema".
+
+-- The k nearest live, embedded questions of one user: the one KNN query everything else uses.
+-- It repeats the partial HNSW index's predicate so that the index can serve it, and on pgvector
+-- >= 0.8 uses an iterative index scan, so that a user who owns a sliver of a large table still
+-- gets k results (the scan goes on until k rows pass the user filter).  Relaxed order is
+-- restored by the final sort.
+CREATE OR REPLACE FUNCTION study_embed._nearest(
+    for_user bigint, query :"vector_schema".vector, k integer,
+    topic_id bigint DEFAULT NULL, exclude_id bigint DEFAULT NULL,
+    with_explanation boolean DEFAULT false)
+RETURNS TABLE (id bigint, distance double precision)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, :"vector_schema", pg_temp
+SET hnsw.ef_search = 100      -- the SET clause also scopes the set_config calls below
+AS $$
+BEGIN
+    IF for_user IS NULL THEN
+        RAISE EXCEPTION 'a user must be given' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF k IS NULL OR k < 1 OR k > 1000 THEN
+        RAISE EXCEPTION 'k must be between 1 and 1000, not %', k
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF query IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('hnsw.ef_search', greatest(100, k)::text, true);
+    IF (SELECT string_to_array(e.extversion, '.')::int[] >= '{0,8}'
+        FROM pg_extension e WHERE e.extname = 'vector') THEN
+        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    END IF;
+    RETURN QUERY
+    WITH nearest AS MATERIALIZED (
+        SELECT q.id, q.embedding <=> query AS distance
+        FROM public.study_questions q
+        WHERE q.deleted_at IS NULL AND q.embedding IS NOT NULL      -- the HNSW index predicate
+          AND q.user_id = for_user
+          AND (topic_id IS NULL OR q.study_topic_id = topic_id)
+          AND (exclude_id IS NULL OR q.id <> exclude_id)
+          AND (NOT with_explanation
+               OR q.explanation IS NOT NULL
+               OR (q.ai_explanation_status = 'ready' AND q.ai_explanation IS NOT NULL))
+        ORDER BY q.embedding <=> query
+        LIMIT k
+    )
+    SELECT n.id, n.distance FROM nearest n ORDER BY n.distance, n.id;
+END;
+$$;
+COMMENT ON FUNCTION study_embed._nearest(bigint, vector, integer, bigint, bigint, boolean) IS
+    'The k nearest live embedded questions of one user by cosine distance (HNSW).';
+
+-- Free-text search: a query vector (the caller embeds the text) and a user.
+CREATE OR REPLACE FUNCTION study_embed.search_questions(
+    for_user bigint, query :"vector_schema".vector, k integer DEFAULT 10,
+    topic_id bigint DEFAULT NULL)
+RETURNS TABLE (id bigint, similarity double precision, study_topic_id bigint,
+               question_text text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, :"vector_schema", pg_temp
+BEGIN ATOMIC
+    SELECT q.id, 1 - n.distance, q.study_topic_id, q.question_text
+    FROM study_embed._nearest(for_user, query, k, topic_id) n
+    JOIN public.study_questions q ON q.id = n.id AND q.user_id = for_user
+    ORDER BY n.distance, q.id;
+END;
+COMMENT ON FUNCTION study_embed.search_questions(bigint, vector, integer, bigint) IS
+    'The k questions of a user most similar to a query vector, with cosine similarity.';
+
+-- Similar questions: the k most similar live questions of the question's own user (optionally
+-- of its topic), itself excluded.  Empty while the question has no embedding yet.
+CREATE OR REPLACE FUNCTION study_embed.similar_questions(
+    question_id bigint, k integer DEFAULT 10, same_topic boolean DEFAULT false)
+RETURNS TABLE (id bigint, similarity double precision, study_topic_id bigint,
+               question_text text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, :"vector_schema", pg_temp
+BEGIN ATOMIC
+    SELECT q.id, 1 - n.distance, q.study_topic_id, q.question_text
+    FROM public.study_questions src
+    CROSS JOIN LATERAL study_embed._nearest(
+        src.user_id, src.embedding, k,
+        CASE WHEN same_topic THEN src.study_topic_id END, src.id) n
+    JOIN public.study_questions q ON q.id = n.id AND q.user_id = src.user_id
+    WHERE src.id = similar_questions.question_id AND src.deleted_at IS NULL
+    ORDER BY n.distance, q.id;
+END;
+COMMENT ON FUNCTION study_embed.similar_questions(bigint, integer, boolean) IS
+    'The k live questions of the same user most similar to a question (itself excluded).';
+
+-- Context for an explanation generator: the most similar questions of the same user that
+-- have an explanation (written, or an AI explanation that is ready), with their texts.
+CREATE OR REPLACE FUNCTION study_embed.explanation_context(question_id bigint, k integer DEFAULT 5)
+RETURNS TABLE (id bigint, similarity double precision, question_text text, correct_choice smallint,
+               correct_answer text, explanation text, ai_explanation text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, :"vector_schema", pg_temp
+BEGIN ATOMIC
+    SELECT q.id, 1 - n.distance,
+           study_embed.render_question(q.question_text, q.choice_1, q.choice_2, q.choice_3,
+                                       q.choice_4),
+           q.correct_choice,
+           (ARRAY[q.choice_1, q.choice_2, q.choice_3, q.choice_4])[q.correct_choice],
+           q.explanation,
+           CASE WHEN q.ai_explanation_status = 'ready' THEN q.ai_explanation END
+    FROM public.study_questions src
+    CROSS JOIN LATERAL study_embed._nearest(src.user_id, src.embedding, k, NULL, src.id, true) n
+    JOIN public.study_questions q ON q.id = n.id AND q.user_id = src.user_id
+    WHERE src.id = explanation_context.question_id AND src.deleted_at IS NULL
+    ORDER BY n.distance, q.id;
+END;
+COMMENT ON FUNCTION study_embed.explanation_context(bigint, integer) IS
+    'RAG context: similar questions of the same user that carry an explanation, with texts.';
+
+-- Pre-insert check: near-duplicates of a query vector in a user's bank.
+CREATE OR REPLACE FUNCTION study_embed.find_duplicates(
+    for_user bigint, query :"vector_schema".vector, threshold real DEFAULT NULL)
+RETURNS TABLE (id bigint, similarity double precision, question_text text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, :"vector_schema", pg_temp
+BEGIN ATOMIC
+    SELECT q.id, 1 - n.distance, q.question_text
+    FROM study_embed.settings s
+    CROSS JOIN LATERAL study_embed._nearest(for_user, query, s.duplicate_neighbours) n
+    JOIN public.study_questions q ON q.id = n.id AND q.user_id = for_user
+    WHERE 1 - n.distance >= coalesce(find_duplicates.threshold, s.duplicate_threshold)
+    ORDER BY n.distance, q.id;
+END;
+COMMENT ON FUNCTION study_embed.find_duplicates(bigint, vector, real) IS
+    'Questions of a user whose similarity to a query vector is at least the threshold '
+    '(default settings.duplicate_threshold): the check before inserting a question.';
+
+-- Called by study_embed.complete(): record the near-duplicates of questions that just became
+-- ready.  Their earlier open pairs are replaced (the text may have changed); dismissed pairs
+-- stay dismissed.
+CREATE OR REPLACE FUNCTION study_embed._record_duplicates(ids bigint[])
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, :"vector_schema", pg_temp
+BEGIN ATOMIC
+    DELETE FROM study_embed.duplicate_candidates d
+    WHERE (d.question_id = ANY (ids) OR d.duplicate_of = ANY (ids)) AND d.dismissed_at IS NULL;
+    INSERT INTO study_embed.duplicate_candidates (question_id, duplicate_of, user_id, similarity)
+    SELECT least(q.id, n.id), greatest(q.id, n.id), q.user_id, (1 - n.distance)::real
+    FROM study_embed.settings s
+    CROSS JOIN public.study_questions q
+    CROSS JOIN LATERAL study_embed._nearest(q.user_id, q.embedding, s.duplicate_neighbours,
+                                            NULL, q.id) n
+    WHERE q.id = ANY (ids) AND q.deleted_at IS NULL
+      AND 1 - n.distance >= s.duplicate_threshold
+    ON CONFLICT (question_id, duplicate_of) DO NOTHING;
+END;
+
+DROP VIEW IF EXISTS study_embed.duplicate_pairs;
+CREATE VIEW study_embed.duplicate_pairs AS
+SELECT d.user_id, d.question_id, d.duplicate_of, d.similarity, d.detected_at,
+       a.question_text AS question_text, b.question_text AS duplicate_text
+FROM study_embed.duplicate_candidates d
+JOIN public.study_questions a ON a.id = d.question_id AND a.user_id = d.user_id
+JOIN public.study_questions b ON b.id = d.duplicate_of AND b.user_id = d.user_id
+WHERE d.dismissed_at IS NULL AND a.deleted_at IS NULL AND b.deleted_at IS NULL;
+COMMENT ON VIEW study_embed.duplicate_pairs IS
+    'Open near-duplicate pairs of live questions, with both texts; filter by user_id.';
+
+-- Wrong-answer clusters.  The questions a user most recently got wrong (latest attempt wrong,
+-- the `recent` most recent of them) are grouped greedily: the question with the most
+-- still-unassigned neighbours at cosine similarity >= `threshold` becomes a cluster's
+-- representative and takes those neighbours with it; repeat until every question is placed.
+-- Every member is therefore within `threshold` of its representative (no chaining), and a
+-- question with no close neighbour is a cluster of its own.
+CREATE OR REPLACE FUNCTION study_embed.wrong_answer_clusters(
+    for_user bigint, recent integer DEFAULT 50, threshold real DEFAULT 0.75)
+RETURNS TABLE (cluster integer, representative_id bigint, question_id bigint,
+               similarity double precision, question_text text, last_wrong_at timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, :"vector_schema", pg_temp
+AS $$
+DECLARE
+    qids bigint[];
+    wrong_at timestamptz[];
+    embs vector[];
+    sims double precision[];   -- n x n, row-major
+    n integer;
+    assigned integer[];        -- cluster number per question, 0 = not yet
+    c integer := 0;
+    best integer;
+    best_degree integer;
+    degree integer;
+BEGIN
+    IF for_user IS NULL THEN
+        RAISE EXCEPTION 'a user must be given' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF recent IS NULL OR recent < 1 OR recent > 500 THEN
+        RAISE EXCEPTION 'recent must be between 1 and 500, not %', recent
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT array_agg(x.id ORDER BY x.answered_at DESC, x.id),
+           array_agg(x.answered_at ORDER BY x.answered_at DESC, x.id),
+           array_agg(x.embedding ORDER BY x.answered_at DESC, x.id)
+    INTO qids, wrong_at, embs
+    FROM (SELECT w.study_question_id AS id, w.answered_at, q.embedding
+          FROM (SELECT DISTINCT ON (a.study_question_id)
+                       a.study_question_id, a.answered_at, a.is_correct
+                FROM public.study_question_attempts a
+                WHERE a.user_id = for_user
+                ORDER BY a.study_question_id, a.answered_at DESC) w      -- latest attempt
+          JOIN public.study_questions q ON q.id = w.study_question_id AND q.user_id = for_user
+          WHERE NOT w.is_correct AND q.deleted_at IS NULL AND q.embedding IS NOT NULL
+          ORDER BY w.answered_at DESC, w.study_question_id
+          LIMIT recent) x;
+    n := coalesce(cardinality(qids), 0);
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(1 - (a.e <=> b.e) ORDER BY a.i, b.i) INTO sims
+    FROM unnest(embs) WITH ORDINALITY a(e, i) CROSS JOIN unnest(embs) WITH ORDINALITY b(e, i);
+    assigned := array_fill(0, ARRAY[n]);
+    LOOP
+        best := NULL;
+        best_degree := -1;
+        FOR i IN 1..n LOOP
+            CONTINUE WHEN assigned[i] <> 0;
+            degree := 0;
+            FOR j IN 1..n LOOP
+                IF j <> i AND assigned[j] = 0 AND sims[(i - 1) * n + j] >= threshold THEN
+                    degree := degree + 1;
+                END IF;
+            END LOOP;
+            IF degree > best_degree THEN   -- ties: the most recently missed question
+                best := i;
+                best_degree := degree;
+            END IF;
+        END LOOP;
+        EXIT WHEN best IS NULL;
+        c := c + 1;
+        FOR j IN 1..n LOOP
+            IF assigned[j] = 0 AND (j = best OR sims[(best - 1) * n + j] >= threshold) THEN
+                assigned[j] := c;
+                cluster := c;
+                representative_id := qids[best];
+                question_id := qids[j];
+                similarity := sims[(best - 1) * n + j];
+                last_wrong_at := wrong_at[j];
+                SELECT q.question_text INTO wrong_answer_clusters.question_text
+                FROM public.study_questions q WHERE q.id = qids[j];
+                RETURN NEXT;
+            END IF;
+        END LOOP;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION study_embed.wrong_answer_clusters(bigint, integer, real) IS
+    'Groups the questions a user most recently answered wrongly into clusters of related '
+    'questions (greedy threshold clustering around representatives).';

@@ -1,0 +1,376 @@
+"""Search over the embeddings: similar questions, free text, duplicates, RAG context, clusters.
+
+Synthetic data with known structure: vectors drawn around chosen centres, so that the right
+answers are known before asking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import psycopg
+import pytest
+from pgvector.psycopg import register_vector
+
+from .conftest import drop_database, fresh_database
+from .helpers import nested_plans, render, vector_for
+
+DIM = 64
+USERS = 150
+ROWS_PER_OTHER_USER = 133       # 150 users: 19,817 other rows
+TARGET = 1                      # user 1 owns 150 rows: 0.75 % of the table
+TARGET_ROWS = 150
+CENTRES = 40
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def copy_ready_rows(conn, rows) -> None:
+    """Load rows that are already embedded (as a restore would), hashes and all."""
+    with conn.cursor().copy(
+            "COPY study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,"
+            " choice_3, choice_4, correct_choice, embedding, embedding_status, embedding_model,"
+            " embedding_source_sha256, explanation) FROM STDIN") as cp:
+        for uid, tid, q, vec, expl in rows:
+            choices = ("a", "b", "c", "d")
+            sha = hashlib.sha256(render(q, *choices).encode()).digest()
+            cp.write_row((uid, tid, q, *choices, 1, vec, "ready", "m", sha, expl))
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """~20k rows, 150 users; user 1 owns 150 of them, spread over the same centres."""
+    name = "search_corpus"
+    url = fresh_database(name, embedding_dim=DIM)
+    rng = np.random.default_rng(7)
+    centres = [unit(rng.standard_normal(DIM)) for _ in range(CENTRES)]
+    with psycopg.connect(url) as conn:
+        register_vector(conn)
+        conn.execute("INSERT INTO users (id, email) SELECT g, 'u' || g || '@x'"
+                     " FROM generate_series(1, %s) g", (USERS,))
+        conn.execute("INSERT INTO study_topics (id, user_id, name) SELECT g, g, 't' || g"
+                     " FROM generate_series(1, %s) g", (USERS,))
+        conn.execute("INSERT INTO study_topics (id, user_id, name) VALUES (1000, 1, 'second')")
+        rows, vectors = [], {}
+        for uid in range(1, USERS + 1):
+            n = TARGET_ROWS if uid == TARGET else ROWS_PER_OTHER_USER
+            for i in range(n):
+                v = unit(centres[rng.integers(CENTRES)] + 0.35 * rng.standard_normal(DIM))
+                q = f"user {uid} question {i}"
+                tid = 1000 if uid == TARGET and i % 2 else uid
+                expl = "an explanation" if i % 3 == 0 else None
+                rows.append((uid, tid, q, v, expl))
+                if uid == TARGET:
+                    vectors[q] = v
+        conn.execute("SET session_replication_role = replica")   # bulk load, triggers off
+        copy_ready_rows(conn, rows)
+        conn.execute("RESET session_replication_role")
+        conn.execute("SELECT study_embed.recount()")
+        conn.commit()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE study_questions")
+    yield url
+    drop_database(name)
+
+
+@pytest.fixture
+def cconn(corpus):
+    with psycopg.connect(corpus, autocommit=True) as conn:
+        register_vector(conn)
+        yield conn
+
+
+def exact_neighbours(conn, qid: int, k: int, same_topic: bool = False) -> list[int]:
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_indexscan = off")     # a true exact scan
+        return [r[0] for r in conn.execute(
+            "SELECT o.id FROM study_questions o, study_questions s"
+            " WHERE s.id = %s AND o.user_id = s.user_id AND o.id <> s.id"
+            " AND o.deleted_at IS NULL AND o.embedding IS NOT NULL"
+            " AND (NOT %s OR o.study_topic_id = s.study_topic_id)"
+            " ORDER BY o.embedding <=> s.embedding, o.id LIMIT %s", (qid, same_topic, k))]
+
+
+def target_ids(conn, n: int = 40) -> list[int]:
+    return [r[0] for r in conn.execute(
+        "SELECT id FROM study_questions WHERE user_id = %s ORDER BY id LIMIT %s", (TARGET, n))]
+
+
+def test_the_target_user_owns_under_one_percent(cconn):
+    total, mine = cconn.execute("SELECT count(*), count(*) FILTER (WHERE user_id = %s)"
+                                " FROM study_questions", (TARGET,)).fetchone()
+    assert total > 19_000 and mine / total < 0.01
+
+
+def test_similar_questions_recall_at_10_with_the_user_filter(cconn):
+    hits = total = 0
+    for qid in target_ids(cconn):
+        got = [r[0] for r in cconn.execute(
+            "SELECT id FROM study_embed.similar_questions(%s, 10)", (qid,))]
+        want = exact_neighbours(cconn, qid, 10)
+        assert len(got) == 10                         # the iterative scan found all k
+        hits += len(set(got) & set(want))
+        total += len(want)
+    recall = hits / total
+    print(f"recall@10 with the per-user filter: {recall:.3f}")
+    assert recall >= 0.95
+
+
+def _knn_plan(plans: list[str]) -> str:
+    return next(p for p in plans if "nearest AS MATERIALIZED" in p)
+
+
+def test_similar_questions_never_scan_the_table(corpus, cconn):
+    """The planner picks the HNSW index or, for a user this small, the exact per-user path."""
+    for qid in target_ids(cconn, 3):
+        plan = _knn_plan(nested_plans(
+            corpus, "SELECT * FROM study_embed.similar_questions(%s, 10)", (qid,), expect_rows=10))
+        assert "Seq Scan on study_questions" not in plan
+        assert ("Index Scan using study_questions_embedding_hnsw" in plan
+                or "Index Cond: (user_id = " in plan), plan
+
+
+def test_hnsw_with_iterative_scan_serves_a_user_with_under_one_percent(corpus, cconn):
+    """Without a per-user index the HNSW index must do it all: it still returns k rows of the
+    user, with recall@10 >= 0.95, thanks to the iterative scan (pgvector >= 0.8)."""
+    drop = ("DROP INDEX study_questions_user_topic",)   # rolled back afterwards
+    hits = total = 0
+    for qid in target_ids(cconn, 20):
+        plans = nested_plans(corpus, "SELECT id FROM study_embed.similar_questions(%s, 10)",
+                             (qid,), expect_rows=10, setup=drop)
+        plan = _knn_plan(plans)
+        assert "Index Scan using study_questions_embedding_hnsw on study_questions" in plan, plan
+        got = [int(x) for x in _similar_ids(corpus, qid, drop)]
+        want = exact_neighbours(cconn, qid, 10)
+        hits += len(set(got) & set(want))
+        total += len(want)
+    recall = hits / total
+    print(f"recall@10, HNSW only, per-user filter: {recall:.3f}")
+    assert recall >= 0.95
+
+
+def _similar_ids(url: str, qid: int, setup: tuple[str, ...]) -> list[int]:
+    with psycopg.connect(url) as c:
+        with c.transaction(force_rollback=True):
+            for stmt in setup:
+                c.execute(stmt)
+            return [r[0] for r in c.execute(
+                "SELECT id FROM study_embed.similar_questions(%s, 10)", (qid,))]
+
+
+def test_same_topic_and_never_another_users_question(cconn):
+    for qid in target_ids(cconn, 10):
+        rows = cconn.execute(
+            "SELECT s.id, q.user_id, q.study_topic_id, src.study_topic_id"
+            " FROM study_embed.similar_questions(%s, 20, true) s"
+            " JOIN study_questions q ON q.id = s.id JOIN study_questions src ON src.id = %s",
+            (qid, qid)).fetchall()
+        assert len(rows) == 20
+        assert {r[1] for r in rows} == {TARGET}
+        assert all(r[2] == r[3] for r in rows)
+        assert qid not in {r[0] for r in rows}
+        exact = set(exact_neighbours(cconn, qid, 20, same_topic=True))
+        assert len({r[0] for r in rows} & exact) >= 18
+
+
+def test_search_by_vector_is_per_user(cconn):
+    """The same query vector, asked for two users, returns only each user's own rows."""
+    q = cconn.execute("SELECT embedding FROM study_questions WHERE user_id = 2 LIMIT 1").fetchone()[0]
+    for uid in (TARGET, 2, 3):
+        owners = {r[0] for r in cconn.execute(
+            "SELECT q.user_id FROM study_embed.search_questions(%s, %s, 25) s"
+            " JOIN study_questions q ON q.id = s.id", (uid, q))}
+        assert owners == {uid}
+    assert cconn.execute("SELECT count(*) FROM study_embed.search_questions(999999, %s, 5)",
+                         (q,)).fetchone()[0] == 0
+
+
+def test_planted_neighbours_come_back_in_order(bank, db):
+    """In the 1024-dim schema, through the pipeline: neighbours at growing distances."""
+    rng = np.random.default_rng(3)
+    src = unit(rng.standard_normal(1024))
+    noise = [unit(rng.standard_normal(1024)) for _ in range(5)]
+    planted = [unit(src + eps * n) for eps, n in zip((0.1, 0.3, 0.6, 1.0, 1.5), noise)]
+    ids = [bank.insert(f"planted {i}") for i in range(6)]
+    for _ in range(30):                                    # unrelated questions of the user
+        ids.append(bank.insert())
+    other_user = bank.new_user()
+    foreign = bank.insert("foreign copy", user=other_user)  # another user's exact copy
+    vectors = {ids[0]: src, **{ids[i + 1]: planted[i] for i in range(5)},
+               foreign: src}
+    claimed = bank.claim(100)
+    bank.complete(claimed, vectors=[vectors.get(c.id, unit(rng.standard_normal(1024)))
+                                    for c in claimed])
+    got = db.execute("SELECT id, similarity FROM study_embed.similar_questions(%s, 5)",
+                     (ids[0],)).fetchall()
+    assert [r[0] for r in got] == ids[1:6]
+    sims = [r[1] for r in got]
+    assert sims == sorted(sims, reverse=True) and sims[0] > 0.99
+    # deleted rows never appear
+    db.execute("UPDATE study_questions SET deleted_at = now() WHERE id = %s", (ids[1],))
+    got = [r[0] for r in db.execute("SELECT id FROM study_embed.similar_questions(%s, 5)",
+                                    (ids[0],))]
+    assert ids[1] not in got and got[:4] == ids[2:6] and foreign not in got
+    # a question without an embedding yet has no similar questions (not an error)
+    assert db.execute("SELECT count(*) FROM study_embed.similar_questions(%s)",
+                      (bank.insert(),)).fetchone()[0] == 0
+
+
+def _embed_all(bank, vectors: dict[int, np.ndarray]) -> None:
+    claimed = bank.claim(1000)
+    bank.complete(claimed, vectors=[vectors[c.id] for c in claimed])
+
+
+def test_duplicates_are_recorded_for_near_copies_only(bank, db):
+    rng = np.random.default_rng(11)
+    base = unit(rng.standard_normal(1024))
+    original = bank.insert("What is the capital of France?")
+    copy = bank.insert("What's the capital city of France?")
+    unrelated = bank.insert("Solve 2x + 3 = 7.")
+    other_user = bank.new_user()
+    foreign = bank.insert("What is the capital of France?", user=other_user)
+    _embed_all(bank, {original: base, copy: unit(base + 0.05 * rng.standard_normal(1024) / 32),
+                      unrelated: unit(rng.standard_normal(1024)), foreign: base})
+    pairs = db.execute("SELECT question_id, duplicate_of, user_id, similarity, question_text,"
+                       " duplicate_text FROM study_embed.duplicate_pairs").fetchall()
+    assert [(p[0], p[1], p[2]) for p in pairs] == [(original, copy, bank.user_id)]
+    assert pairs[0][3] > 0.99 and "capital of France" in pairs[0][4]
+    # a content edit takes the pair away until the new embedding says otherwise
+    bank.update(copy, question_text="Name the largest desert.")
+    _embed_all(bank, {copy: unit(rng.standard_normal(1024))})
+    assert db.execute("SELECT count(*) FROM study_embed.duplicate_pairs").fetchone()[0] == 0
+
+
+def test_check_before_insert_finds_candidates(bank, db):
+    rng = np.random.default_rng(5)
+    base = unit(rng.standard_normal(1024))
+    qid = bank.insert("원래 문제")
+    _embed_all(bank, {qid: base})
+    near = unit(base + 0.01 * rng.standard_normal(1024))
+    found = db.execute("SELECT id, similarity FROM study_embed.find_duplicates(%s, %s)",
+                       (bank.user_id, near)).fetchall()
+    assert [f[0] for f in found] == [qid] and found[0][1] > 0.92
+    far = unit(rng.standard_normal(1024))
+    assert db.execute("SELECT count(*) FROM study_embed.find_duplicates(%s, %s)",
+                      (bank.user_id, far)).fetchone()[0] == 0
+    other = bank.new_user()[0]
+    assert db.execute("SELECT count(*) FROM study_embed.find_duplicates(%s, %s)",
+                      (other, near)).fetchone()[0] == 0
+
+
+def test_explanation_context_returns_explained_neighbours_with_texts(bank, db):
+    rng = np.random.default_rng(9)
+    base = unit(rng.standard_normal(1024))
+    src = bank.insert("source")
+    explained = bank.insert("explained", ("w", "x", "y", "z"), correct=3, explanation="because y")
+    ai = bank.insert("ai explained", ai_explanation="AI says", ai_explanation_status="ready")
+    ai_pending = bank.insert("ai pending", ai_explanation="draft", ai_explanation_status="pending")
+    bare = bank.insert("no explanation")
+    other_user = bank.new_user()
+    foreign = bank.insert("foreign", explanation="not yours", user=other_user)
+    vec = {q: unit(base + 0.2 * rng.standard_normal(1024) / 32) for q in
+           (explained, ai, ai_pending, bare, foreign)}
+    _embed_all(bank, {src: base, **vec})
+    rows = db.execute("SELECT id, question_text, correct_answer, explanation, ai_explanation"
+                      " FROM study_embed.explanation_context(%s, 5)", (src,)).fetchall()
+    assert {r[0] for r in rows} == {explained, ai}
+    by_id = {r[0]: r for r in rows}
+    assert by_id[explained][1] == render("explained", "w", "x", "y", "z")
+    assert by_id[explained][2:4] == ("y", "because y")
+    assert by_id[ai][4] == "AI says"
+
+
+def test_wrong_answer_clusters_recover_planted_groups(bank, db):
+    rng = np.random.default_rng(21)
+    centres = [unit(rng.standard_normal(1024)) for _ in range(3)]
+    groups = {g: [bank.insert(f"group {g} item {i}") for i in range(4)] for g in range(3)}
+    loner = bank.insert("a loner")
+    right = bank.insert("answered right")
+    vectors = {q: unit(centres[g] + 0.15 * rng.standard_normal(1024) / 32)
+               for g, qs in groups.items() for q in qs}
+    vectors[loner] = unit(rng.standard_normal(1024))
+    vectors[right] = unit(centres[0] + 0.15 * rng.standard_normal(1024) / 32)
+    other_user = bank.new_user()
+    foreign = bank.insert("foreign", user=other_user)
+    vectors[foreign] = centres[0]
+    _embed_all(bank, vectors)
+
+    def attempt(qid, selected, user=(bank.user_id, bank.topic_id), correct=1):
+        db.execute("INSERT INTO study_question_attempts (user_id, study_question_id,"
+                   " study_topic_id, selected_choice, correct_choice, is_correct)"
+                   " VALUES (%s, %s, %s, %s, %s, %s)",
+                   (user[0], qid, user[1], selected, correct, selected == correct))
+
+    for q in [*vectors]:
+        if q not in (right, foreign):
+            attempt(q, 2)                       # wrong
+    attempt(right, 2)
+    attempt(right, 1)                            # latest attempt right: not a weak spot
+    attempt(foreign, 2, user=other_user)
+    rows = db.execute("SELECT cluster, representative_id, question_id, similarity"
+                      " FROM study_embed.wrong_answer_clusters(%s)", (bank.user_id,)).fetchall()
+    clusters: dict[int, set[int]] = {}
+    for cluster, rep, qid, sim in rows:
+        clusters.setdefault(cluster, set()).add(qid)
+        assert sim >= 0.75 or qid == rep
+    assert sorted(map(sorted, clusters.values())) == sorted(
+        [sorted(groups[0]), sorted(groups[1]), sorted(groups[2]), [loner]])
+    assert foreign not in {r[2] for r in rows} and right not in {r[2] for r in rows}
+    # deleted questions drop out
+    db.execute("UPDATE study_questions SET deleted_at = now() WHERE id = %s", (groups[0][0],))
+    ids = {r[0] for r in db.execute(
+        "SELECT question_id FROM study_embed.wrong_answer_clusters(%s)", (bank.user_id,))}
+    assert groups[0][0] not in ids and len(ids) == 12
+
+
+def test_search_functions_reject_missing_user(bank, db):
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute("SELECT * FROM study_embed.search_questions(NULL, %s)",
+                   (vector_for("x"),))
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute("SELECT * FROM study_embed.wrong_answer_clusters(NULL)")
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+def _cli(*args, env):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "study_embed.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_search_and_check_duplicate_commands(bank, db, db_url):
+    import os
+
+    from .embed_server import EmbedServer
+
+    server = EmbedServer(dim=1024)
+    try:
+        env = {**os.environ, "DATABASE_URL": db_url, "EMBEDDING_URL": server.url}
+        target = bank.insert("광합성은 어디에서 일어나는가?", ("엽록체", "미토콘드리아", "핵", "리보솜"))
+        bank.insert("Which planet is largest?", ("Mars", "Jupiter", "Venus", "Earth"))
+        other = bank.new_user()
+        foreign = bank.insert("광합성은 어디에서 일어나는가?", ("엽록체", "미토콘드리아", "핵", "리보솜"),
+                              user=other)
+        assert _cli("drain", env=env).returncode == 0
+        assert bank.claim() == []                  # everything is embedded
+        r = _cli("check-duplicate", "--user", str(bank.user_id), "--question",
+                 "광합성은 어디에서 일어나는가?", "--choices", "엽록체", "미토콘드리아", "핵", "리보솜",
+                 env=env)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[1].split()[:2] == ["1.000", str(target)] and len(lines) == 2
+        assert str(foreign) not in r.stdout
+        r = _cli("check-duplicate", "--user", str(bank.user_id), "--question", "new",
+                 "--choices", "a", "b", "c", "d", env=env)
+        assert r.returncode == 0 and "no near-duplicates" in r.stdout
+        r = _cli("search", "--user", str(other[0]), "anything", "-k", "5", env=env)
+        assert r.returncode == 0, r.stderr
+        ids = [int(ln.split()[1]) for ln in r.stdout.splitlines()[1:]]
+        assert ids == [foreign]
+    finally:
+        server.stop()
