@@ -6,7 +6,7 @@ CLI   := $(VENV)/bin/study-embed
 STAMP := $(VENV)/.deps-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help deps db-up db-down db-url migrate test listen drain status bench clean
+.PHONY: help deps db-up db-down db-url migrate test listen drain status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'

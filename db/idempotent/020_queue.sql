@@ -13,6 +13,21 @@ LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 RETURN (SELECT NULL::void FROM set_config('study_embed.actor', coalesce(actor, ''), true));
 
+-- The batch functions take parallel arrays: they must be of one length.
+CREATE OR REPLACE FUNCTION study_embed._check_batch(fn text, names text[], lengths integer[])
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (SELECT count(DISTINCT coalesce(l, -1)) FROM unnest(lengths) l) > 1 THEN
+        RAISE EXCEPTION '%: % differ in length (%)', fn, array_to_string(names, ', '),
+            array_to_string(lengths, ', ', 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END;
+$$;
+
 -- Claim up to batch_size claimable rows: none, stale, failed and due for retry, or pending with
 -- an expired lease (an expired lease counts as a failed attempt).  Concurrent claimers skip each
 -- other's rows (FOR UPDATE SKIP LOCKED).
@@ -89,12 +104,8 @@ AS $$
 DECLARE
     done bigint[];
 BEGIN
-    IF cardinality(ids) IS DISTINCT FROM cardinality(claim_tokens)
-       OR cardinality(ids) IS DISTINCT FROM cardinality(embeddings) THEN
-        RAISE EXCEPTION 'complete: ids (%), claim_tokens (%) and embeddings (%) differ in length',
-            cardinality(ids), cardinality(claim_tokens), cardinality(embeddings)
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM study_embed._check_batch('complete', '{ids,claim_tokens,embeddings}',
+        ARRAY[cardinality(ids), cardinality(claim_tokens), cardinality(embeddings)]);
     IF model IS NULL OR model = '' OR length(model) > 120 THEN
         RAISE EXCEPTION 'complete: model must be a name of 1 to 120 characters'
             USING ERRCODE = 'invalid_parameter_value';
@@ -144,12 +155,8 @@ AS $$
 DECLARE
     cfg study_embed.settings := (SELECT s FROM study_embed.settings s);
 BEGIN
-    IF cardinality(ids) IS DISTINCT FROM cardinality(claim_tokens)
-       OR cardinality(ids) IS DISTINCT FROM cardinality(errors) THEN
-        RAISE EXCEPTION 'fail: ids (%), claim_tokens (%) and errors (%) differ in length',
-            cardinality(ids), cardinality(claim_tokens), cardinality(errors)
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM study_embed._check_batch('fail', '{ids,claim_tokens,errors}',
+        ARRAY[cardinality(ids), cardinality(claim_tokens), cardinality(errors)]);
     PERFORM study_embed._set_actor('fail');
     RETURN QUERY
     UPDATE public.study_questions q
@@ -185,11 +192,8 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF cardinality(ids) IS DISTINCT FROM cardinality(claim_tokens) THEN
-        RAISE EXCEPTION 'release: ids (%) and claim_tokens (%) differ in length',
-            cardinality(ids), cardinality(claim_tokens)
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM study_embed._check_batch('release', '{ids,claim_tokens}',
+        ARRAY[cardinality(ids), cardinality(claim_tokens)]);
     PERFORM study_embed._set_actor('release');
     RETURN QUERY
     UPDATE public.study_questions q

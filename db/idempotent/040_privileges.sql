@@ -1,29 +1,22 @@
--- 040_privileges.sql — re-runnable.  Least privilege for the listener.
+-- 040_privileges.sql — re-runnable.  Least privilege for the listener and the app.
 --
 -- study_embed_listener (NOLOGIN; grant it to the login role the listener runs as) may call the
 -- queue functions and read the status views, and nothing else: no table of the app, no question
 -- content except the rendered text a claim hands out.
 
 DO $$
+DECLARE
+    r text;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'study_embed_listener') THEN
-        CREATE ROLE study_embed_listener NOLOGIN;
-    END IF;
+    FOREACH r IN ARRAY ARRAY['study_embed_listener', 'study_embed_app'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
 EXCEPTION WHEN insufficient_privilege THEN
-    RAISE EXCEPTION 'cannot create role study_embed_listener: %', SQLERRM
-        USING HINT = 'Run make migrate as a user with CREATEROLE once, or create the role '
-                     '(NOLOGIN) yourself.';
-END;
-$$;
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'study_embed_app') THEN
-        CREATE ROLE study_embed_app NOLOGIN;
-    END IF;
-EXCEPTION WHEN insufficient_privilege THEN
-    RAISE EXCEPTION 'cannot create role study_embed_app: %', SQLERRM
-        USING HINT = 'Run make migrate as a user with CREATEROLE once, or create the role '
-                     '(NOLOGIN) yourself.';
+    RAISE EXCEPTION 'cannot create role %: %', r, SQLERRM
+        USING HINT = 'Run make migrate once as a user with CREATEROLE, or create the roles '
+                     'study_embed_listener and study_embed_app (NOLOGIN) yourself.';
 END;
 $$;
 COMMENT ON ROLE study_embed_app IS
