@@ -6,7 +6,7 @@ CLI   := $(VENV)/bin/study-embed
 STAMP := $(VENV)/.deps-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help deps db-up db-down db-url migrate test listen drain status clean
+.PHONY: help deps db-up db-down db-url migrate test listen drain status bench bench-full clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ drain: migrate ## embed everything waiting, then exit
 
 status: $(STAMP) ## show the embedding queue
 	@$(CLI) status
+
+bench: $(STAMP) ## benchmarks, quick mode (a few minutes): prints a table, writes bench/results/
+	@$(PY) bench/run.py
+
+bench-full: $(STAMP) ## benchmarks, full mode (about half an hour)
+	@$(PY) bench/run.py --full
 
 clean: db-down ## remove the local cluster and the virtual environment
 	rm -rf .pgdata $(VENV)

@@ -27,6 +27,7 @@ class EmbedServer:
     def __init__(self, dim: int = 1024, port: int = 0) -> None:
         self.dim = dim
         self.delay = 0.0               # seconds before answering
+        self.cost_per_text = 0.0       # and this many more per text (a model's cost)
         self.mode: str | int | None = None  # None, an HTTP status, or a misbehaviour name
         self.poison: set[str] = set()  # texts containing one of these get 422
         self.spare_probe = True        # the listener's start-up probe is answered correctly
@@ -119,8 +120,8 @@ class EmbedServer:
         texts = [texts] if isinstance(texts, str) else list(texts or [])
         with self.lock:
             self.requests.append((path, texts))
-        if self.delay:
-            time.sleep(self.delay)
+        if self.delay or self.cost_per_text:
+            time.sleep(self.delay + self.cost_per_text * len(texts))
         mode = None if self.spare_probe and texts == [PROBE] else self.mode
         if any(p in t for p in self.poison for t in texts):
             return self._error(h, path, 422, "Input validation error: input is too long")

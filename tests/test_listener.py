@@ -17,7 +17,7 @@ from pgvector.psycopg import register_vector
 from study_embed.localdb import Cluster
 from study_embed.migrate import Migrator
 
-from .conftest import _free_port, scratch_dir
+from .conftest import CLUSTER, _free_port, drop_database, scratch_dir, url_for
 from .embed_server import PROBE, EmbedServer
 from .helpers import QuestionBank, render, vector_for
 
@@ -40,6 +40,15 @@ def _env(db_url: str, server: EmbedServer, **extra) -> dict:
 def run_cli(*args, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "study_embed.cli", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def empty_database_url():
+    name = "never_migrated"
+    drop_database(name)
+    CLUSTER.create_database(name)
+    yield url_for(name)
+    drop_database(name)
 
 
 @pytest.fixture
@@ -382,3 +391,8 @@ def test_json_logs(bank, db_url, server):
     batch = [rec for rec in records if rec["msg"] == "batch"]
     assert batch and batch[0]["rows"] == 1 and batch[0]["embedded"] == 1
     assert "embed_ms" in batch[0]
+
+
+def test_unmigrated_database_is_a_clear_error(server, empty_database_url):
+    r = run_cli("drain", env=_env(empty_database_url, server))
+    assert r.returncode == 2 and "run `make migrate`" in r.stderr

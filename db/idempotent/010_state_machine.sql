@@ -65,7 +65,9 @@ COMMENT ON FUNCTION study_embed.transition_allowed(text, text, text) IS
     'The embedding state machine: which actor may move a row from one status to another.';
 
 -- Every status must come with the bookkeeping that makes it true.
-CREATE OR REPLACE FUNCTION study_embed._check_consistent(q public.study_questions)
+DROP FUNCTION IF EXISTS study_embed._check_consistent(public.study_questions);
+CREATE OR REPLACE FUNCTION study_embed._check_consistent(q public.study_questions,
+                                                        verify_hash boolean DEFAULT true)
 RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -75,7 +77,7 @@ DECLARE
         WHEN 'ready' THEN CASE
             WHEN q.embedding IS NULL THEN 'it has no embedding'
             WHEN q.embedding_model IS NULL THEN 'it has no embedding_model'
-            WHEN q.embedding_source_sha256 IS DISTINCT FROM study_embed.text_sha256(
+            WHEN verify_hash AND q.embedding_source_sha256 IS DISTINCT FROM study_embed.text_sha256(
                      study_embed.render_question(q.question_text, q.choice_1, q.choice_2,
                                                  q.choice_3, q.choice_4))
                 THEN 'its embedding was not computed from its current text'
@@ -149,12 +151,15 @@ SET search_path = pg_catalog, :"vector_schema", pg_temp
 AS $$
 DECLARE
     actor text := coalesce(nullif(current_setting('study_embed.actor', true), ''), 'client');
+    -- cheap column comparison first; render only when a column really changed
     text_changed boolean :=
-        study_embed.render_question(OLD.question_text, OLD.choice_1, OLD.choice_2,
-                                    OLD.choice_3, OLD.choice_4)
-        IS DISTINCT FROM
-        study_embed.render_question(NEW.question_text, NEW.choice_1, NEW.choice_2,
-                                    NEW.choice_3, NEW.choice_4);
+        (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4)
+        IS DISTINCT FROM (OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4)
+        AND study_embed.render_question(OLD.question_text, OLD.choice_1, OLD.choice_2,
+                                        OLD.choice_3, OLD.choice_4)
+            IS DISTINCT FROM
+            study_embed.render_question(NEW.question_text, NEW.choice_1, NEW.choice_2,
+                                        NEW.choice_3, NEW.choice_4);
     touched text[];
 BEGIN
     IF actor = 'client' THEN
@@ -199,7 +204,9 @@ BEGIN
         NEW.embedding_last_error := NULL;
     END IF;
 
-    PERFORM study_embed._check_consistent(NEW);
+    -- complete() computes embedding_source_sha256 from this very row: checking it again
+    -- would only repeat that hash
+    PERFORM study_embed._check_consistent(NEW, verify_hash => actor <> 'complete');
     RETURN NEW;
 END;
 $$;

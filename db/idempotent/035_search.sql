@@ -21,6 +21,7 @@ RETURNS TABLE (id bigint, distance double precision)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, :"vector_schema", pg_temp
 SET hnsw.ef_search = 100      -- the SET clause also scopes the set_config calls below
+SET jit = off
 AS $$
 BEGIN
     IF for_user IS NULL THEN
@@ -140,24 +141,42 @@ COMMENT ON FUNCTION study_embed.find_duplicates(bigint, vector, real) IS
 
 -- Called by study_embed.complete(): record the near-duplicates of questions that just became
 -- ready.  Their earlier open pairs are replaced (the text may have changed); dismissed pairs
--- stay dismissed.
+-- stay dismissed.  One set-based statement per batch (not one _nearest() call per row: this is
+-- on the listener's hot path), with the same predicate and per-user filter as _nearest().
 CREATE OR REPLACE FUNCTION study_embed._record_duplicates(ids bigint[])
 RETURNS void
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, :"vector_schema", pg_temp
-BEGIN ATOMIC
+SET hnsw.ef_search = 100
+SET jit = off                 -- a short OLTP statement: compiling it costs more than it saves
+AS $$
+DECLARE
+    neighbours smallint;
+    threshold real;
+BEGIN
+    SELECT s.duplicate_neighbours, s.duplicate_threshold INTO neighbours, threshold
+    FROM study_embed.settings s;
+    IF (SELECT string_to_array(e.extversion, '.')::int[] >= '{0,8}'
+        FROM pg_extension e WHERE e.extname = 'vector') THEN
+        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    END IF;
     DELETE FROM study_embed.duplicate_candidates d
     WHERE (d.question_id = ANY (ids) OR d.duplicate_of = ANY (ids)) AND d.dismissed_at IS NULL;
     INSERT INTO study_embed.duplicate_candidates (question_id, duplicate_of, user_id, similarity)
     SELECT least(q.id, n.id), greatest(q.id, n.id), q.user_id, (1 - n.distance)::real
-    FROM study_embed.settings s
-    CROSS JOIN public.study_questions q
-    CROSS JOIN LATERAL study_embed._nearest(q.user_id, q.embedding, s.duplicate_neighbours,
-                                            NULL, q.id) n
+    FROM public.study_questions q
+    CROSS JOIN LATERAL (
+        SELECT o.id, o.embedding <=> q.embedding AS distance
+        FROM public.study_questions o
+        WHERE o.deleted_at IS NULL AND o.embedding IS NOT NULL      -- the HNSW index predicate
+          AND o.user_id = q.user_id AND o.id <> q.id
+        ORDER BY o.embedding <=> q.embedding
+        LIMIT neighbours) n
     WHERE q.id = ANY (ids) AND q.deleted_at IS NULL
-      AND 1 - n.distance >= s.duplicate_threshold
+      AND 1 - n.distance >= threshold
     ON CONFLICT (question_id, duplicate_of) DO NOTHING;
 END;
+$$;
 
 DROP VIEW IF EXISTS study_embed.duplicate_pairs;
 CREATE VIEW study_embed.duplicate_pairs AS

@@ -36,7 +36,7 @@ GRANT EXECUTE ON FUNCTION
     study_embed.transition_allowed(text, text, text),
     study_embed.channel(),
     study_embed._set_actor(text),
-    study_embed._check_consistent(public.study_questions),
+    study_embed._check_consistent(public.study_questions, boolean),
     study_embed._guard_insert(),
     study_embed._guard_update(),
     study_embed._after_statement()

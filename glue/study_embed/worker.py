@@ -124,6 +124,18 @@ class Worker:
 
     async def open(self) -> None:
         try:
+            async with await psycopg.AsyncConnection.connect(
+                    self.s.database_url, application_name=APP_NAME) as conn:
+                cur = await conn.execute(
+                    "SELECT to_regtype('vector') IS NOT NULL,"
+                    " to_regprocedure('study_embed.claim(integer, interval)') IS NOT NULL")
+                has_vector, has_schema = await cur.fetchone()
+        except psycopg.OperationalError as e:
+            raise StartupError(f"cannot connect to the database: {e}".strip()) from None
+        if not (has_vector and has_schema):
+            raise StartupError("the database is not migrated (no pgvector type or no "
+                               "study_embed schema): run `make migrate`", config=True)
+        try:
             await self.pool.open(wait=True, timeout=15)
         except PoolTimeout as e:
             raise StartupError(f"cannot connect to the database: {e}") from None
@@ -136,9 +148,15 @@ class Worker:
         """The column's dimension from the catalog; the server answers with that dimension."""
         try:
             dim = await self._scalar("embedding_dimension", {})
-        except psycopg.errors.UndefinedFunction:
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName):
             raise StartupError("the study_embed schema is missing: run `make migrate`",
                                config=True) from None
+        except psycopg.errors.InsufficientPrivilege:
+            raise StartupError("this database role may not run the queue: "
+                               "GRANT study_embed_listener TO it", config=True) from None
+        if dim is None or dim < 1:
+            raise StartupError("study_questions.embedding is missing: run `make migrate`",
+                               config=True)
         self.dim = dim
         delay = 1.0
         while True:

@@ -1,0 +1,362 @@
+"""`make bench`: the pipeline measured against its targets.
+
+    .venv/bin/python bench/run.py [--full] [--json PATH]
+
+Starts its own throwaway PostgreSQL clusters (nothing else needs to run), loads synthetic but
+realistic rows (Korean and English texts, 1,000 users, 5,000 topics), runs a loopback embedding
+server whose cost per text can be set (zero here: the pipeline's ceiling), and prints one table;
+the figures also go to a JSON file.  Each figure is a median over repeated runs, with min and max.
+Quick mode takes a few minutes; --full takes about half an hour.  Benchmarks are not tests:
+nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+from common import LOAD_MANY, ROOT, add_users, scratch_database  # noqa: I001
+import search as search_bench
+from tests.embed_server import EmbedServer
+
+QUICK = {"drain_rows": 20_000, "drain_configs": [(10, 2), (100, 2), (100, 4)], "repeats": 2,
+         "indexed_rows": 4_000, "raw_rows": 1_000, "fresh_samples": 30, "load_seconds": 10,
+         "claim_sizes": [10_000, 100_000], "search_rows": 20_000, "search_queries": 50,
+         "scaling_drain": [10_000, 20_000]}
+FULL = {"drain_rows": 20_000, "drain_configs": [(10, 1), (10, 2), (50, 2), (100, 2), (200, 2),
+                                                (100, 4)], "repeats": 3,
+        "indexed_rows": 20_000, "raw_rows": 3_000, "fresh_samples": 100, "load_seconds": 30,
+        "claim_sizes": [10_000, 100_000, 1_000_000], "search_rows": 100_000,
+        "search_queries": 100, "scaling_drain": [10_000, 100_000, 1_000_000]}
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "runs": len(values)}
+
+
+def cluster_cpu_seconds(cluster) -> float:
+    """CPU of the whole cluster so far: the postmaster and every backend it has reaped."""
+    pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / CLK   # utime stime cutime cstime
+
+
+def load_new_rows(url: str, n: int) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE study_question_attempts, study_questions CASCADE")
+        add_users(conn)
+        conn.execute(LOAD_MANY, {"n": n})
+        conn.execute("VACUUM ANALYZE study_questions")
+
+
+def drain(cluster, url: str, server: EmbedServer, batch: int, conc: int, rows: int) -> dict:
+    env = {**os.environ, "DATABASE_URL": url, "EMBEDDING_URL": server.url,
+           "LOG_LEVEL": "WARNING", "BATCH_SIZE": str(batch), "CONCURRENCY": str(conc)}
+    pg0 = cluster_cpu_seconds(cluster)
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, "-m", "study_embed.cli", "drain"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    err = p.stderr.read().decode()
+    if p.returncode != 0:
+        sys.exit(f"drain failed ({p.returncode}):\n{err}")
+    time.sleep(0.3)                                  # let the postmaster reap the backends
+    pg = cluster_cpu_seconds(cluster) - pg0
+    listener = usage.ru_utime + usage.ru_stime
+    return {"rows_per_s": rows / wall, "listener_cpu_ms_per_row": listener * 1000 / rows,
+            "pg_cpu_ms_per_row": pg * 1000 / rows, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def bench_drains(p: dict, server: EmbedServer, log) -> dict:
+    out: dict = {}
+    with scratch_database() as (cluster, url):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP INDEX study_questions_embedding_hnsw")
+        for batch, conc in p["drain_configs"]:
+            runs = []
+            for _ in range(p["repeats"]):
+                load_new_rows(url, p["drain_rows"])
+                runs.append(drain(cluster, url, server, batch, conc, p["drain_rows"]))
+            key = f"{batch}x{conc}"
+            out[key] = {k: summary([r[k] for r in runs]) for k in runs[0]}
+            log(f"drain {p['drain_rows']} rows, no vector index, batch {batch} x {conc}: "
+                f"{out[key]['rows_per_s']['median']:.0f} rows/s")
+        for n in p["scaling_drain"]:
+            load_new_rows(url, n)
+            r = drain(cluster, url, server, 100, 4, n)
+            out[f"scaling_{n}"] = r
+            log(f"scaling: drain {n} rows: {r['rows_per_s']:.0f} rows/s, "
+                f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    return out
+
+
+def bench_indexed(p: dict, server: EmbedServer, log) -> dict:
+    """With the HNSW index in place, against the raw indexed-insert rate of the same machine."""
+    out: dict = {}
+    with scratch_database() as (cluster, url):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE raw_insert (id bigserial PRIMARY KEY, v vector(1024))")
+            conn.execute("CREATE INDEX ON raw_insert USING hnsw (v vector_cosine_ops)"
+                         " WITH (m = 16, ef_construction = 64)")
+            # the same 4,096 vectors the embedding server hands out, in the same proportions
+            conn.execute("CREATE TABLE pool AS SELECT g AS i, (SELECT array_agg(random() - 0.5)"
+                         " FROM generate_series(1, 1024) WHERE g > 0)::vector(1024) AS v"
+                         " FROM generate_series(0, 4095) g")
+            t0 = time.monotonic()
+            conn.execute("INSERT INTO raw_insert (v) SELECT v FROM pool"
+                         " JOIN generate_series(1, %s) g ON pool.i = g %% 4096",
+                         (p["raw_rows"],))
+            raw = p["raw_rows"] / (time.monotonic() - t0)
+        out["raw_indexed_insert_rows_per_s"] = raw
+        log(f"raw INSERT into an HNSW-indexed table, one backend: {raw:.0f} rows/s")
+        for batch, conc in [(10, 2), (100, 2)]:
+            load_new_rows(url, p["indexed_rows"])
+            r = drain(cluster, url, server, batch, conc, p["indexed_rows"])
+            out[f"indexed_{batch}x{conc}"] = r
+            log(f"drain {p['indexed_rows']} rows with the HNSW index, batch {batch} x {conc}: "
+                f"{r['rows_per_s']:.0f} rows/s = {r['rows_per_s'] / raw:.0%} of the raw rate")
+        # the recommended backfill: drain without the index, then build it in one go
+        load_new_rows(url, p["indexed_rows"])
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP INDEX study_questions_embedding_hnsw")
+        t0 = time.monotonic()
+        drain(cluster, url, server, 100, 4, p["indexed_rows"])
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SET maintenance_work_mem = '1GB'")
+            conn.execute("CREATE INDEX study_questions_embedding_hnsw ON study_questions"
+                         " USING hnsw (embedding vector_cosine_ops)"
+                         " WHERE deleted_at IS NULL AND embedding IS NOT NULL")
+        rate = p["indexed_rows"] / (time.monotonic() - t0)
+        out["backfill_drop_drain_rebuild_rows_per_s"] = rate
+        log(f"backfill of {p['indexed_rows']} rows: drop index, drain, CREATE INDEX: "
+            f"{rate:.0f} rows/s ({rate / raw:.1f}x the raw indexed-insert rate)")
+    return out
+
+
+def bench_freshness(p: dict, server: EmbedServer, log) -> dict:
+    """Commit of an INSERT (or a content UPDATE) to `ready`, from the rows' own timestamps."""
+    out: dict = {}
+    with scratch_database() as (_, url):
+        with psycopg.connect(url, autocommit=True) as conn:
+            add_users(conn)
+        env = {**os.environ, "DATABASE_URL": url, "EMBEDDING_URL": server.url,
+               "LOG_LEVEL": "WARNING", "POLL_INTERVAL": "3600"}
+        listener = subprocess.Popen([sys.executable, "-m", "study_embed.cli", "listen"], env=env,
+                                    stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(3)
+            with psycopg.connect(url, autocommit=True) as conn:
+                def insert_one(i: int) -> None:
+                    conn.execute(LOAD_MANY.replace("generate_series(1, %(n)s) g",
+                                                   "(SELECT %(n)s AS g) s"), {"n": i})
+
+                def latencies(kind: str) -> list[float]:
+                    col = "created_at" if kind == "insert" else "updated_at"
+                    rows = conn.execute(
+                        f"SELECT extract(epoch FROM embedding_updated_at - {col}) FROM"  # noqa: S608
+                        " study_questions WHERE embedding_status = 'ready' AND"
+                        f" embedding_updated_at > {col}").fetchall()
+                    return sorted(float(r[0]) for r in rows)
+
+                for i in range(p["fresh_samples"]):       # idle listener, one row at a time
+                    insert_one(i)
+                    time.sleep(0.2)
+                time.sleep(1)
+                idle = latencies("insert")
+                conn.execute("UPDATE study_questions SET question_text = question_text || '?',"
+                             " updated_at = clock_timestamp()")
+                time.sleep(2)
+                update = latencies("update")
+                conn.execute("TRUNCATE study_questions CASCADE")
+                t_end = time.monotonic() + p["load_seconds"]
+                i = 0
+                while time.monotonic() < t_end:           # 50 inserts a second
+                    insert_one(i)
+                    i += 1
+                    time.sleep(max(0.0, 0.02 - 0.001))
+                time.sleep(2)
+                load = latencies("insert")
+        finally:
+            listener.terminate()
+            listener.wait(30)
+    for name, lat in (("idle_insert", idle), ("content_update", update), ("at_50_rows_per_s", load)):
+        out[name] = {"p50_s": lat[len(lat) // 2], "p99_s": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+                     "samples": len(lat)}
+        log(f"freshness, {name}: p50 {out[name]['p50_s'] * 1000:.0f} ms, "
+            f"p99 {out[name]['p99_s'] * 1000:.0f} ms ({len(lat)} rows)")
+    return out
+
+
+def bench_claim(p: dict, log) -> dict:
+    """Median time of claim(10) with 0.1 % of the table claimable (a small EMBEDDING_DIM: the
+    claim reads no vector), each claim rolled back so that every one sees the same queue."""
+    out: dict = {}
+    for size in p["claim_sizes"]:
+        with scratch_database(embedding_dim=8) as (_, url):
+            with psycopg.connect(url, autocommit=True) as conn:
+                add_users(conn)
+                conn.execute("DROP INDEX study_questions_embedding_hnsw")
+                with conn.transaction():
+                    conn.execute("SET LOCAL session_replication_role = replica")
+                    conn.execute("""
+                        INSERT INTO study_questions (user_id, study_topic_id, question_text,
+                            choice_1, choice_2, choice_3, choice_4, correct_choice, embedding,
+                            embedding_status, embedding_model, embedding_source_sha256)
+                        SELECT 1 + g %% 1000, (1 + g %% 1000) * 5 - g %% 5, 'q' || g, 'a', 'b', 'c',
+                               'd', 1, array_fill(1::real, ARRAY[8])::vector, 'ready', 'm',
+                               study_embed.text_sha256(study_embed.render_question(
+                                   'q' || g, 'a', 'b', 'c', 'd'))
+                        FROM generate_series(1, %s) g""", (size - size // 1000,))
+                conn.execute("SELECT study_embed.recount()")
+                conn.execute(LOAD_MANY, {"n": size // 1000})
+                conn.execute("VACUUM ANALYZE study_questions")
+                times = []
+                for _ in range(300):
+                    with conn.transaction(force_rollback=True):
+                        t0 = time.perf_counter()
+                        rows = conn.execute("SELECT * FROM study_embed.claim(10)").fetchall()
+                        times.append((time.perf_counter() - t0) * 1000)
+                        assert len(rows) == 10
+        out[str(size)] = summary(times[50:])
+        log(f"claim(10) at {size} rows, {size // 1000} claimable: "
+            f"median {out[str(size)]['median']:.2f} ms")
+    sizes = p["claim_sizes"]
+    out["ratio_largest_to_10k"] = out[str(sizes[-1])]["median"] / out[str(sizes[0])]["median"]
+    return out
+
+
+def bench_search(p: dict, log) -> dict:
+    out = {}
+    with scratch_database(search_bench.DIM, settings="-c shared_buffers=2GB") as (_, url):
+        search_bench.load(url, p["search_rows"], big_user_rows=int(p["search_rows"] * 0.009))
+        with psycopg.connect(url) as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM study_questions WHERE user_id = 0 ORDER BY random() LIMIT %s",
+                (p["search_queries"],))]
+        for label, setup in list(search_bench.MODES.items())[:2]:
+            search_bench.measure(url, ids[:10], setup)
+            r = search_bench.measure(url, ids, setup)
+            out[label] = r
+            log(f"search {p['search_rows']} x 1024, user owns 0.9 %, {label}: {r['path']}, "
+                f"p50 {r['median_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
+                f"recall@10 {r['recall_at_10']:.3f}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--full", action="store_true", help="the full run (about half an hour)")
+    ap.add_argument("--json", default=None, help="where to write the figures "
+                    "(default bench/results/<mode>.json)")
+    args = ap.parse_args()
+    p = FULL if args.full else QUICK
+    mode = "full" if args.full else "quick"
+    started = time.monotonic()
+    lock = threading.Lock()
+
+    def log(msg: str) -> None:
+        with lock:
+            print(f"[{time.monotonic() - started:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    machine = {"cpus": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(),
+               "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)}
+    log(f"make bench ({mode}) on {machine['cpus']} CPUs ({machine['cpu']})")
+    server = EmbedServer(dim=1024)
+    server.constant = True                 # zero cost per text: the pipeline's ceiling
+    results = {"mode": mode, "machine": machine, "params": p}
+    try:
+        results["drain"] = bench_drains(p, server, log)
+        results["indexed"] = bench_indexed(p, server, log)
+        results["freshness"] = bench_freshness(p, server, log)
+        results["claim"] = bench_claim(p, log)
+        results["search"] = bench_search(p, log)
+    finally:
+        server.stop()
+    results["bench_cpu_s"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+    path = Path(args.json or ROOT / "bench" / "results" / f"{mode}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(table(results))
+    print(f"\nfigures: {path}; took {time.monotonic() - started:.0f} s")
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def table(r: dict) -> str:
+    d, ix, fr, cl, se = r["drain"], r["indexed"], r["freshness"], r["claim"], r["search"]
+    best_key = max((k for k in d if not k.startswith("scaling")),
+                   key=lambda k: d[k]["rows_per_s"]["median"])
+    best = d[best_key]
+    seed = d.get("10x2") or d.get("10x1")
+    cpu_best = best["listener_cpu_ms_per_row"]["median"] + best["pg_cpu_ms_per_row"]["median"]
+    raw = ix["raw_indexed_insert_rows_per_s"]
+    idx_best = max(ix["indexed_10x2"]["rows_per_s"], ix["indexed_100x2"]["rows_per_s"])
+    sizes = [k for k in cl if k.isdigit()]
+    search = next(iter(se.values()))
+
+    def mm(x: dict, fmt: str = "{:.0f}") -> str:
+        return f"{fmt.format(x['median'])} ({fmt.format(x['min'])}–{fmt.format(x['max'])})"
+
+    rows = [
+        ("figure", "measured: median (min–max)", "target"),
+        ("drain, no vector index, batch 10 (seed), rows/s", mm(seed["rows_per_s"]), ""),
+        (f"drain, no vector index, best ({best_key}), rows/s", mm(best["rows_per_s"]), ">= 2,000"),
+        ("  CPU ms per row, listener + PostgreSQL",
+         f"{cpu_best:.3f} ({best['listener_cpu_ms_per_row']['median']:.3f} + "
+         f"{best['pg_cpu_ms_per_row']['median']:.3f})", "<= 0.5"),
+        ("raw INSERT into HNSW-indexed table, rows/s", f"{raw:.0f}", "(reference)"),
+        ("drain with the HNSW index, best, rows/s", f"{idx_best:.0f} = {idx_best / raw:.0%} of raw",
+         ">= 80 % of raw"),
+        ("backfill: drop index, drain, rebuild, rows/s",
+         f"{ix['backfill_drop_drain_rebuild_rows_per_s']:.0f}", "(recommended)"),
+        ("freshness, idle, p50 / p99",
+         f"{fr['idle_insert']['p50_s'] * 1000:.0f} / {fr['idle_insert']['p99_s'] * 1000:.0f} ms",
+         "<= 200 / 1000 ms"),
+        ("freshness, content update, p50 / p99",
+         f"{fr['content_update']['p50_s'] * 1000:.0f} / "
+         f"{fr['content_update']['p99_s'] * 1000:.0f} ms", "<= 200 / 1000 ms"),
+        ("freshness, 50 inserts/s, p50 / p99",
+         f"{fr['at_50_rows_per_s']['p50_s'] * 1000:.0f} / "
+         f"{fr['at_50_rows_per_s']['p99_s'] * 1000:.0f} ms", "<= 200 / 1000 ms"),
+        *[(f"claim(10), {int(s):,} rows, 0.1 % claimable, ms", mm(cl[s], "{:.2f}"), "<= 2")
+          for s in sizes],
+        (f"claim cost ratio {int(sizes[-1]):,} / {int(sizes[0]):,}",
+         f"{cl['ratio_largest_to_10k']:.2f}", "<= 1.5"),
+        (f"search {r['params']['search_rows']:,} x 1024, per-user filter, p50 / p95 ms",
+         f"{search['median_ms']:.1f} / {search['p95_ms']:.1f} ({search['path']})", "p50 <= 10"),
+        ("search recall@10", f"{search['recall_at_10']:.3f}", ">= 0.95"),
+        *[(f"scaling: drain {int(k.split('_')[1]):,} rows (100x4), rows/s; peak RSS",
+           f"{d[k]['rows_per_s']:.0f}; {d[k]['peak_rss_mb']:.0f} MB", "RSS flat")
+          for k in d if k.startswith("scaling")],
+    ]
+    w = [max(len(str(row[i])) for row in rows) for i in range(3)]
+    lines = [f"| {a:<{w[0]}} | {b:<{w[1]}} | {c:<{w[2]}} |" for a, b, c in rows]
+    lines.insert(1, f"|{'-' * (w[0] + 2)}|{'-' * (w[1] + 2)}|{'-' * (w[2] + 2)}|")
+    return (f"\nmake bench ({r['mode']}), {r['machine']['cpus']} CPUs ({r['machine']['cpu']}), "
+            "PostgreSQL and the listener on the same machine, zero-cost embedder\n\n"
+            + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
