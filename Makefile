@@ -45,7 +45,7 @@ status: $(STAMP) ## show the embedding queue
 bench: $(STAMP) ## benchmarks, quick mode (a few minutes): prints a table, writes bench/results/
 	@$(PY) bench/run.py
 
-bench-full: $(STAMP) ## benchmarks, full mode (about half an hour)
+bench-full: $(STAMP) ## benchmarks, full mode (about twenty minutes)
 	@$(PY) bench/run.py --full
 
 clean: db-down ## remove the local cluster and the virtual environment

@@ -101,7 +101,7 @@ async def _run_worker(cfg: dict, mode: str) -> int:
         await worker.startup_checks(wait_for_server=mode == "listen", stop=stop)
         progress = None
         if mode == "drain":
-            total = await worker._scalar("waiting", {})
+            total = await worker.waiting()
             progress = Progress(worker, total)
             progress_task = asyncio.create_task(progress.run())
         task = asyncio.create_task(worker.listen(stop) if mode == "listen" else worker.drain(stop))

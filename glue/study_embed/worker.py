@@ -186,8 +186,10 @@ class Worker:
 
     # -- database --------------------------------------------------------------------------------
 
-    async def _run(self, name: str, params: dict, *, retry: bool = True) -> list[tuple]:
-        """One queue-API call; retried across connection loss (every call is safe to repeat)."""
+    async def _run(self, name: str, params: dict) -> list[tuple]:
+        """One queue-API call, retried across connection loss.  complete/fail/release are
+        idempotent (they act only on the current claim); a claim whose reply was lost leaves
+        its rows pending until their lease expires, which is the price of never double-claiming."""
         delay = 0.5
         while True:
             try:
@@ -195,17 +197,18 @@ class Worker:
                     cur = await conn.execute(self.q[name], params)
                     return await cur.fetchall() if cur.description else []
             except (psycopg.OperationalError, PoolTimeout) as e:
-                if not retry:
-                    raise
                 log.warning("database unavailable; retrying", extra={"fields": {
-                    "query": name, "error": str(e).strip().splitlines()[0][:200],
-                    "retry_in_s": round(delay, 1)}})
+                    "query": name, "error": _first_line(e), "retry_in_s": round(delay, 1)}})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
     async def _scalar(self, name: str, params: dict) -> Any:
         rows = await self._run(name, params)
         return rows[0][0] if rows else None
+
+    async def waiting(self) -> int:
+        """Rows waiting for an embedding now (exact, from the status view)."""
+        return await self._scalar("waiting", {})
 
     async def claim(self) -> list[Row]:
         rows = await self._run("claim", {"batch_size": self.s.batch_size,
@@ -362,8 +365,7 @@ class Worker:
                 if stop.is_set():
                     break
                 log.warning("lost the database connection; reconnecting", extra={"fields": {
-                    "error": str(e).strip().splitlines()[0][:200] if str(e).strip() else "",
-                    "retry_in_s": delay}})
+                    "error": _first_line(e), "retry_in_s": delay}})
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                 except TimeoutError:
@@ -379,3 +381,8 @@ class Worker:
             async for _ in conn.notifies(timeout=min(remaining, 0.5), stop_after=1):
                 return "notify"
         return "stop"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
