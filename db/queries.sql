@@ -16,6 +16,9 @@ SELECT id FROM study_embed.fail(%(ids)s, %(claim_tokens)s, %(errors)s, %(retryab
 SELECT id FROM study_embed.release(%(ids)s, %(claim_tokens)s,
                                    make_interval(secs => %(retry_in_seconds)s), %(reason)s) AS id;
 
+-- name: detect_duplicates
+SELECT study_embed.detect_duplicates(make_interval(secs => %(budget_seconds)s));
+
 -- name: embedding_dimension
 SELECT study_embed.embedding_dimension();
 

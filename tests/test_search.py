@@ -220,8 +220,23 @@ def test_planted_neighbours_come_back_in_order(bank, db):
 
 
 def _embed_all(bank, vectors: dict[int, np.ndarray]) -> None:
+    """Embed through the queue API, then run the near-duplicate pass (tick() or a listener
+    would)."""
     claimed = bank.claim(1000)
     bank.complete(claimed, vectors=[vectors[c.id] for c in claimed])
+    assert bank.conn.execute("SELECT study_embed.detect_duplicates()").fetchone()[0] == len(claimed)
+
+
+def test_complete_queues_rows_for_the_duplicate_pass(bank, db):
+    a, b = bank.insert("one"), bank.insert("two")
+    bank.complete(bank.claim(), vectors=[vector_for("same")] * 2)
+    assert db.execute("SELECT count(*) FROM study_embed.duplicate_pairs").fetchone()[0] == 0
+    queued = {r[0] for r in db.execute("SELECT question_id FROM study_embed.duplicate_queue")}
+    assert queued == {a, b}
+    assert db.execute("SELECT study_embed.tick()").fetchone() is not None   # runs the pass
+    assert db.execute("SELECT question_id, duplicate_of FROM study_embed.duplicate_pairs"
+                      ).fetchall() == [(a, b)]
+    assert db.execute("SELECT count(*) FROM study_embed.duplicate_queue").fetchone()[0] == 0
 
 
 def test_duplicates_are_recorded_for_near_copies_only(bank, db):

@@ -93,8 +93,8 @@ COMMENT ON FUNCTION study_embed.claim(integer, interval) IS
 
 -- Store the embeddings of a claimed batch in one call.  A row becomes ready only if its claim is
 -- still the current one (so its text has not changed since the claim); the others are left as
--- they are.  The near-duplicates of the rows written are recorded (035_search.sql).  Returns
--- the ids written.
+-- they are.  The rows written are queued for near-duplicate detection (035_search.sql).
+-- Returns the ids written.
 CREATE OR REPLACE FUNCTION study_embed.complete(ids bigint[], claim_tokens uuid[],
                                                 embeddings :"vector_schema".vector[], model text)
 RETURNS SETOF bigint
@@ -132,8 +132,9 @@ BEGIN
     RETURNING q.id)
     SELECT array_agg(w.id) INTO done FROM written w;
     PERFORM study_embed._set_actor(NULL);
-    IF done IS NOT NULL THEN
-        PERFORM study_embed._record_duplicates(done);
+    IF done IS NOT NULL THEN   -- near-duplicates are looked for later, off this hot path
+        INSERT INTO study_embed.duplicate_queue (question_id)
+        SELECT unnest(done) ON CONFLICT (question_id) DO UPDATE SET queued_at = now();
     END IF;
     RETURN QUERY SELECT unnest(done);
 END;
@@ -270,8 +271,8 @@ $$;
 COMMENT ON FUNCTION study_embed.retry_failed(bigint[]) IS
     'Queue failed rows (all, or the ids given) again now, with a fresh attempt budget.';
 
--- What pg_cron runs every minute: the safety net under NOTIFY.  Folds the status-count deltas
--- and wakes the listeners when anything is claimable.
+-- What pg_cron runs every minute: the safety net under NOTIFY.  Folds the status-count deltas,
+-- runs the near-duplicate pass, and wakes the listeners when anything is claimable.
 CREATE OR REPLACE FUNCTION study_embed.tick()
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -281,6 +282,7 @@ DECLARE
     claimable boolean;
 BEGIN
     PERFORM study_embed.compact_counts();
+    PERFORM study_embed.detect_duplicates();
     claimable := EXISTS (
         SELECT 1 FROM public.study_questions q
         WHERE q.deleted_at IS NULL AND q.embedding_status <> 'ready'

@@ -139,10 +139,9 @@ COMMENT ON FUNCTION study_embed.find_duplicates(bigint, vector, real) IS
     'Questions of a user whose similarity to a query vector is at least the threshold '
     '(default settings.duplicate_threshold): the check before inserting a question.';
 
--- Called by study_embed.complete(): record the near-duplicates of questions that just became
--- ready.  Their earlier open pairs are replaced (the text may have changed); dismissed pairs
--- stay dismissed.  One set-based statement per batch (not one _nearest() call per row: this is
--- on the listener's hot path), with the same predicate and per-user filter as _nearest().
+-- Record the near-duplicates of the given questions.  Their earlier open pairs are replaced
+-- (the text may have changed); dismissed pairs stay dismissed.  One set-based statement per
+-- chunk, with the same predicate and per-user filter as _nearest().
 CREATE OR REPLACE FUNCTION study_embed._record_duplicates(ids bigint[])
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -177,6 +176,40 @@ BEGIN
     ON CONFLICT (question_id, duplicate_of) DO NOTHING;
 END;
 $$;
+
+-- The near-duplicate pass: questions embedded since the last pass (queued by complete()),
+-- oldest first, in chunks, until the queue is empty or the time budget is spent.  Its cost per
+-- question grows with the size of the user's bank (the planner scans a small bank exactly),
+-- which is why it is not part of complete().  Run by tick() and by an idle listener; concurrent
+-- runs take different chunks.  Returns how many questions it examined.
+CREATE OR REPLACE FUNCTION study_embed.detect_duplicates(budget interval DEFAULT '10 seconds',
+                                                         chunk integer DEFAULT 200)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    started timestamptz := clock_timestamp();
+    ids bigint[];
+    examined bigint := 0;
+BEGIN
+    LOOP
+        WITH taken AS (
+            DELETE FROM study_embed.duplicate_queue d
+            WHERE d.question_id IN (SELECT x.question_id FROM study_embed.duplicate_queue x
+                                    ORDER BY x.queued_at LIMIT chunk FOR UPDATE SKIP LOCKED)
+            RETURNING d.question_id)
+        SELECT array_agg(t.question_id) INTO ids FROM taken t;
+        EXIT WHEN ids IS NULL;
+        PERFORM study_embed._record_duplicates(ids);
+        examined := examined + cardinality(ids);
+        EXIT WHEN clock_timestamp() - started >= budget;
+    END LOOP;
+    RETURN examined;
+END;
+$$;
+COMMENT ON FUNCTION study_embed.detect_duplicates(interval, integer) IS
+    'Record near-duplicate pairs for questions embedded since the last pass, within a time budget.';
 
 DROP VIEW IF EXISTS study_embed.duplicate_pairs;
 CREATE VIEW study_embed.duplicate_pairs AS

@@ -49,6 +49,7 @@ GRANT EXECUTE ON FUNCTION
     study_embed.release(bigint[], uuid[], interval, text),
     study_embed.requeue_model(text),
     study_embed.tick(),
+    study_embed.detect_duplicates(interval, integer),
     study_embed.embedding_dimension()
 TO study_embed_listener;
 GRANT SELECT ON study_embed.status, study_embed.failures TO study_embed_listener;

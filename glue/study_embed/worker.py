@@ -334,6 +334,13 @@ class Worker:
             if self._held:
                 await asyncio.shield(self.release_held("listener stopped before finishing"))
 
+    async def detect_duplicates(self, budget_seconds: float = 0.5) -> None:
+        """A short near-duplicate pass over what was embedded (the pg_cron tick runs longer
+        ones); short so that a NOTIFY arriving meanwhile waits at most this long."""
+        n = await self._scalar("detect_duplicates", {"budget_seconds": budget_seconds})
+        if n:
+            log.info("near-duplicate pass", extra={"fields": {"questions": n}})
+
     async def release_held(self, reason: str) -> None:
         held = [r for rows in self._held.values() for r in rows]
         self._held.clear()
@@ -359,6 +366,7 @@ class Worker:
                     delay = 1.0
                     while not stop.is_set():
                         await self.drain(stop)
+                        await self.detect_duplicates()
                         woke = await self._wait(conn, stop)
                         log.debug("woke", extra={"fields": {"by": woke}})
             except psycopg.OperationalError as e:
