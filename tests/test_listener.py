@@ -396,3 +396,17 @@ def test_json_logs(bank, db_url, server):
 def test_unmigrated_database_is_a_clear_error(server, empty_database_url):
     r = run_cli("drain", env=_env(empty_database_url, server))
     assert r.returncode == 2 and "run `make migrate`" in r.stderr
+
+
+def test_an_idle_listener_runs_the_near_duplicate_pass(bank, db, db_url, server, spawn):
+    a = bank.insert("same question", ("a", "b", "c", "d"))
+    b = bank.insert("same question", ("a", "b", "c", "d"))   # same text, same vector
+    c = bank.insert("another question")
+    p = spawn("listen", env=_env(db_url, server, POLL_INTERVAL=3600))
+    wait_until(lambda: statuses(db) == {"ready": 3}, what="all ready")
+    wait_until(lambda: db.execute("SELECT count(*) FROM study_embed.duplicate_queue").fetchone()[0]
+               == 0, what="the duplicate pass")
+    pairs = db.execute("SELECT question_id, duplicate_of FROM study_embed.duplicate_pairs").fetchall()
+    assert pairs == [(a, b)] and c not in pairs[0]
+    p.terminate()
+    p.wait(30)
