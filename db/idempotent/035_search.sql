@@ -8,6 +8,23 @@
 --
 -- psql variables: :"vector_schema".
 
+-- Search settings for the HNSW index, for the current function call: callers carry a SET
+-- clause, which scopes these set_config calls to them.  On pgvector >= 0.8 the iterative scan
+-- goes on until enough rows pass the filters (relaxed order: callers sort at the end).
+CREATE OR REPLACE FUNCTION study_embed._tune_hnsw_scan(k integer)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM set_config('hnsw.ef_search', greatest(100, k)::text, true);
+    IF (SELECT string_to_array(e.extversion, '.')::int[] >= '{0,8}'
+        FROM pg_extension e WHERE e.extname = 'vector') THEN
+        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    END IF;
+END;
+$$;
+
 -- The k nearest live, embedded questions of one user: the one KNN query everything else uses.
 -- It repeats the partial HNSW index's predicate so that the index can serve it, and on pgvector
 -- >= 0.8 uses an iterative index scan, so that a user who owns a sliver of a large table still
@@ -34,11 +51,7 @@ BEGIN
     IF query IS NULL THEN
         RETURN;
     END IF;
-    PERFORM set_config('hnsw.ef_search', greatest(100, k)::text, true);
-    IF (SELECT string_to_array(e.extversion, '.')::int[] >= '{0,8}'
-        FROM pg_extension e WHERE e.extname = 'vector') THEN
-        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
-    END IF;
+    PERFORM study_embed._tune_hnsw_scan(k);
     RETURN QUERY
     WITH nearest AS MATERIALIZED (
         SELECT q.id, q.embedding <=> query AS distance
@@ -155,10 +168,7 @@ DECLARE
 BEGIN
     SELECT s.duplicate_neighbours, s.duplicate_threshold INTO neighbours, threshold
     FROM study_embed.settings s;
-    IF (SELECT string_to_array(e.extversion, '.')::int[] >= '{0,8}'
-        FROM pg_extension e WHERE e.extname = 'vector') THEN
-        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
-    END IF;
+    PERFORM study_embed._tune_hnsw_scan(neighbours);
     DELETE FROM study_embed.duplicate_candidates d
     WHERE (d.question_id = ANY (ids) OR d.duplicate_of = ANY (ids)) AND d.dismissed_at IS NULL;
     INSERT INTO study_embed.duplicate_candidates (question_id, duplicate_of, user_id, similarity)

@@ -57,6 +57,7 @@ GRANT SELECT ON study_embed.status, study_embed.failures TO study_embed_listener
 -- The search functions run as the caller (SECURITY INVOKER): the caller also needs SELECT on
 -- study_questions, which the listener's role does not have.
 GRANT EXECUTE ON FUNCTION
+    study_embed._tune_hnsw_scan(integer),
     study_embed._nearest(bigint, :"vector_schema".vector, integer, bigint, bigint, boolean),
     study_embed.search_questions(bigint, :"vector_schema".vector, integer, bigint),
     study_embed.similar_questions(bigint, integer, boolean),
