@@ -343,6 +343,10 @@ def test_reembed_queues_rows_of_another_model(bank, db, db_url, server):
 def test_help_lists_every_setting():
     from study_embed.config import SETTINGS
 
+    top = subprocess.run([sys.executable, "-m", "study_embed.cli", "--help"],
+                         capture_output=True, text=True).stdout
+    for s in SETTINGS:
+        assert s.flag in top and s.env in top, s.env
     for command in ("listen", "drain"):
         out = subprocess.run([sys.executable, "-m", "study_embed.cli", command, "--help"],
                              capture_output=True, text=True).stdout

@@ -298,11 +298,15 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import SETTINGS
+
+    settings = "\n".join(f"  {s.env:<22} {s.flag:<26} {s.help}" for s in SETTINGS)
     parser = argparse.ArgumentParser(
         prog="study-embed",
         description="Keep bge-m3 embeddings of study_questions correct inside PostgreSQL.",
-        epilog="Every setting is a flag and an environment variable; "
-               "`study-embed COMMAND --help` lists them.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="settings (environment variable, flag; `study-embed COMMAND --help` shows the "
+               "defaults and which apply):\n" + settings)
     parser.add_argument("--version", action="version", version=f"study-embed {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
