@@ -13,7 +13,6 @@ import socket
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import psycopg
 import pytest
 from pytest_postgresql import factories
@@ -21,7 +20,7 @@ from pytest_postgresql import factories
 from study_embed.localdb import Cluster
 from study_embed.migrate import Migrator
 
-from .helpers import QuestionBank, vector_for
+from .helpers import QuestionBank
 
 
 def _free_port() -> int:
@@ -112,5 +111,3 @@ def connect(db_url):
     for c in opened:
         c.close()
 
-
-__all__ = ["CLUSTER", "url_for", "vector_for", "np"]

@@ -51,7 +51,10 @@ BEGIN
     PERFORM study_embed._set_actor('claim');
     RETURN QUERY
     WITH due AS (
-        SELECT q.id
+        SELECT q.id,
+               -- an expired lease whose row has used up its attempts: failed, not claimed
+               q.embedding_status = 'pending' AND q.embedding_attempts + 1 >= max_attempts
+                   AS exhausted
         FROM public.study_questions q
         WHERE q.deleted_at IS NULL AND q.embedding_status <> 'ready'   -- the queue index
           AND q.embedding_due_at <= now()
@@ -60,15 +63,9 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     ), claimed AS (
         UPDATE public.study_questions q
-        SET embedding_status = CASE
-                WHEN q.embedding_status = 'pending' AND q.embedding_attempts + 1 >= max_attempts
-                THEN 'failed' ELSE 'pending' END,
-            embedding_claim_token = CASE
-                WHEN q.embedding_status = 'pending' AND q.embedding_attempts + 1 >= max_attempts
-                THEN NULL ELSE gen_random_uuid() END,
-            embedding_due_at = CASE
-                WHEN q.embedding_status = 'pending' AND q.embedding_attempts + 1 >= max_attempts
-                THEN NULL ELSE now() + lease END,
+        SET embedding_status = CASE WHEN due.exhausted THEN 'failed' ELSE 'pending' END,
+            embedding_claim_token = CASE WHEN due.exhausted THEN NULL ELSE gen_random_uuid() END,
+            embedding_due_at = CASE WHEN due.exhausted THEN NULL ELSE now() + lease END,
             embedding_attempts = q.embedding_attempts
                 + CASE WHEN q.embedding_status = 'pending' THEN 1 ELSE 0 END,
             embedding_last_error = CASE WHEN q.embedding_status = 'pending'

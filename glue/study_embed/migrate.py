@@ -166,8 +166,8 @@ class Migrator:
             self._psql(script, {**variables, "migration_file": rel, "migration_sha256": digest})
             report.applied.append(path.name)
 
-    def _apply_idempotent(self, conn: psycopg.Connection, ledger: dict[str, str],
-                          variables: dict[str, str], report: Report, force: bool) -> None:
+    def _apply_idempotent(self, ledger: dict[str, str], variables: dict[str, str],
+                          report: Report, force: bool) -> None:
         files = sorted((self.db_dir / "idempotent").glob("*.sql"))
         h = hashlib.sha256()
         for path in files:
@@ -187,8 +187,7 @@ class Migrator:
                             "migration_sha256": digest})
         report.idempotent = True
 
-    def _schedule_cron(self, conn: psycopg.Connection, variables: dict[str, str],
-                       report: Report) -> None:
+    def _schedule_cron(self, variables: dict[str, str], report: Report) -> None:
         app_db, cron_db = variables["app_db"], variables["cron_db"]
         job = f"study_embed_tick:{app_db}"
         cron_url = self.url if cron_db == app_db else _with_dbname(self.url, cron_db)
@@ -228,9 +227,9 @@ class Migrator:
                 ledger = self._ledger(conn)
                 self._apply_migrations(ledger, variables, report)
                 variables["vector_schema"] = self._vector_schema(conn)
-                self._apply_idempotent(conn, ledger, variables, report, force)
+                self._apply_idempotent(ledger, variables, report, force)
                 if self.cron:
-                    self._schedule_cron(conn, variables, report)
+                    self._schedule_cron(variables, report)
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
         return report
