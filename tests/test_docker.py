@@ -1,0 +1,397 @@
+"""docker/: the production stack, checked without a Docker engine.
+
+No Docker engine runs where this project is built, so the stack is checked statically: the
+compose file parses and interpolates, every file it references exists, every environment variable
+it gives the listener is a real setting (and every listener setting is wired), every service the
+listener needs is declared, and the Dockerfiles install what the code imports, from
+pyproject.toml.  The parts that can run without Docker do run: the postgres image's init script
+against the test cluster, and the package as the image installs it (a built wheel, not this
+checkout) migrating a database.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import tomllib
+import uuid
+import zipfile
+from importlib.metadata import packages_distributions
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import yaml
+
+from study_embed.config import SETTINGS
+from study_embed.migrate import Migrator
+
+from .conftest import CLUSTER, drop_database, url_for
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+COMPOSE_FILE = DOCKER / "compose.yaml"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SECRETS = {"POSTGRES_PASSWORD": "pw0", "LISTENER_DB_PASSWORD": "pw1"}
+
+# The keys of the Compose Specification this stack may use (a misspelt key is an error).
+SERVICE_KEYS = {"build", "image", "command", "entrypoint", "environment", "env_file", "volumes",
+                "ports", "healthcheck", "restart", "depends_on", "profiles", "networks", "deploy",
+                "init", "stop_grace_period", "stop_signal", "read_only", "cap_drop",
+                "security_opt", "user", "working_dir", "tmpfs", "labels", "pull_policy"}
+TOP_KEYS = {"name", "services", "volumes", "networks", "configs", "secrets"}
+DEPENDS_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+
+_VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\})")
+
+
+class Unset(Exception):
+    pass
+
+
+def interpolate(value, env: dict[str, str]):
+    """Compose's variable interpolation: ${X}, ${X:-default}, ${X-default}, ${X:?err}, $$."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg = m.group("name"), m.group("op"), m.group("arg")
+        have = env.get(name)
+        empty = have is None or (have == "" and op and op.startswith(":"))
+        if op in ("-", ":-"):
+            return arg if empty else have
+        if op in ("?", ":?"):
+            if empty:
+                raise Unset(f"{name}: {arg}")
+            return have
+        return have or ""
+
+    return _VAR.sub(one, value)
+
+
+def compose(env: dict[str, str] | None = None) -> dict:
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    return interpolate(raw, {**SECRETS, **(env or {})})
+
+
+def env_of(service: dict) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+def listener_settings(command: str) -> set[str]:
+    return {s.env for s in SETTINGS if command in s.commands}
+
+
+# -- the compose file --------------------------------------------------------------------------
+
+
+def test_compose_parses_and_uses_only_known_keys():
+    doc = compose()
+    top = {k for k in doc if not k.startswith("x-")}      # x-* are extension fields
+    assert top <= TOP_KEYS, top - TOP_KEYS
+    assert {"postgres", "migrate", "tei", "tei-gpu", "ollama", "listener"} <= set(doc["services"])
+    for name, svc in doc["services"].items():
+        assert set(svc) <= SERVICE_KEYS, (name, set(svc) - SERVICE_KEYS)
+        assert "image" in svc or "build" in svc, name
+    # named volumes are declared
+    for name, svc in doc["services"].items():
+        for vol in svc.get("volumes", []):
+            source = vol.split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                assert source in doc["volumes"], (name, source)
+
+
+def test_the_passwords_must_be_set():
+    with pytest.raises(Unset, match="POSTGRES_PASSWORD"):
+        compose({"POSTGRES_PASSWORD": ""})
+    with pytest.raises(Unset, match="LISTENER_DB_PASSWORD"):
+        compose({"LISTENER_DB_PASSWORD": ""})
+
+
+def test_every_referenced_file_exists():
+    doc = compose()
+    for name, svc in doc["services"].items():
+        build = svc.get("build")
+        if build is None:
+            continue
+        build = {"context": build} if isinstance(build, str) else build
+        context = (DOCKER / build["context"]).resolve()
+        dockerfile = context / build.get("dockerfile", "Dockerfile")
+        assert dockerfile.is_file(), (name, dockerfile)
+        for op, rest in dockerfile_instructions(dockerfile):
+            if op == "COPY" and "--from=" not in rest:
+                *sources, _dest = rest.split()
+                for src in sources:
+                    assert (context / src).exists(), (name, src)
+        for vol in svc.get("volumes", []):
+            source = vol.split(":", 1)[0]
+            if source.startswith((".", "/")):
+                assert (DOCKER / source).exists(), (name, source)
+
+
+def test_images_are_pinned():
+    images = [svc["image"] for svc in compose()["services"].values() if "image" in svc]
+    for dockerfile in DOCKER.rglob("Dockerfile"):
+        images += [rest.split()[0] for op, rest in dockerfile_instructions(dockerfile)
+                   if op == "FROM"]
+    for image in images:
+        name, _, tag = image.rpartition(":")
+        assert name and "/" not in tag and tag not in ("", "latest"), image
+
+
+def test_listener_gets_every_setting_and_nothing_else():
+    svc = compose()["services"]["listener"]
+    env = env_of(svc)
+    assert set(env) == listener_settings("listen")
+    assert set(env_of(compose()["services"]["migrate"])) <= listener_settings("migrate")
+    # the values the stack gives it are valid settings (an empty value means the default)
+    from study_embed import config
+    import argparse
+
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        os.environ.update(env)
+        resolved = config.resolve(argparse.Namespace(), "listen")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert resolved["embedding_api"] == "tei"
+    assert resolved["embedding_model"] == "BAAI/bge-m3"
+    assert resolved["embedding_timeout"] == 15.0       # the listener's own default comes through
+
+
+def test_a_setting_given_to_compose_reaches_the_listener():
+    env = env_of(compose({"BATCH_SIZE": "32", "EMBEDDING_API": "ollama"})["services"]["listener"])
+    assert env["BATCH_SIZE"] == "32" and env["EMBEDDING_API"] == "ollama"
+
+
+def test_the_listener_depends_on_what_it_needs():
+    services = compose()["services"]
+    listener = services["listener"]
+    deps = listener["depends_on"]
+    for dep, spec in deps.items():
+        assert dep in services, dep
+        assert spec["condition"] in DEPENDS_CONDITIONS
+    assert deps["migrate"] == {"condition": "service_completed_successfully"}
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"]["command"] == ["migrate"]
+    assert listener["command"] == ["listen"]
+
+    # DATABASE_URL: the postgres service, its database, the login role its init script makes
+    pg_env = env_of(services["postgres"])
+    db = urlsplit(env_of(listener)["DATABASE_URL"])
+    assert db.hostname == "postgres" and db.path == "/" + pg_env["POSTGRES_DB"]
+    assert db.username == pg_env["LISTENER_DB_USER"] and db.password == SECRETS["LISTENER_DB_PASSWORD"]
+    mig = urlsplit(env_of(services["migrate"])["DATABASE_URL"])
+    assert (mig.hostname, mig.username) == ("postgres", pg_env["POSTGRES_USER"])
+
+    # whichever embedding profile runs, the listener's EMBEDDING_URL names a service there,
+    # and the listener waits for it to be healthy (or its model pulled)
+    def serving(profile: str, env: dict[str, str]) -> None:
+        doc = compose({"COMPOSE_PROFILES": profile, **env})
+        running = {n: s for n, s in doc["services"].items()
+                   if not s.get("profiles") or profile in s["profiles"]}
+        lenv = env_of(doc["services"]["listener"])
+        host = urlsplit(lenv["EMBEDDING_URL"]).hostname
+        names = {n for n, s in running.items()
+                 for n in [n, *s.get("networks", {}).get("default", {}).get("aliases", [])]}
+        assert host in names, (profile, host)
+        waited = [d for d in deps if d in running and d not in ("migrate", "postgres")]
+        assert waited, profile
+        assert all(deps[d].get("required") is False for d in waited)
+        assert {"postgres", "migrate", "listener"} <= set(running)
+
+    serving("cpu", {})
+    serving("gpu", {})
+    serving("ollama", {"EMBEDDING_API": "ollama", "EMBEDDING_URL": "http://ollama:11434",
+                       "EMBEDDING_MODEL": "bge-m3"})
+    gpu = services["tei-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert "cpu" in services["tei"]["image"].rsplit(":", 1)[1]
+    assert "cpu" not in services["tei-gpu"]["image"].rsplit(":", 1)[1]
+
+
+def test_embedding_servers_serve_bge_m3_with_health_checks_and_cached_models():
+    services = compose()["services"]
+    for name in ("tei", "tei-gpu"):
+        svc = services[name]
+        assert svc["command"][svc["command"].index("--model-id") + 1] == "BAAI/bge-m3"
+        assert any(v.endswith(":/data") for v in svc["volumes"])
+        hc = svc["healthcheck"]
+        assert "/health" in " ".join(hc["test"])
+        # the port refuses connections until bge-m3 is downloaded and loaded
+        assert hc["start_period"].endswith("m") and int(hc["start_period"][:-1]) >= 10
+    assert services["ollama-pull"]["entrypoint"][-1] == "bge-m3"
+    assert services["ollama"]["environment"]["OLLAMA_CONTEXT_LENGTH"] == "8192"
+    assert any(v.endswith(":/root/.ollama") for v in services["ollama"]["volumes"])
+
+
+def test_postgres_preloads_pg_cron_for_the_application_database():
+    svc = compose({"POSTGRES_DB": "bank"})["services"]["postgres"]
+    assert svc["command"][0] == "postgres"
+    pairs = list(zip(svc["command"][1::2], svc["command"][2::2], strict=True))
+    assert all(flag == "-c" for flag, _ in pairs)
+    settings = dict(value.split("=", 1) for _, value in pairs)
+    assert "pg_cron" in settings["shared_preload_libraries"].split(",")
+    assert settings["cron.database_name"] == env_of(svc)["POSTGRES_DB"] == "bank"
+    assert svc["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
+    # the image: pgvector for PostgreSQL N, and pg_cron built for the same N
+    ins = dockerfile_instructions(DOCKER / "postgres" / "Dockerfile")
+    base = next(rest for op, rest in ins if op == "FROM")
+    major = re.search(r"pg(\d+)", base).group(1)
+    assert base.startswith("pgvector/pgvector:")
+    assert any(op == "RUN" and f"postgresql-{major}-cron" in rest for op, rest in ins)
+
+
+# -- the listener image ------------------------------------------------------------------------
+
+
+def _third_party_imports() -> set[str]:
+    package = ROOT / "glue" / "study_embed"
+    found: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return {m for m in found if m not in sys.stdlib_module_names and m != "study_embed"}
+
+
+def _requirement_name(req: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_pyproject_declares_everything_the_package_imports():
+    declared = {_requirement_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    dists = packages_distributions()
+    imported = _third_party_imports()
+    assert imported, "the scan found no imports"
+    for module in imported:
+        names = {d.lower().replace("_", "-") for d in dists.get(module, [module])}
+        assert names & declared, f"{module} is imported but not in pyproject dependencies"
+
+
+def test_listener_image_installs_the_project_from_pyproject_as_non_root():
+    ins = dockerfile_instructions(DOCKER / "listener" / "Dockerfile")
+    runs = " ".join(rest for op, rest in ins if op == "RUN")
+    copies = [rest for op, rest in ins if op == "COPY"]
+    # the project itself, by pyproject.toml: no dependency is listed by hand
+    assert re.search(r"pip install \.(\s|$)", runs)
+    assert any(c.split()[0] == "pyproject.toml" for c in copies)
+    for dep in PYPROJECT["project"]["dependencies"]:
+        assert _requirement_name(dep) not in runs.lower(), f"{dep} listed by hand"
+    # the package data the code reads at run time (db/) goes into the wheel
+    assert PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]["db"] \
+        == "study_embed/db"
+    # `study-embed migrate` runs psql
+    assert "postgresql-client" in runs
+    user = [rest for op, rest in ins if op == "USER"][-1]
+    assert user.split(":")[0] not in ("root", "0")
+    assert [rest for op, rest in ins if op == "ENTRYPOINT"] == ['["study-embed"]']
+    assert [rest for op, rest in ins if op == "CMD"][-1] == '["listen"]'
+    assert [rest for op, rest in ins if op == "STOPSIGNAL"] == ["SIGTERM"]
+    # the build context sends what the COPY lines need and nothing else
+    ignore = (DOCKER / "listener" / "Dockerfile.dockerignore").read_text().split()
+    assert ignore[ignore.index("*") if "*" in ignore else 0] == "*"
+    for c in copies:
+        if "--from=" not in c:
+            for src in c.split()[:-1]:
+                assert f"!{src}" in ignore, src
+
+
+@pytest.mark.slow
+def test_the_wheel_the_image_installs_migrates_a_database(tmp_path):
+    """`pip install .` in the image installs a wheel, not this checkout: build it, and run its
+    `study-embed migrate` (SQL from inside the wheel) against a new database."""
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                        "--wheel-dir", str(tmp_path / "dist"), str(ROOT)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    wheel = next((tmp_path / "dist").glob("study_embed-*.whl"))
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        z.extractall(site)
+    assert "study_embed/db/queries.sql" in names
+    assert any(n.startswith("study_embed/db/migrations/") for n in names)
+    assert not any(n.startswith(("tests/", "bench/")) for n in names)
+    name = f"wheel_{uuid.uuid4().hex[:8]}"
+    CLUSTER.create_database(name)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(site), "DATABASE_URL": url_for(name),
+               "STUDY_EMBED_CRON": "off"}
+        run = subprocess.run([sys.executable, "-m", "study_embed.cli", "migrate"], env=env,
+                             capture_output=True, text=True, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        where = subprocess.run([sys.executable, "-c", "import study_embed.sqlfiles as s;"
+                                "print(s.sql_dir())"], env=env, capture_output=True, text=True,
+                               cwd=tmp_path)
+        assert where.stdout.strip() == str(site / "study_embed" / "db")
+        with psycopg.connect(url_for(name)) as conn:
+            assert conn.execute("SELECT study_embed.embedding_dimension()").fetchone()[0] == 1024
+    finally:
+        drop_database(name)
+
+
+# -- the postgres image's init script ----------------------------------------------------------
+
+
+def test_init_script_makes_a_listener_login_that_can_run_the_queue_and_nothing_else():
+    script = DOCKER / "postgres" / "initdb" / "10-study-embed-listener-role.sh"
+    name = f"initdb_{uuid.uuid4().hex[:8]}"
+    login = f"worker_{uuid.uuid4().hex[:8]}"
+    CLUSTER.create_database(name)
+    env = {**os.environ, "PGHOST": str(CLUSTER.sockdir), "PGPORT": str(CLUSTER.port),
+           "POSTGRES_USER": "postgres", "POSTGRES_DB": name, "LISTENER_DB_USER": login,
+           "LISTENER_DB_PASSWORD": "it's a 'secret'"}
+    try:
+        missing = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                                 env={**env, "LISTENER_DB_PASSWORD": ""})
+        assert missing.returncode != 0 and "LISTENER_DB_PASSWORD" in missing.stderr
+        for _ in range(2):                       # a second run (re-used volume) is harmless
+            r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
+            assert r.returncode == 0, r.stderr
+        # as in the stack: the init script first, then `study-embed migrate`
+        Migrator(url_for(name), cron=False, log=lambda _msg: None).run()
+        with psycopg.connect(url_for("postgres")) as admin:
+            can_login, password = admin.execute(
+                "SELECT rolcanlogin, rolpassword FROM pg_authid WHERE rolname = %s",
+                (login,)).fetchone()
+            assert can_login and password.startswith("SCRAM-SHA-256$")
+        with psycopg.connect(url_for(name, user=login), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM study_embed.claim(10)").fetchone()[0] == 0
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT question_text FROM study_questions")
+    finally:
+        drop_database(name)
+        with psycopg.connect(url_for("postgres"), autocommit=True) as admin:
+            admin.execute(psycopg.sql.SQL("DROP ROLE IF EXISTS {}").format(
+                psycopg.sql.Identifier(login)))
