@@ -6,7 +6,7 @@ CLI   := $(VENV)/bin/study-embed
 STAMP := $(VENV)/.deps-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help deps db-up db-down db-url migrate test listen drain status bench bench-full clean
+.PHONY: help deps demo demo-down db-up db-down db-url migrate test listen drain status bench bench-full clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -16,6 +16,12 @@ deps: ## install PostgreSQL, pgvector, pg_cron and the Python deps (idempotent)
 
 $(STAMP): pyproject.toml scripts/deps.sh
 	@bash scripts/deps.sh
+
+demo: $(STAMP) ## the whole pipeline on this machine: sample bank, real local model, drain, search output
+	@$(PY) scripts/demo/run.py
+
+demo-down: ## stop what `make demo` started (its embedding server and the local PostgreSQL)
+	@if [ -x $(PY) ]; then $(PY) scripts/demo/server.py down && $(PY) -m study_embed.localdb down; fi
 
 db-up: $(STAMP) ## start the project-local PostgreSQL (.pgdata/, loopback, pg_cron preloaded)
 	@$(PY) -m study_embed.localdb up
@@ -45,8 +51,8 @@ status: $(STAMP) ## show the embedding queue
 bench: $(STAMP) ## benchmarks, quick mode (a few minutes): prints a table, writes bench/results/
 	@$(PY) bench/run.py
 
-bench-full: $(STAMP) ## benchmarks, full mode (about twenty minutes)
+bench-full: $(STAMP) ## benchmarks, full mode (about half an hour, with a 1,000,000-row drain)
 	@$(PY) bench/run.py --full
 
-clean: db-down ## remove the local cluster and the virtual environment
-	rm -rf .pgdata $(VENV)
+clean: demo-down ## remove the local cluster, the demo's files and the virtual environment
+	rm -rf .pgdata .demo $(VENV)

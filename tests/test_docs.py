@@ -21,4 +21,4 @@ def test_readme_quick_start_has_the_two_commands():
     text = README.read_text()
     quick = text[text.index("## Quick start"):text.index("## How it works")]
     commands = re.findall(r"^make (\S+)", quick, flags=re.M)
-    assert commands == ["listen", "test"]
+    assert commands == ["demo", "test"]

@@ -1,0 +1,104 @@
+"""`make demo`: the sample bank and the demo's own steps, against the test cluster.
+
+The demo's real embedding server (infinity-emb with torch, 1.5 GB) is not installed by the test
+suite; here the loopback server stands in for it over the same OpenAI-compatible protocol, so
+that loading the bank, the drain and the report are exercised on every CI run.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from .conftest import drop_database, fresh_database
+from .embed_server import EmbedServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "demo"))
+import bank  # noqa: E402
+import run as demo  # noqa: E402
+import server as demo_server  # noqa: E402
+
+HANGUL = re.compile("[\uac00-\ud7a3]")
+
+
+def test_the_sample_bank_is_what_the_demo_promises():
+    users = bank.users()
+    questions = [(u.email, q) for u in users for q in u.questions]
+    assert len(users) >= 4 and len(questions) >= 200
+    korean = sum(bool(HANGUL.search(q.text)) for _, q in questions)
+    assert korean >= 60 and len(questions) - korean >= 60
+    assert len({q.subject for _, q in questions}) >= 10
+    for _, q in questions:
+        assert 1 <= q.correct <= 4 and len(set(q.choices)) == 4 and all(q.choices)
+    # no user typed exactly the same question twice; rephrasings come in pairs of one user
+    assert len({(e, q.text) for e, q in questions}) == len(questions)
+    twins = Counter((e, q.twin) for e, q in questions if q.twin)
+    assert len(twins) >= 10 and set(twins.values()) == {2}
+    # the same bank every run
+    again = [(u.email, q.text, q.choices, q.correct) for u in bank.users() for q in u.questions]
+    assert again == [(e, q.text, q.choices, q.correct) for e, q in questions]
+
+
+def test_attempts_make_weak_questions_wrong_last():
+    for user in bank.users():
+        history: dict[int, list[tuple[int, int]]] = {}
+        for i, selected, days_ago in bank.attempts(user, random.Random(7)):
+            history.setdefault(i, []).append((days_ago, selected))
+        assert set(history) == set(range(len(user.questions)))
+        for i, tries in history.items():
+            q = user.questions[i]
+            last = min(tries)[1]                     # the most recent attempt
+            assert (last != q.correct) == q.weak, (user.email, q.text)
+
+
+@pytest.fixture
+def demo_db():
+    name = f"demo_{uuid.uuid4().hex[:8]}"
+    url = fresh_database(name)
+    yield url
+    drop_database(name)
+
+
+@pytest.fixture
+def loopback():
+    s = EmbedServer(dim=1024)
+    yield demo_server.Served(pid=0, url=f"{s.url}/v1", model="test-model", dim=1024,
+                             note="a loopback test server")
+    s.stop()
+
+
+def test_load_drain_report_and_a_second_run_reuses_it(demo_db, loopback, capsys):
+    demo.load_bank(demo_db)
+    demo.load_bank(demo_db)                          # the second run loads nothing more
+    n = sum(len(u.questions) for u in bank.users())
+    with psycopg.connect(demo_db) as conn:
+        assert conn.execute("SELECT count(*) FROM study_questions").fetchone()[0] == n
+        assert conn.execute("SELECT count(*) FROM study_questions WHERE embedding_status"
+                            " = 'none'").fetchone()[0] == n
+        wrong = conn.execute("SELECT count(*) FROM study_question_attempts WHERE NOT is_correct"
+                             ).fetchone()[0]
+        assert wrong > 50
+    demo.drain(demo_db, loopback)
+    with psycopg.connect(demo_db) as conn:
+        assert conn.execute("SELECT embedding_status, count(*) FROM study_questions GROUP BY 1"
+                            ).fetchall() == [("ready", n)]
+        assert conn.execute("SELECT DISTINCT embedding_model FROM study_questions"
+                            ).fetchall() == [("test-model",)]
+    capsys.readouterr()
+    demo.report(demo_db, loopback)
+    out = capsys.readouterr().out
+    assert f"Queue: {n} ready, 0 none" in out
+    for title in ("Similar questions", "Near-duplicate pairs", "wrong-answer clusters"):
+        assert title in out
+    # the first example question is followed by its three most similar questions
+    block = out.split("alex: What is the capital of Kenya?\n", 1)[1].split("\n\n", 1)[0]
+    assert len(re.findall(r"^    [01]\.\d{3}  ", block, flags=re.M)) == 3
+    pairs = {(u.email, q.twin) for u in bank.users() for q in u.questions if q.twin}
+    assert f"The bank holds {len(pairs)} questions that a user typed twice" in out
