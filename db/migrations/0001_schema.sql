@@ -78,6 +78,18 @@ ALTER TABLE public.study_questions
     ADD COLUMN IF NOT EXISTS embedding_attempts       smallint NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS embedding_last_error     text;
 
+-- Adopting an existing bank (rows written before this pipeline, e.g. by the seed's code):
+-- nothing records which text a stored vector came from, and a 'pending' row has no claim, so
+-- every existing row is queued again: 'stale' when it has a vector (kept, and searchable, until
+-- its replacement lands), 'none' when it has not.  On a new, empty table this touches nothing.
+UPDATE public.study_questions
+SET embedding_status = CASE WHEN embedding IS NULL THEN 'none' ELSE 'stale' END,
+    embedding_due_at = now(),
+    embedding_queued_at = now();
+ALTER TABLE public.study_questions
+    ALTER COLUMN embedding_status SET DEFAULT 'none',
+    ALTER COLUMN embedding_status SET NOT NULL;
+
 -- Declarative guards: they hold even when triggers are bypassed (session_replication_role).
 ALTER TABLE public.study_questions
     ADD CONSTRAINT study_questions_embedding_status_check
@@ -157,3 +169,7 @@ CREATE TABLE IF NOT EXISTS study_embed.status_counts (
 );
 COMMENT ON TABLE study_embed.status_counts IS
     'Append-only per-status row-count deltas of study_questions; sum(n) by status is exact.';
+-- the rows of an adopted bank (none in a new one)
+INSERT INTO study_embed.status_counts (status, deleted, n)
+SELECT embedding_status, deleted_at IS NOT NULL, count(*)
+FROM public.study_questions GROUP BY 1, 2;
