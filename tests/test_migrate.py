@@ -143,6 +143,41 @@ def _table_missing(url: str) -> bool:
         return c.execute("SELECT to_regclass('public.study_questions')").fetchone()[0] is None
 
 
+def _storage(url: str) -> str:
+    with psycopg.connect(url) as c:
+        return c.execute("SELECT attstorage FROM pg_attribute WHERE attrelid ="
+                         " 'study_questions'::regclass AND attname = 'embedding'").fetchone()[0]
+
+
+def test_vectors_are_kept_in_the_row_when_they_fit(empty_db):
+    Migrator(empty_db, cron=False, log=lambda m: None).run()
+    assert _storage(empty_db) == "p"
+    with psycopg.connect(empty_db) as c:
+        c.execute("INSERT INTO users (id, email) VALUES (1, 'a'); INSERT INTO study_topics"
+                  " (id, user_id, name) VALUES (1, 1, 't')")
+        c.execute("INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,"
+                  " choice_2, choice_3, choice_4, correct_choice, explanation) VALUES (1, 1, %s,"
+                  " 'a', 'b', 'c', 'd', 1, %s)", ("q" * 3000, "e" * 20000))
+        qid, token, body = c.execute("SELECT * FROM study_embed.claim(1)").fetchone()
+        # a long text beside an inline 1024-dim vector: the texts move out, the row fits
+        vec = "[" + ",".join(["0.03125"] * 1024) + "]"
+        assert c.execute("SELECT * FROM study_embed.complete(%s, %s, ARRAY[%s::vector], 'm')",
+                         ([qid], [token], vec)).fetchall() == [(qid,)]
+        toast = c.execute("SELECT reltoastrelid::regclass::text FROM pg_class"
+                          " WHERE oid = 'study_questions'::regclass").fetchone()[0]
+        # the vector is not in TOAST: only the long texts went there (compressed)
+        toasted = c.execute(f"SELECT coalesce(sum(length(chunk_data)), 0) FROM {toast}"
+                            ).fetchone()[0]
+        assert toasted < 4 * 1024, toasted
+        assert c.execute("SELECT pg_column_size(embedding) FROM study_questions").fetchone()[0] \
+            == 4 + 4 + 4 * 1024
+
+
+def test_very_wide_vectors_stay_in_toast(empty_db):
+    Migrator(empty_db, embedding_dim=1900, cron=False, log=lambda m: None).run()
+    assert _storage(empty_db) == "e"
+
+
 def test_embedding_dim_is_a_migrate_time_setting(empty_db):
     Migrator(empty_db, embedding_dim=384, cron=False, log=lambda m: None).run()
     assert _columns(empty_db)["embedding"] == "vector(384)"
