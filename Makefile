@@ -51,7 +51,7 @@ status: $(STAMP) ## show the embedding queue
 bench: $(STAMP) ## benchmarks, quick mode (a few minutes): prints a table, writes bench/results/
 	@$(PY) bench/run.py
 
-bench-full: $(STAMP) ## benchmarks, full mode (about half an hour, with a 1,000,000-row drain)
+bench-full: $(STAMP) ## benchmarks, full mode (about 15 minutes, with a 1,000,000-row drain)
 	@$(PY) bench/run.py --full
 
 clean: demo-down ## remove the local cluster, the demo's files and the virtual environment

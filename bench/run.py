@@ -6,7 +6,7 @@ Starts its own throwaway PostgreSQL clusters (nothing else needs to run), loads 
 realistic rows (Korean and English texts, 1,000 users, 5,000 topics), runs a loopback embedding
 server whose cost per text can be set (zero here: the pipeline's ceiling), and prints one table;
 the figures also go to a JSON file.  Each figure is a median over repeated runs, with min and max.
-Quick mode takes a few minutes; --full, with its 1,000,000-row drain, about half an hour.
+Quick mode takes a few minutes; --full, with its 1,000,000-row drain, about 15 minutes.
 Benchmarks are not tests: nothing here asserts.
 """
 
@@ -303,7 +303,7 @@ def bench_search(p: dict, log) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--full", action="store_true", help="the full run (about half an hour)")
+    ap.add_argument("--full", action="store_true", help="the full run (about 15 minutes)")
     ap.add_argument("--json", default=None, help="where to write the figures "
                     "(default bench/results/<mode>.json)")
     ap.add_argument("--cost-ms-per-text", type=float, default=0.0,
