@@ -153,12 +153,13 @@ def bench_indexed(p: dict, server: EmbedServer, log) -> dict:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("TRUNCATE raw_insert")
 
-            def insert(part: int) -> None:
+            def insert(part: int, of: int) -> None:
                 with psycopg.connect(url, autocommit=True) as c:
                     c.execute("INSERT INTO raw_insert (v) SELECT v FROM drained"
-                              " WHERE i <= %s AND i %% %s = %s ORDER BY i", (n, backends, part))
+                              " WHERE i <= %s AND i %% %s = %s ORDER BY i", (n, of, part))
             t0 = time.monotonic()
-            threads = [threading.Thread(target=insert, args=(k,)) for k in range(backends)]
+            threads = [threading.Thread(target=insert, args=(k, backends))
+                       for k in range(backends)]
             for t in threads:
                 t.start()
             for t in threads:

@@ -262,7 +262,7 @@ def test_malformed_replies_are_failures_never_embeddings(bank, db, db_url, serve
                       " FROM study_questions ORDER BY id").fetchall()
     failed = [r for r in rows if r[1] == "failed"]
     assert failed, rows
-    for _, status, no_embedding, error in failed:
+    for _, _status, no_embedding, error in failed:
         assert no_embedding and message in error
     # per-vector problems (NaN, zero) spare the other rows of the batch
     if mode in ("nan", "zero"):

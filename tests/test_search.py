@@ -193,7 +193,7 @@ def test_planted_neighbours_come_back_in_order(bank, db):
     rng = np.random.default_rng(3)
     src = unit(rng.standard_normal(1024))
     noise = [unit(rng.standard_normal(1024)) for _ in range(5)]
-    planted = [unit(src + eps * n) for eps, n in zip((0.1, 0.3, 0.6, 1.0, 1.5), noise)]
+    planted = [unit(src + eps * n) for eps, n in zip((0.1, 0.3, 0.6, 1.0, 1.5), noise, strict=True)]
     ids = [bank.insert(f"planted {i}") for i in range(6)]
     for _ in range(30):                                    # unrelated questions of the user
         ids.append(bank.insert())
