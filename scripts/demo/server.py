@@ -121,13 +121,12 @@ def choose_model() -> tuple[str, str, int, dict[str, str], str]:
 
 
 def _alive(pid: int) -> bool:
+    """Is pid our embedding server (and not a process that has since taken its number)?"""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return b"infinity_emb" in cmdline
 
 
 def _healthy(url: str, model: str | None = None) -> bool:
@@ -179,7 +178,7 @@ def up() -> Served:
         if proc.poll() is not None or waited > limit:
             tail = LOG.read_text(errors="replace").splitlines()[-25:]
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
             sys.exit("the embedding server did not start:\n  " + "\n  ".join(tail))
         if sys.stdout.isatty():
             print(f"\r    waiting for the model to load: {waited:4.0f} s", end="", flush=True)
