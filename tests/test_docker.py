@@ -30,6 +30,7 @@ import psycopg
 import pytest
 import yaml
 from compose_spec import PyCompose
+from dockerfile_parse import DockerfileParser
 
 from study_embed import config
 from study_embed.config import SETTINGS
@@ -89,14 +90,9 @@ def env_of(service: dict) -> dict[str, str]:
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", path.read_text())
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            op, _, rest = line.partition(" ")
-            out.append((op.upper(), rest.strip()))
-    return out
+    """(INSTRUCTION, value) of a Dockerfile, continuation lines joined (dockerfile-parse)."""
+    return [(i["instruction"], i["value"]) for i in DockerfileParser(path=str(path)).structure
+            if i["instruction"] != "COMMENT"]
 
 
 def listener_settings(command: str) -> set[str]:
