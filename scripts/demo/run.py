@@ -172,27 +172,27 @@ def report(url: str, served: server.Served) -> None:
               f"{len(other)} pairs of different questions that read alike.")
         print("\n  rephrased questions found:")
         for e, sim, a, b in found:
-            print(f"    {e.split('@')[0]:<6} {sim:.3f}  {_cut(a)}\n{'':<17}~ {_cut(b)}")
+            _pair(e, sim, a, b)
         missed = conn.execute(
-            "SELECT u.email, 1 - (a.embedding <=> b.embedding), a.question_text, b.question_text"
+            "WITH t (email, text) AS (SELECT * FROM unnest(%(emails)s::text[], %(texts)s::text[]))"
+            " SELECT u.email, 1 - (a.embedding <=> b.embedding), a.question_text, b.question_text"
             " FROM study_questions a JOIN study_questions b ON a.user_id = b.user_id"
             " AND a.id < b.id JOIN users u ON u.id = a.user_id"
-            " WHERE (u.email, a.question_text) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
-            " AND (u.email, b.question_text) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+            " WHERE (u.email, a.question_text) IN (SELECT * FROM t)"
+            " AND (u.email, b.question_text) IN (SELECT * FROM t)"
             " ORDER BY 2 DESC",
-            ([e for e, _ in twins], [t for _, t in twins], [e for e, _ in twins],
-             [t for _, t in twins])).fetchall()
+            {"emails": [e for e, _ in twins], "texts": [t for _, t in twins]}).fetchall()
         missed = [(e, sim, a, b) for e, sim, a, b in missed
                   if twins[(e, a)] == twins[(e, b)] and sim < threshold]
         if missed:
             print("\n  rephrased questions below the threshold:")
             for e, sim, a, b in missed:
-                print(f"    {e.split('@')[0]:<6} {sim:.3f}  {_cut(a)}\n{'':<17}~ {_cut(b)}")
+                _pair(e, sim, a, b)
         if other:
             print("\n  different questions that read alike (the most similar "
                   f"{min(len(other), 6)} of {len(other)}; a person dismisses these):")
             for e, sim, a, b in other[:6]:
-                print(f"    {e.split('@')[0]:<6} {sim:.3f}  {_cut(a)}\n{'':<17}~ {_cut(b)}")
+                _pair(e, sim, a, b)
 
         who = "alex"
         clusters = conn.execute(
@@ -220,6 +220,10 @@ def report(url: str, served: server.Served) -> None:
 
 def _title(text: str) -> None:
     print(f"\n{text}\n{'-' * min(len(text), 96)}")
+
+
+def _pair(email: str, sim: float, a: str, b: str) -> None:
+    print(f"    {email.split('@')[0]:<6} {sim:.3f}  {_cut(a)}\n{'':<17}~ {_cut(b)}")
 
 
 def _cut(text: str, width: int = 72) -> str:
