@@ -57,9 +57,9 @@ def test_listener_can_run_the_queue(bank, listener_conn):
     "DELETE FROM study_embed.status_counts",
     "UPDATE study_embed.settings SET max_attempts = 100",
     "SELECT * FROM study_embed.schema_migrations",
-    "SELECT * FROM study_embed.similar_questions(1)",
+    "SELECT * FROM study_embed.similar_questions(1, 1)",
     "SELECT * FROM study_embed.wrong_answer_clusters(1)",
-    "SELECT * FROM study_embed.explanation_context(1)",
+    "SELECT * FROM study_embed.explanation_context(1, 1)",
     "SELECT * FROM study_embed.duplicate_pairs",
 ])
 def test_listener_cannot_touch_anything_else(bank, listener_conn, statement):

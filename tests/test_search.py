@@ -109,7 +109,7 @@ def test_similar_questions_recall_at_10_with_the_user_filter(cconn):
     hits = total = 0
     for qid in target_ids(cconn):
         got = [r[0] for r in cconn.execute(
-            "SELECT id FROM study_embed.similar_questions(%s, 10)", (qid,))]
+            "SELECT id FROM study_embed.similar_questions(%s, %s, 10)", (TARGET, qid))]
         want = exact_neighbours(cconn, qid, 10)
         assert len(got) == 10                         # the iterative scan found all k
         hits += len(set(got) & set(want))
@@ -127,7 +127,8 @@ def test_similar_questions_never_scan_the_table(corpus, cconn):
     """The planner picks the HNSW index or, for a user this small, the exact per-user path."""
     for qid in target_ids(cconn, 3):
         plan = _knn_plan(nested_plans(
-            corpus, "SELECT * FROM study_embed.similar_questions(%s, 10)", (qid,), expect_rows=10))
+            corpus, "SELECT * FROM study_embed.similar_questions(%s, %s, 10)", (TARGET, qid),
+            expect_rows=10))
         assert "Seq Scan on study_questions" not in plan
         assert ("Index Scan using study_questions_embedding_hnsw" in plan
                 or "Index Cond: (user_id = " in plan), plan
@@ -139,8 +140,8 @@ def test_hnsw_with_iterative_scan_serves_a_user_with_under_one_percent(corpus, c
     drop = ("DROP INDEX study_questions_user_topic",)   # rolled back afterwards
     hits = total = 0
     for qid in target_ids(cconn, 20):
-        plans = nested_plans(corpus, "SELECT id FROM study_embed.similar_questions(%s, 10)",
-                             (qid,), expect_rows=10, setup=drop)
+        plans = nested_plans(corpus, "SELECT id FROM study_embed.similar_questions(%s, %s, 10)",
+                             (TARGET, qid), expect_rows=10, setup=drop)
         plan = _knn_plan(plans)
         assert "Index Scan using study_questions_embedding_hnsw on study_questions" in plan, plan
         got = [int(x) for x in _similar_ids(corpus, qid, drop)]
@@ -158,16 +159,16 @@ def _similar_ids(url: str, qid: int, setup: tuple[str, ...]) -> list[int]:
             for stmt in setup:
                 c.execute(stmt)
             return [r[0] for r in c.execute(
-                "SELECT id FROM study_embed.similar_questions(%s, 10)", (qid,))]
+                "SELECT id FROM study_embed.similar_questions(%s, %s, 10)", (TARGET, qid))]
 
 
 def test_same_topic_and_never_another_users_question(cconn):
     for qid in target_ids(cconn, 10):
         rows = cconn.execute(
             "SELECT s.id, q.user_id, q.study_topic_id, src.study_topic_id"
-            " FROM study_embed.similar_questions(%s, 20, true) s"
+            " FROM study_embed.similar_questions(%s, %s, 20, true) s"
             " JOIN study_questions q ON q.id = s.id JOIN study_questions src ON src.id = %s",
-            (qid, qid)).fetchall()
+            (TARGET, qid, qid)).fetchall()
         assert len(rows) == 20
         assert {r[1] for r in rows} == {TARGET}
         assert all(r[2] == r[3] for r in rows)
@@ -204,19 +205,19 @@ def test_planted_neighbours_come_back_in_order(bank, db):
     claimed = bank.claim(100)
     bank.complete(claimed, vectors=[vectors.get(c.id, unit(rng.standard_normal(1024)))
                                     for c in claimed])
-    got = db.execute("SELECT id, similarity FROM study_embed.similar_questions(%s, 5)",
-                     (ids[0],)).fetchall()
+    got = db.execute("SELECT id, similarity FROM study_embed.similar_questions(%s, %s, 5)",
+                     (bank.user_id, ids[0])).fetchall()
     assert [r[0] for r in got] == ids[1:6]
     sims = [r[1] for r in got]
     assert sims == sorted(sims, reverse=True) and sims[0] > 0.99
     # deleted rows never appear
     db.execute("UPDATE study_questions SET deleted_at = now() WHERE id = %s", (ids[1],))
-    got = [r[0] for r in db.execute("SELECT id FROM study_embed.similar_questions(%s, 5)",
-                                    (ids[0],))]
+    got = [r[0] for r in db.execute("SELECT id FROM study_embed.similar_questions(%s, %s, 5)",
+                                    (bank.user_id, ids[0]))]
     assert ids[1] not in got and got[:4] == ids[2:6] and foreign not in got
     # a question without an embedding yet has no similar questions (not an error)
-    assert db.execute("SELECT count(*) FROM study_embed.similar_questions(%s)",
-                      (bank.insert(),)).fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM study_embed.similar_questions(%s, %s)",
+                      (bank.user_id, bank.insert())).fetchone()[0] == 0
 
 
 def _embed_all(bank, vectors: dict[int, np.ndarray]) -> None:
@@ -290,7 +291,7 @@ def test_explanation_context_returns_explained_neighbours_with_texts(bank, db):
            (explained, ai, ai_pending, bare, foreign)}
     _embed_all(bank, {src: base, **vec})
     rows = db.execute("SELECT id, question_text, correct_answer, explanation, ai_explanation"
-                      " FROM study_embed.explanation_context(%s, 5)", (src,)).fetchall()
+                      " FROM study_embed.explanation_context(%s, %s, 5)", (bank.user_id, src)).fetchall()
     assert {r[0] for r in rows} == {explained, ai}
     by_id = {r[0]: r for r in rows}
     assert by_id[explained][1] == render("explained", "w", "x", "y", "z")

@@ -24,10 +24,28 @@
 --   release                     pending -> none|stale|failed (transient error: not counted)
 --   requeue                     ready|failed -> stale (model change, explicit retry)
 --
+-- Who is the pipeline: an update is the pipeline's only when it runs as study_embed_pipeline,
+-- i.e. inside one of the SECURITY DEFINER queue functions that role owns (000_roles.sql).
+-- Which of its operations it is (claim, complete, ...) is then read from the transaction-local
+-- setting study_embed.actor that the function set just before its UPDATE.  Any other session
+-- is a client, whatever it sets.
+--
+-- Every client write the pipeline reserves to itself raises SQLSTATE 42501
+-- (insufficient_privilege); a value no row may ever hold (an unknown status) is also refused
+-- by the CHECK constraints of 0001_schema.sql (23514), which a trigger cannot bypass.
+--
+-- Every function pins search_path to pg_catalog, pg_temp: no name resolves in a schema that
+-- another role may create objects in.  pgvector's type and operators are schema-qualified.
+--
 -- psql variables: :"vector_schema" (the schema pgvector is installed in).
 
 -- The one place that says what text is embedded.  Subject and scope are left out on purpose:
 -- category names are noise for semantic search.
+--
+-- Changing this text changes what every stored embedding should be.  Ship such a change with
+-- a migration that calls study_embed.requeue_changed_text(): the rows are queued again and keep
+-- serving their old vectors until the new ones land.  (Nothing else breaks meanwhile: the hash
+-- is checked only on the way into `ready`.)
 CREATE OR REPLACE FUNCTION study_embed.render_question(
     question_text text, choice_1 text, choice_2 text, choice_3 text, choice_4 text)
 RETURNS text
@@ -64,10 +82,47 @@ END;
 COMMENT ON FUNCTION study_embed.transition_allowed(text, text, text) IS
     'The embedding state machine: which actor may move a row from one status to another.';
 
--- Every status must come with the bookkeeping that makes it true.
+-- The role whose updates are the pipeline's.
+CREATE OR REPLACE FUNCTION study_embed.pipeline_role()
+RETURNS name
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN 'study_embed_pipeline'::name;
+COMMENT ON FUNCTION study_embed.pipeline_role() IS
+    'The role that owns the queue functions; only its updates may make pipeline transitions.';
+
+-- Which operation the current update is: the pipeline's own (claim, complete, ...) only when
+-- it runs as the pipeline role; `client` for everybody else, whatever they set.
+CREATE OR REPLACE FUNCTION study_embed._actor()
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN current_user = study_embed.pipeline_role()
+            THEN coalesce(nullif(current_setting('study_embed.actor', true), ''), 'client')
+            ELSE 'client' END;
+
+-- Set by the queue functions around their UPDATE (transaction-local).  Only the pipeline role
+-- may call it, and only the pipeline role's updates read it.
+CREATE OR REPLACE FUNCTION study_embed._set_actor(actor text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+RETURN (SELECT NULL::void FROM set_config('study_embed.actor', coalesce(actor, ''), true));
+
+-- pgvector's inequality, NULL-aware, with the operator named by its schema.
+CREATE OR REPLACE FUNCTION study_embed._vectors_differ(a :"vector_schema".vector,
+                                                       b :"vector_schema".vector)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN a IS NULL OR b IS NULL THEN (a IS NULL) <> (b IS NULL)
+            ELSE a OPERATOR(:"vector_schema".<>) b END;
+
+-- Every status must come with the bookkeeping that makes it true.  An assertion about the
+-- pipeline's own writes (a client cannot reach these states: the guards refuse first).
 DROP FUNCTION IF EXISTS study_embed._check_consistent(public.study_questions);
-CREATE OR REPLACE FUNCTION study_embed._check_consistent(q public.study_questions,
-                                                        verify_hash boolean DEFAULT true)
+DROP FUNCTION IF EXISTS study_embed._check_consistent(public.study_questions, boolean);
+CREATE OR REPLACE FUNCTION study_embed._check_consistent(q public.study_questions)
 RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -77,10 +132,7 @@ DECLARE
         WHEN 'ready' THEN CASE
             WHEN q.embedding IS NULL THEN 'it has no embedding'
             WHEN q.embedding_model IS NULL THEN 'it has no embedding_model'
-            WHEN verify_hash AND q.embedding_source_sha256 IS DISTINCT FROM study_embed.text_sha256(
-                     study_embed.render_question(q.question_text, q.choice_1, q.choice_2,
-                                                 q.choice_3, q.choice_4))
-                THEN 'its embedding was not computed from its current text'
+            WHEN q.embedding_source_sha256 IS NULL THEN 'it has no embedding_source_sha256'
             WHEN q.embedding_claim_token IS NOT NULL OR q.embedding_due_at IS NOT NULL
                 THEN 'it is still queued' END
         WHEN 'pending' THEN CASE
@@ -108,7 +160,9 @@ END;
 $$;
 
 -- BEFORE INSERT: a new question starts as `none` and is queued for the backfill.  The only
--- other way in is `ready` with a verifiable embedding (a copied row, a restored dump).
+-- other way in is `ready` with its embedding, model and the hash of its text, and only for the
+-- table's owner (a restored dump, a copy made by the migrator): a client that could insert a
+-- row as `ready` could pair any vector with any text.
 CREATE OR REPLACE FUNCTION study_embed._guard_insert()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -117,6 +171,22 @@ AS $$
 BEGIN
     NEW.embedding_claim_token := NULL;
     IF NEW.embedding_status = 'ready' THEN
+        IF NOT pg_has_role(current_user,
+                           (SELECT c.relowner FROM pg_class c WHERE c.oid = TG_RELID), 'USAGE') THEN
+            RAISE EXCEPTION 'only the owner of study_questions may insert a row that is already '
+                            'embedded (embedding_status ''ready'')'
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Insert the question without its embedding: it is queued and embedded.';
+        END IF;
+        IF NEW.embedding IS NULL OR NEW.embedding_model IS NULL
+           OR NEW.embedding_source_sha256 IS DISTINCT FROM study_embed.text_sha256(
+                  study_embed.render_question(NEW.question_text, NEW.choice_1, NEW.choice_2,
+                                              NEW.choice_3, NEW.choice_4)) THEN
+            RAISE EXCEPTION 'a question inserted as ready needs its embedding, embedding_model '
+                            'and the embedding_source_sha256 of its current text'
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Insert it without the embedding to have it embedded.';
+        END IF;
         NEW.embedding_due_at := NULL;
         NEW.embedding_queued_at := NULL;
         NEW.embedding_attempts := 0;
@@ -124,18 +194,19 @@ BEGIN
     ELSIF NEW.embedding_status = 'none' THEN
         IF NEW.embedding IS NOT NULL THEN
             RAISE EXCEPTION 'a new question with an embedding must say embedding_status = ''ready'''
-                USING ERRCODE = 'check_violation',
-                      HINT = 'Insert it without the embedding to have it embedded, or copy '
-                             'embedding_source_sha256 and embedding_model with it.';
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Insert it without the embedding to have it embedded.';
         END IF;
         NEW.embedding_due_at := now();
         NEW.embedding_queued_at := now();
         NEW.embedding_attempts := 0;
         NEW.embedding_last_error := NULL;
         NEW.embedding_source_sha256 := NULL;
+        NEW.embedding_model := NULL;
+        NEW.embedding_updated_at := NULL;
     ELSE
         RAISE EXCEPTION 'a new question cannot start as embedding_status %', quote_nullable(NEW.embedding_status)
-            USING ERRCODE = 'check_violation',
+            USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Leave embedding_status at its default (none): the row is queued and embedded.';
     END IF;
     PERFORM study_embed._check_consistent(NEW);
@@ -143,14 +214,16 @@ BEGIN
 END;
 $$;
 
--- BEFORE UPDATE: the state machine.
+-- BEFORE UPDATE: the state machine.  The trigger fires only for updates that name a text or
+-- pipeline column and really change one (its WHEN clause), so an app's update of any other
+-- column never runs it.
 CREATE OR REPLACE FUNCTION study_embed._guard_update()
 RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, :"vector_schema", pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    actor text := coalesce(nullif(current_setting('study_embed.actor', true), ''), 'client');
+    actor text := study_embed._actor();
     -- cheap column comparison first; render only when a column really changed
     text_changed boolean :=
         (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4)
@@ -164,7 +237,7 @@ DECLARE
 BEGIN
     IF actor = 'client' THEN
         touched := array_remove(ARRAY[
-            CASE WHEN NEW.embedding IS DISTINCT FROM OLD.embedding THEN 'embedding' END,
+            CASE WHEN study_embed._vectors_differ(NEW.embedding, OLD.embedding) THEN 'embedding' END,
             CASE WHEN NEW.embedding_model IS DISTINCT FROM OLD.embedding_model THEN 'embedding_model' END,
             CASE WHEN NEW.embedding_updated_at IS DISTINCT FROM OLD.embedding_updated_at THEN 'embedding_updated_at' END,
             CASE WHEN NEW.embedding_source_sha256 IS DISTINCT FROM OLD.embedding_source_sha256 THEN 'embedding_source_sha256' END,
@@ -189,7 +262,8 @@ BEGIN
             OLD.embedding_status, quote_nullable(NEW.embedding_status),
             CASE actor WHEN 'client' THEN 'a SQL client may only set ''stale'', to ask for a re-embed'
                        ELSE 'by study_embed.' || actor END
-            USING ERRCODE = 'check_violation';
+            USING ERRCODE = CASE actor WHEN 'client' THEN 'insufficient_privilege'
+                                       ELSE 'check_violation' END;
     END IF;
 
     -- New text, or an explicit request: queue the row again.  The previous embedding stays
@@ -204,28 +278,47 @@ BEGIN
         NEW.embedding_last_error := NULL;
     END IF;
 
-    -- complete() computes embedding_source_sha256 from this very row: checking it again
-    -- would only repeat that hash
-    PERFORM study_embed._check_consistent(NEW, verify_hash => actor <> 'complete');
+    -- The text hash is computed by complete() from this very row and checked on the way in by
+    -- _guard_insert: it is not re-verified here, so a change of render_question() never breaks
+    -- an app's update of a ready row.
+    PERFORM study_embed._check_consistent(NEW);
     RETURN NEW;
 END;
 $$;
 
-DROP TRIGGER IF EXISTS study_embed_guard_insert ON public.study_questions;
-CREATE TRIGGER study_embed_guard_insert
+CREATE OR REPLACE TRIGGER study_embed_guard_insert
     BEFORE INSERT ON public.study_questions
     FOR EACH ROW EXECUTE FUNCTION study_embed._guard_insert();
 
-DROP TRIGGER IF EXISTS study_embed_guard_update ON public.study_questions;
-CREATE TRIGGER study_embed_guard_update
-    BEFORE UPDATE ON public.study_questions
-    FOR EACH ROW EXECUTE FUNCTION study_embed._guard_update();
+-- Names every column the state machine reads; fires only when one of them really changes.
+-- (The WHEN clause is bound when the trigger is created: pgvector's operator is qualified.)
+CREATE OR REPLACE TRIGGER study_embed_guard_update
+    BEFORE UPDATE OF question_text, choice_1, choice_2, choice_3, choice_4,
+        embedding, embedding_status, embedding_model, embedding_updated_at,
+        embedding_source_sha256, embedding_claim_token, embedding_due_at, embedding_queued_at,
+        embedding_attempts, embedding_last_error
+    ON public.study_questions
+    FOR EACH ROW
+    WHEN ((OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4,
+           OLD.embedding_status, OLD.embedding_model, OLD.embedding_updated_at,
+           OLD.embedding_source_sha256, OLD.embedding_claim_token, OLD.embedding_due_at,
+           OLD.embedding_queued_at, OLD.embedding_attempts, OLD.embedding_last_error)
+          IS DISTINCT FROM
+          (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4,
+           NEW.embedding_status, NEW.embedding_model, NEW.embedding_updated_at,
+           NEW.embedding_source_sha256, NEW.embedding_claim_token, NEW.embedding_due_at,
+           NEW.embedding_queued_at, NEW.embedding_attempts, NEW.embedding_last_error)
+          OR (OLD.embedding IS NULL) <> (NEW.embedding IS NULL)
+          OR OLD.embedding OPERATOR(:"vector_schema".<>) NEW.embedding)
+    EXECUTE FUNCTION study_embed._guard_update();
 
 -- AFTER each statement: record the status-count deltas and wake the listeners (one NOTIFY per
--- statement, and only when the statement left something claimable).
+-- statement, and only when the statement left something claimable).  SECURITY DEFINER (owned
+-- by study_embed_pipeline, 040_privileges.sql): the app's role writes study_questions but has
+-- no privilege on the counters.
 CREATE OR REPLACE FUNCTION study_embed._after_statement()
 RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -262,23 +355,20 @@ $$;
 CREATE OR REPLACE FUNCTION study_embed.channel()
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
 RETURN 'study_embed';
 COMMENT ON FUNCTION study_embed.channel() IS
     'The NOTIFY channel that wakes listeners when something becomes claimable.';
 
-DROP TRIGGER IF EXISTS study_embed_after_insert ON public.study_questions;
-CREATE TRIGGER study_embed_after_insert
+CREATE OR REPLACE TRIGGER study_embed_after_insert
     AFTER INSERT ON public.study_questions REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION study_embed._after_statement();
-DROP TRIGGER IF EXISTS study_embed_after_update ON public.study_questions;
-CREATE TRIGGER study_embed_after_update
+CREATE OR REPLACE TRIGGER study_embed_after_update
     AFTER UPDATE ON public.study_questions REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION study_embed._after_statement();
-DROP TRIGGER IF EXISTS study_embed_after_delete ON public.study_questions;
-CREATE TRIGGER study_embed_after_delete
+CREATE OR REPLACE TRIGGER study_embed_after_delete
     AFTER DELETE ON public.study_questions REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION study_embed._after_statement();
-DROP TRIGGER IF EXISTS study_embed_after_truncate ON public.study_questions;
-CREATE TRIGGER study_embed_after_truncate
+CREATE OR REPLACE TRIGGER study_embed_after_truncate
     AFTER TRUNCATE ON public.study_questions
     FOR EACH STATEMENT EXECUTE FUNCTION study_embed._after_statement();

@@ -4,14 +4,10 @@
 -- embedded.  A claim hands out a fresh token per row; complete/fail/release act only while that
 -- token is still the row's current one, which a content edit voids.
 --
--- These functions are SECURITY DEFINER so that the listener role needs EXECUTE on them and no
--- privilege on the tables.  They name every object by schema and pin search_path.
-
-CREATE OR REPLACE FUNCTION study_embed._set_actor(actor text)
-RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-RETURN (SELECT NULL::void FROM set_config('study_embed.actor', coalesce(actor, ''), true));
+-- These functions are SECURITY DEFINER, owned by study_embed_pipeline (040_privileges.sql), so
+-- that the listener role needs EXECUTE on them and no privilege on the tables, and so that the
+-- state machine knows their updates for the pipeline's (010_state_machine.sql).  They name every
+-- object by schema and pin search_path to pg_catalog, pg_temp.
 
 -- The batch functions take parallel arrays: they must be of one length.
 CREATE OR REPLACE FUNCTION study_embed._check_batch(fn text, names text[], lengths integer[])
@@ -96,7 +92,7 @@ CREATE OR REPLACE FUNCTION study_embed.complete(ids bigint[], claim_tokens uuid[
                                                 embeddings :"vector_schema".vector[], model text)
 RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, :"vector_schema", pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     done bigint[];
@@ -136,7 +132,7 @@ BEGIN
     RETURN QUERY SELECT unnest(done);
 END;
 $$;
-COMMENT ON FUNCTION study_embed.complete(bigint[], uuid[], vector[], text) IS
+COMMENT ON FUNCTION study_embed.complete(bigint[], uuid[], :"vector_schema".vector[], text) IS
     'Write the embeddings of claimed rows (ready); rows whose claim was voided are skipped.  '
     'Returns the ids written.';
 
@@ -267,6 +263,35 @@ END;
 $$;
 COMMENT ON FUNCTION study_embed.retry_failed(bigint[]) IS
     'Queue failed rows (all, or the ids given) again now, with a fresh attempt budget.';
+
+-- Queue again every live ready row whose embedding was computed from a text other than the one
+-- render_question() makes now: what a migration that changes the rendered text must call.  The
+-- rows keep serving their old vectors until the new ones land.  Returns the count.
+CREATE OR REPLACE FUNCTION study_embed.requeue_changed_text()
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM study_embed._set_actor('requeue');
+    UPDATE public.study_questions q
+    SET embedding_status = 'stale', embedding_due_at = now(), embedding_queued_at = now(),
+        embedding_attempts = 0, embedding_last_error = NULL
+    WHERE q.deleted_at IS NULL
+      AND q.embedding_status = 'ready'
+      AND q.embedding_source_sha256 IS DISTINCT FROM study_embed.text_sha256(
+              study_embed.render_question(q.question_text, q.choice_1, q.choice_2,
+                                          q.choice_3, q.choice_4));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM study_embed._set_actor(NULL);
+    RETURN n;
+END;
+$$;
+COMMENT ON FUNCTION study_embed.requeue_changed_text() IS
+    'Queue every live ready row whose embedding was computed from another rendering of its text '
+    '(after a change of render_question); returns how many.';
 
 -- What pg_cron runs every minute: the safety net under NOTIFY.  Folds the status-count deltas,
 -- runs the near-duplicate pass, and wakes the listeners when anything is claimable.

@@ -1,12 +1,29 @@
 -- 035_search.sql — re-runnable.  What the embeddings are for: similar questions, free-text
 -- search, near-duplicates, context for explanations, clusters of wrongly answered questions.
 --
--- Tenant safety: every function takes the user explicitly or derives it from the question, and
--- every query filters on it; nothing here returns another user's question.  These functions
--- are SECURITY INVOKER: the caller needs SELECT on study_questions (the app's role has it, the
+-- Tenant safety: every entry point takes the requesting user explicitly, and every query
+-- filters on it; a question id that is not that user's gives nothing.  These functions are
+-- SECURITY INVOKER: the caller needs SELECT on study_questions (the app's role has it, the
 -- listener's role does not), and EXECUTE, granted to study_embed_app (040_privileges.sql).
+-- Only the near-duplicate pass (run by tick() and the listener) and the dismissal of a pair
+-- are SECURITY DEFINER.
+--
+-- Every function pins search_path to pg_catalog, pg_temp.  pgvector's operator is reached
+-- through study_embed._cosine_distance(), whose body is bound when it is created (operator
+-- qualified by schema) and which the planner inlines, so the HNSW index still serves ORDER BY.
 --
 -- psql variables: :"vector_schema".
+
+-- Cosine distance, pgvector's `<=>`.  Deliberately without a SET clause: a SQL-standard body
+-- resolves its names when it is created, not when it runs, and a function with SET clauses
+-- could not be inlined (the index would no longer serve ORDER BY).
+CREATE OR REPLACE FUNCTION study_embed._cosine_distance(a :"vector_schema".vector,
+                                                        b :"vector_schema".vector)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN a OPERATOR(:"vector_schema".<=>) b;
+COMMENT ON FUNCTION study_embed._cosine_distance(:"vector_schema".vector, :"vector_schema".vector) IS
+    'pgvector''s cosine distance (<=>), schema-qualified; inlined by the planner.';
 
 -- Search settings for the HNSW index, for the current function call: callers carry a SET
 -- clause, which scopes these set_config calls to them.  On pgvector >= 0.8 the iterative scan
@@ -36,7 +53,7 @@ CREATE OR REPLACE FUNCTION study_embed._nearest(
     with_explanation boolean DEFAULT false)
 RETURNS TABLE (id bigint, distance double precision)
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, :"vector_schema", pg_temp
+SET search_path = pg_catalog, pg_temp
 SET hnsw.ef_search = 100      -- the SET clause also scopes the set_config calls below
 SET jit = off
 AS $$
@@ -54,7 +71,7 @@ BEGIN
     PERFORM study_embed._tune_hnsw_scan(k);
     RETURN QUERY
     WITH nearest AS MATERIALIZED (
-        SELECT q.id, q.embedding <=> query AS distance
+        SELECT q.id, study_embed._cosine_distance(q.embedding, query) AS distance
         FROM public.study_questions q
         WHERE q.deleted_at IS NULL AND q.embedding IS NOT NULL      -- the HNSW index predicate
           AND q.user_id = for_user
@@ -63,13 +80,13 @@ BEGIN
           AND (NOT with_explanation
                OR q.explanation IS NOT NULL
                OR (q.ai_explanation_status = 'ready' AND q.ai_explanation IS NOT NULL))
-        ORDER BY q.embedding <=> query
+        ORDER BY study_embed._cosine_distance(q.embedding, query)
         LIMIT k
     )
     SELECT n.id, n.distance FROM nearest n ORDER BY n.distance, n.id;
 END;
 $$;
-COMMENT ON FUNCTION study_embed._nearest(bigint, vector, integer, bigint, bigint, boolean) IS
+COMMENT ON FUNCTION study_embed._nearest(bigint, :"vector_schema".vector, integer, bigint, bigint, boolean) IS
     'The k nearest live embedded questions of one user by cosine distance (HNSW).';
 
 -- Free-text search: a query vector (the caller embeds the text) and a user.
@@ -79,24 +96,26 @@ CREATE OR REPLACE FUNCTION study_embed.search_questions(
 RETURNS TABLE (id bigint, similarity double precision, study_topic_id bigint,
                question_text text)
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, :"vector_schema", pg_temp
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT q.id, 1 - n.distance, q.study_topic_id, q.question_text
     FROM study_embed._nearest(for_user, query, k, topic_id) n
     JOIN public.study_questions q ON q.id = n.id AND q.user_id = for_user
     ORDER BY n.distance, q.id;
 END;
-COMMENT ON FUNCTION study_embed.search_questions(bigint, vector, integer, bigint) IS
+COMMENT ON FUNCTION study_embed.search_questions(bigint, :"vector_schema".vector, integer, bigint) IS
     'The k questions of a user most similar to a query vector, with cosine similarity.';
 
--- Similar questions: the k most similar live questions of the question's own user (optionally
--- of its topic), itself excluded.  Empty while the question has no embedding yet.
+-- Similar questions: the k most similar live questions of the requesting user to one of that
+-- user's questions (optionally of its topic), itself excluded.  Empty while the question has no
+-- embedding, and for a question that is not the user's.
+DROP FUNCTION IF EXISTS study_embed.similar_questions(bigint, integer, boolean);
 CREATE OR REPLACE FUNCTION study_embed.similar_questions(
-    question_id bigint, k integer DEFAULT 10, same_topic boolean DEFAULT false)
+    for_user bigint, question_id bigint, k integer DEFAULT 10, same_topic boolean DEFAULT false)
 RETURNS TABLE (id bigint, similarity double precision, study_topic_id bigint,
                question_text text)
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, :"vector_schema", pg_temp
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT q.id, 1 - n.distance, q.study_topic_id, q.question_text
     FROM public.study_questions src
@@ -104,19 +123,24 @@ BEGIN ATOMIC
         src.user_id, src.embedding, k,
         CASE WHEN same_topic THEN src.study_topic_id END, src.id) n
     JOIN public.study_questions q ON q.id = n.id AND q.user_id = src.user_id
-    WHERE src.id = similar_questions.question_id AND src.deleted_at IS NULL
+    WHERE src.id = similar_questions.question_id AND src.user_id = similar_questions.for_user
+      AND src.deleted_at IS NULL
     ORDER BY n.distance, q.id;
 END;
-COMMENT ON FUNCTION study_embed.similar_questions(bigint, integer, boolean) IS
-    'The k live questions of the same user most similar to a question (itself excluded).';
+COMMENT ON FUNCTION study_embed.similar_questions(bigint, bigint, integer, boolean) IS
+    'The k live questions of a user most similar to one of that user''s questions (itself '
+    'excluded); empty for a question that is not the user''s.';
 
--- Context for an explanation generator: the most similar questions of the same user that
--- have an explanation (written, or an AI explanation that is ready), with their texts.
-CREATE OR REPLACE FUNCTION study_embed.explanation_context(question_id bigint, k integer DEFAULT 5)
+-- Context for an explanation generator: the most similar questions of the requesting user that
+-- have an explanation (written, or an AI explanation that is ready), with their texts.  Empty
+-- for a question that is not the user's.
+DROP FUNCTION IF EXISTS study_embed.explanation_context(bigint, integer);
+CREATE OR REPLACE FUNCTION study_embed.explanation_context(for_user bigint, question_id bigint,
+                                                          k integer DEFAULT 5)
 RETURNS TABLE (id bigint, similarity double precision, question_text text, correct_choice smallint,
                correct_answer text, explanation text, ai_explanation text)
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, :"vector_schema", pg_temp
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT q.id, 1 - n.distance,
            study_embed.render_question(q.question_text, q.choice_1, q.choice_2, q.choice_3,
@@ -128,18 +152,20 @@ BEGIN ATOMIC
     FROM public.study_questions src
     CROSS JOIN LATERAL study_embed._nearest(src.user_id, src.embedding, k, NULL, src.id, true) n
     JOIN public.study_questions q ON q.id = n.id AND q.user_id = src.user_id
-    WHERE src.id = explanation_context.question_id AND src.deleted_at IS NULL
+    WHERE src.id = explanation_context.question_id AND src.user_id = explanation_context.for_user
+      AND src.deleted_at IS NULL
     ORDER BY n.distance, q.id;
 END;
-COMMENT ON FUNCTION study_embed.explanation_context(bigint, integer) IS
-    'RAG context: similar questions of the same user that carry an explanation, with texts.';
+COMMENT ON FUNCTION study_embed.explanation_context(bigint, bigint, integer) IS
+    'RAG context: similar questions of the same user that carry an explanation, with texts; '
+    'empty for a question that is not the user''s.';
 
 -- Pre-insert check: near-duplicates of a query vector in a user's bank.
 CREATE OR REPLACE FUNCTION study_embed.find_duplicates(
     for_user bigint, query :"vector_schema".vector, threshold real DEFAULT NULL)
 RETURNS TABLE (id bigint, similarity double precision, question_text text)
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, :"vector_schema", pg_temp
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT q.id, 1 - n.distance, q.question_text
     FROM study_embed.settings s
@@ -148,7 +174,7 @@ BEGIN ATOMIC
     WHERE 1 - n.distance >= coalesce(find_duplicates.threshold, s.duplicate_threshold)
     ORDER BY n.distance, q.id;
 END;
-COMMENT ON FUNCTION study_embed.find_duplicates(bigint, vector, real) IS
+COMMENT ON FUNCTION study_embed.find_duplicates(bigint, :"vector_schema".vector, real) IS
     'Questions of a user whose similarity to a query vector is at least the threshold '
     '(default settings.duplicate_threshold): the check before inserting a question.';
 
@@ -158,7 +184,7 @@ COMMENT ON FUNCTION study_embed.find_duplicates(bigint, vector, real) IS
 CREATE OR REPLACE FUNCTION study_embed._record_duplicates(ids bigint[])
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, :"vector_schema", pg_temp
+SET search_path = pg_catalog, pg_temp
 SET hnsw.ef_search = 100
 SET jit = off                 -- a short OLTP statement: compiling it costs more than it saves
 AS $$
@@ -175,11 +201,11 @@ BEGIN
     SELECT least(q.id, n.id), greatest(q.id, n.id), q.user_id, (1 - n.distance)::real
     FROM public.study_questions q
     CROSS JOIN LATERAL (
-        SELECT o.id, o.embedding <=> q.embedding AS distance
+        SELECT o.id, study_embed._cosine_distance(o.embedding, q.embedding) AS distance
         FROM public.study_questions o
         WHERE o.deleted_at IS NULL AND o.embedding IS NOT NULL      -- the HNSW index predicate
           AND o.user_id = q.user_id AND o.id <> q.id
-        ORDER BY o.embedding <=> q.embedding
+        ORDER BY study_embed._cosine_distance(o.embedding, q.embedding)
         LIMIT neighbours) n
     WHERE q.id = ANY (ids) AND q.deleted_at IS NULL
       AND 1 - n.distance >= threshold
@@ -221,8 +247,10 @@ $$;
 COMMENT ON FUNCTION study_embed.detect_duplicates(interval, integer) IS
     'Record near-duplicate pairs for questions embedded since the last pass, within a time budget.';
 
+-- Runs with the caller's rights (security_invoker): reading the texts needs SELECT on
+-- study_questions, as reading the table does.
 DROP VIEW IF EXISTS study_embed.duplicate_pairs;
-CREATE VIEW study_embed.duplicate_pairs AS
+CREATE VIEW study_embed.duplicate_pairs WITH (security_invoker = true) AS
 SELECT d.user_id, d.question_id, d.duplicate_of, d.similarity, d.detected_at,
        a.question_text AS question_text, b.question_text AS duplicate_text
 FROM study_embed.duplicate_candidates d
@@ -230,7 +258,31 @@ JOIN public.study_questions a ON a.id = d.question_id AND a.user_id = d.user_id
 JOIN public.study_questions b ON b.id = d.duplicate_of AND b.user_id = d.user_id
 WHERE d.dismissed_at IS NULL AND a.deleted_at IS NULL AND b.deleted_at IS NULL;
 COMMENT ON VIEW study_embed.duplicate_pairs IS
-    'Open near-duplicate pairs of live questions, with both texts; filter by user_id.';
+    'Open near-duplicate pairs of live questions, with both texts; filter by user_id.  Runs '
+    'with the caller''s rights.';
+
+-- Close a near-duplicate pair of one user ("not a duplicate"): the only way to write
+-- duplicate_candidates from outside the pipeline.  Either order of the two ids; a pair that
+-- is not that user's is left alone.  Returns whether a pair was dismissed.
+CREATE OR REPLACE FUNCTION study_embed.dismiss_duplicate(for_user bigint, question_id bigint,
+                                                        duplicate_of bigint)
+RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH dismissed AS (
+        UPDATE study_embed.duplicate_candidates d
+        SET dismissed_at = now()
+        WHERE d.user_id = dismiss_duplicate.for_user
+          AND d.question_id = least(dismiss_duplicate.question_id, dismiss_duplicate.duplicate_of)
+          AND d.duplicate_of = greatest(dismiss_duplicate.question_id, dismiss_duplicate.duplicate_of)
+          AND d.dismissed_at IS NULL
+        RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM dismissed);
+END;
+COMMENT ON FUNCTION study_embed.dismiss_duplicate(bigint, bigint, bigint) IS
+    'Dismiss the open near-duplicate pair (question_id, duplicate_of) of a user; false when '
+    'that user has no such open pair.';
 
 -- Wrong-answer clusters.  The questions a user most recently got wrong (latest attempt wrong,
 -- the `recent` most recent of them) are grouped greedily: the question with the most
@@ -243,19 +295,18 @@ CREATE OR REPLACE FUNCTION study_embed.wrong_answer_clusters(
 RETURNS TABLE (cluster integer, representative_id bigint, question_id bigint,
                similarity double precision, question_text text, last_wrong_at timestamptz)
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, :"vector_schema", pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     qids bigint[];
     wrong_at timestamptz[];
-    embs vector[];
+    texts text[];
     sims double precision[];   -- n x n, row-major
+    degree integer[];          -- unassigned neighbours at >= threshold, kept up to date
     n integer;
     assigned integer[];        -- cluster number per question, 0 = not yet
     c integer := 0;
     best integer;
-    best_degree integer;
-    degree integer;
 BEGIN
     IF for_user IS NULL THEN
         RAISE EXCEPTION 'a user must be given' USING ERRCODE = 'invalid_parameter_value';
@@ -266,9 +317,9 @@ BEGIN
     END IF;
     SELECT array_agg(x.id ORDER BY x.answered_at DESC, x.id),
            array_agg(x.answered_at ORDER BY x.answered_at DESC, x.id),
-           array_agg(x.embedding ORDER BY x.answered_at DESC, x.id)
-    INTO qids, wrong_at, embs
-    FROM (SELECT w.study_question_id AS id, w.answered_at, q.embedding
+           array_agg(x.question_text ORDER BY x.answered_at DESC, x.id)
+    INTO qids, wrong_at, texts
+    FROM (SELECT w.study_question_id AS id, w.answered_at, q.question_text
           FROM (SELECT DISTINCT ON (a.study_question_id)
                        a.study_question_id, a.answered_at, a.is_correct
                 FROM public.study_question_attempts a
@@ -282,23 +333,27 @@ BEGIN
     IF n = 0 THEN
         RETURN;
     END IF;
-    SELECT array_agg(1 - (a.e <=> b.e) ORDER BY a.i, b.i) INTO sims
-    FROM unnest(embs) WITH ORDINALITY a(e, i) CROSS JOIN unnest(embs) WITH ORDINALITY b(e, i);
+    -- every pairwise similarity, and each question's number of close neighbours
+    WITH e AS MATERIALIZED (
+        SELECT x.i, q.embedding
+        FROM unnest(qids) WITH ORDINALITY x(id, i)
+        JOIN public.study_questions q ON q.id = x.id),
+    pair AS MATERIALIZED (
+        SELECT a.i, b.i AS j, 1 - study_embed._cosine_distance(a.embedding, b.embedding) AS sim
+        FROM e a CROSS JOIN e b)
+    SELECT (SELECT array_agg(p.sim ORDER BY p.i, p.j) FROM pair p),
+           (SELECT array_agg(g.d ORDER BY g.i)
+            FROM (SELECT p.i, (count(*) FILTER (WHERE p.j <> p.i AND p.sim >= threshold))::integer AS d
+                  FROM pair p GROUP BY p.i) g)
+    INTO sims, degree;
     assigned := array_fill(0, ARRAY[n]);
     LOOP
+        -- the unplaced question with the most unplaced close neighbours; ties: the most
+        -- recently missed (the lowest index)
         best := NULL;
-        best_degree := -1;
         FOR i IN 1..n LOOP
-            CONTINUE WHEN assigned[i] <> 0;
-            degree := 0;
-            FOR j IN 1..n LOOP
-                IF j <> i AND assigned[j] = 0 AND sims[(i - 1) * n + j] >= threshold THEN
-                    degree := degree + 1;
-                END IF;
-            END LOOP;
-            IF degree > best_degree THEN   -- ties: the most recently missed question
+            IF assigned[i] = 0 AND (best IS NULL OR degree[i] > degree[best]) THEN
                 best := i;
-                best_degree := degree;
             END IF;
         END LOOP;
         EXIT WHEN best IS NULL;
@@ -311,10 +366,18 @@ BEGIN
                 question_id := qids[j];
                 similarity := sims[(best - 1) * n + j];
                 last_wrong_at := wrong_at[j];
-                SELECT q.question_text INTO wrong_answer_clusters.question_text
-                FROM public.study_questions q WHERE q.id = qids[j];
+                question_text := texts[j];
                 RETURN NEXT;
             END IF;
+        END LOOP;
+        -- the questions just placed no longer count as anybody's unplaced neighbours
+        FOR j IN 1..n LOOP
+            CONTINUE WHEN assigned[j] <> c;
+            FOR m IN 1..n LOOP
+                IF assigned[m] = 0 AND sims[(j - 1) * n + m] >= threshold THEN
+                    degree[m] := degree[m] - 1;
+                END IF;
+            END LOOP;
         END LOOP;
     END LOOP;
 END;

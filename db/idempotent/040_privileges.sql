@@ -1,47 +1,81 @@
--- 040_privileges.sql — re-runnable.  Least privilege for the listener and the app.
+-- 040_privileges.sql — re-runnable.  Least privilege for every role (000_roles.sql; the threat
+-- model is in the README).
 --
--- study_embed_listener (NOLOGIN; grant it to the login role the listener runs as) may call the
--- queue functions and read the status views, and nothing else: no table of the app, no question
--- content except the rendered text a claim hands out.
+--   study_embed_pipeline  owns the SECURITY DEFINER functions; may read study_questions and
+--                         write only the pipeline's columns, the counters and the duplicate
+--                         tables.  Its functions never change a question's text.
+--   study_embed_listener  the queue functions and the status views; no table, no question
+--                         content except the rendered text a claim hands out.
+--   study_embed_app       the search functions (SECURITY INVOKER: the caller also needs SELECT
+--                         on study_questions) and dismissing a pair of its user.
+--   PUBLIC                USAGE on the schema and the pure helpers the triggers call as the
+--                         writing client; nothing else.
+--
+-- psql variables: :"vector_schema".
 
-DO $$
-DECLARE
-    r text;
-BEGIN
-    FOREACH r IN ARRAY ARRAY['study_embed_listener', 'study_embed_app'] LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
-            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
-        END IF;
-    END LOOP;
-EXCEPTION WHEN insufficient_privilege THEN
-    RAISE EXCEPTION 'cannot create role %: %', r, SQLERRM
-        USING HINT = 'Run make migrate once as a user with CREATEROLE, or create the roles '
-                     'study_embed_listener and study_embed_app (NOLOGIN) yourself.';
-END;
-$$;
-COMMENT ON ROLE study_embed_app IS
-    'study-embed search functions (grant it to the app''s role, which also needs SELECT on '
-    'study_questions): similar questions, duplicates, explanation context, clusters.';
-COMMENT ON ROLE study_embed_listener IS
-    'study-embed listener: may claim, complete, fail and release embedding work; nothing else.';
-
--- PostgreSQL grants EXECUTE to PUBLIC on new functions: take it back for the whole schema.
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA study_embed FROM PUBLIC;
-REVOKE ALL ON ALL TABLES IN SCHEMA study_embed FROM PUBLIC;
+-- This file states every grant: start from none (PostgreSQL grants EXECUTE to PUBLIC on new
+-- functions, and an earlier version of this file granted more than it does now).
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA study_embed
+    FROM PUBLIC, study_embed_pipeline, study_embed_listener, study_embed_app;
+REVOKE ALL ON ALL TABLES IN SCHEMA study_embed
+    FROM PUBLIC, study_embed_pipeline, study_embed_listener, study_embed_app;
+REVOKE ALL ON public.study_questions FROM study_embed_pipeline;
 GRANT USAGE ON SCHEMA study_embed TO PUBLIC;
--- Harmless helpers anyone may use (and that triggers run as the writing client).
+-- Pure helpers that the triggers call as the writing client (any role that may write
+-- study_questions): they read nothing and write nothing.
 GRANT EXECUTE ON FUNCTION
     study_embed.render_question(text, text, text, text, text),
     study_embed.text_sha256(text),
     study_embed.transition_allowed(text, text, text),
+    study_embed.pipeline_role(),
+    study_embed._actor(),
+    study_embed._vectors_differ(:"vector_schema".vector, :"vector_schema".vector),
+    study_embed._cosine_distance(:"vector_schema".vector, :"vector_schema".vector),
     study_embed.channel(),
-    study_embed._set_actor(text),
-    study_embed._check_consistent(public.study_questions, boolean),
+    study_embed._check_consistent(public.study_questions),
     study_embed._guard_insert(),
-    study_embed._guard_update(),
-    study_embed._after_statement()
+    study_embed._guard_update()
 TO PUBLIC;
 
+-- ---------------------------------------------------------------- study_embed_pipeline
+-- What the definer functions touch, and nothing more.  (USAGE on the schema lets the migrator
+-- hand it the functions below; CREATE is granted for the hand-over only and taken back.)
+GRANT USAGE, CREATE ON SCHEMA study_embed TO study_embed_pipeline;
+GRANT SELECT ON public.study_questions TO study_embed_pipeline;
+GRANT UPDATE (embedding, embedding_status, embedding_updated_at, embedding_model,
+              embedding_source_sha256, embedding_claim_token, embedding_due_at,
+              embedding_queued_at, embedding_attempts, embedding_last_error)
+    ON public.study_questions TO study_embed_pipeline;
+GRANT SELECT ON study_embed.settings TO study_embed_pipeline;
+GRANT SELECT, INSERT, DELETE ON study_embed.status_counts TO study_embed_pipeline;
+GRANT SELECT, INSERT, UPDATE, DELETE ON study_embed.duplicate_queue TO study_embed_pipeline;
+GRANT SELECT, INSERT, UPDATE, DELETE ON study_embed.duplicate_candidates TO study_embed_pipeline;
+GRANT EXECUTE ON FUNCTION
+    study_embed._set_actor(text),
+    study_embed._check_batch(text, text[], integer[]),
+    study_embed.compact_counts(),
+    study_embed._tune_hnsw_scan(integer),
+    study_embed._record_duplicates(bigint[]),
+    study_embed.detect_duplicates(interval, integer)
+TO study_embed_pipeline;
+
+ALTER FUNCTION study_embed.claim(integer, interval) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.complete(bigint[], uuid[], :"vector_schema".vector[], text)
+    OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.fail(bigint[], uuid[], text[], boolean) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.release(bigint[], uuid[], interval, text) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.requeue_model(text) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.requeue_changed_text() OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.retry_failed(bigint[]) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.tick() OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.embedding_dimension() OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.detect_duplicates(interval, integer) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.dismiss_duplicate(bigint, bigint, bigint) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed._after_statement() OWNER TO study_embed_pipeline;
+REVOKE CREATE ON SCHEMA study_embed FROM study_embed_pipeline;
+-- (ALTER ... OWNER keeps the grants made above; the owner has EXECUTE on its own functions.)
+
+-- ---------------------------------------------------------------- study_embed_listener
 GRANT EXECUTE ON FUNCTION
     study_embed.claim(integer, interval),
     study_embed.complete(bigint[], uuid[], :"vector_schema".vector[], text),
@@ -54,16 +88,19 @@ GRANT EXECUTE ON FUNCTION
 TO study_embed_listener;
 GRANT SELECT ON study_embed.status, study_embed.failures TO study_embed_listener;
 
+-- ---------------------------------------------------------------- study_embed_app
 -- The search functions run as the caller (SECURITY INVOKER): the caller also needs SELECT on
--- study_questions, which the listener's role does not have.
+-- study_questions, which the listener's role does not have.  duplicate_candidates holds ids
+-- and scores only; the texts come through duplicate_pairs, which runs with the caller's rights.
 GRANT EXECUTE ON FUNCTION
     study_embed._tune_hnsw_scan(integer),
     study_embed._nearest(bigint, :"vector_schema".vector, integer, bigint, bigint, boolean),
     study_embed.search_questions(bigint, :"vector_schema".vector, integer, bigint),
-    study_embed.similar_questions(bigint, integer, boolean),
-    study_embed.explanation_context(bigint, integer),
+    study_embed.similar_questions(bigint, bigint, integer, boolean),
+    study_embed.explanation_context(bigint, bigint, integer),
     study_embed.find_duplicates(bigint, :"vector_schema".vector, real),
-    study_embed.wrong_answer_clusters(bigint, integer, real)
+    study_embed.wrong_answer_clusters(bigint, integer, real),
+    study_embed.dismiss_duplicate(bigint, bigint, bigint)
 TO study_embed_app;
-GRANT SELECT ON study_embed.settings, study_embed.duplicate_pairs TO study_embed_app;
-GRANT SELECT, UPDATE (dismissed_at) ON study_embed.duplicate_candidates TO study_embed_app;
+GRANT SELECT ON study_embed.settings, study_embed.duplicate_pairs, study_embed.duplicate_candidates
+    TO study_embed_app;

@@ -140,11 +140,21 @@ class Migrator:
 
     def _vector_schema(self, conn: psycopg.Connection) -> str:
         row = conn.execute(
-            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+            "SELECT n.nspname, EXISTS (SELECT 1 FROM aclexplode(coalesce(n.nspacl,"
+            " acldefault('n', n.nspowner))) a WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')"
+            " FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
             " WHERE e.extname = 'vector'").fetchone()
         if row is None:
             raise MigrationError("the vector extension is missing after the migrations ran")
-        return row[0]
+        schema, public_create = row
+        if public_create:
+            self.log(
+                f"migrate: WARNING: pgvector is installed in schema {schema!r}, where every role "
+                "may create objects (CREATE for PUBLIC, the default before PostgreSQL 15). "
+                "study-embed's functions never resolve a name there, but any other code whose "
+                f"search_path includes {schema!r} can be hijacked by a function another role "
+                f"creates in it. Fix: REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC.")
+        return schema
 
     def _apply_migrations(self, ledger: dict[str, str], variables: dict[str, str],
                           report: Report) -> None:
@@ -177,7 +187,10 @@ class Migrator:
         if not force and not report.applied and ledger.get(IDEMPOTENT_LEDGER_NAME) == digest:
             return
         self.log("migrate: applying db/idempotent (functions, triggers, views, privileges)")
-        script = "".join(f"\\i {_quote_psql(p)}\n" for p in files)
+        # SQL-standard bodies, trigger WHEN clauses and views bind their names when they are
+        # created: resolve them in pg_catalog only, never in a schema another role can write.
+        script = "SET search_path = pg_catalog, pg_temp;\n"
+        script += "".join(f"\\i {_quote_psql(p)}\n" for p in files)
         script += ("SELECT study_embed.recount();\n"
                    "INSERT INTO study_embed.schema_migrations (filename, sha256)"
                    " VALUES (:'migration_file', :'migration_sha256')"

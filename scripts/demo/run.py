@@ -151,7 +151,7 @@ def report(url: str, served: server.Served) -> None:
                                " question_text = %s", (users[who], text)).fetchone()[0]
             print(f"\n  {who}: {text}")
             for _, sim, _, qtext in conn.execute(
-                    "SELECT * FROM study_embed.similar_questions(%s, 3)", (qid,)):
+                    "SELECT * FROM study_embed.similar_questions(%s, %s, 3)", (users[who], qid)):
                 print(f"    {sim:.3f}  {qtext}")
 
         threshold = conn.execute("SELECT duplicate_threshold FROM study_embed.settings"
