@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make deps — install everything study-embed needs on a fresh Debian 12 or 13 machine.
 #
-#   PostgreSQL server (15 on Debian 12, 17 on Debian 13), pgvector, pg_cron,
-#   and the Python dependencies in .venv.
+#   PostgreSQL server (15 on Debian 12, 17 on Debian 13), pgvector, pg_cron, plpgsql_check
+#   (the test suite lints every PL/pgSQL function with it), and the Python dependencies in .venv.
 #
 # Idempotent: a second run checks what is there and returns in seconds.
 # pgvector: the Debian binary package where the release has one (trixie);
@@ -15,7 +15,7 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'deps: %s\n' "$*" >&2; exit 1; }
 
 manual_help="Install by hand: PostgreSQL >= 15 with its server headers, pgvector >= 0.7,
-pg_cron >= 1.4, Python >= 3.11; then run: python3 -m venv .venv && .venv/bin/pip install -e '.[test]'"
+pg_cron >= 1.4, plpgsql_check (tests only), Python >= 3.11; then run: python3 -m venv .venv && .venv/bin/pip install -e '.[test]'"
 
 # ---------------------------------------------------------------- the system
 [ -r /etc/os-release ] || die "cannot read /etc/os-release: this script supports Debian 12 and 13 only.
@@ -32,7 +32,8 @@ ext_dir="/usr/share/postgresql/$pgv/extension"
 
 have_system() {
   [ -x "$pg_bin/postgres" ] && [ -x "$pg_bin/initdb" ] && command -v psql >/dev/null &&
-    [ -f "$ext_dir/vector.control" ] && [ -f "$ext_dir/pg_cron.control" ]
+    [ -f "$ext_dir/vector.control" ] && [ -f "$ext_dir/pg_cron.control" ] &&
+    [ -f "$ext_dir/plpgsql_check.control" ]
 }
 
 as_root() {
@@ -86,10 +87,10 @@ build_pgvector_from_trixie_source() {
 }
 
 if have_system; then
-  log "PostgreSQL $pgv, pgvector and pg_cron are installed"
+  log "PostgreSQL $pgv, pgvector, pg_cron and plpgsql_check are installed"
 else
   apt_install "postgresql-$pgv" "postgresql-client-$pgv" "postgresql-$pgv-cron" \
-    python3 python3-venv ca-certificates
+    "postgresql-$pgv-plpgsql-check" python3 python3-venv ca-certificates
   if [ ! -f "$ext_dir/vector.control" ]; then
     apt_update
     if apt-cache policy "postgresql-$pgv-pgvector" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
@@ -99,7 +100,7 @@ else
       build_pgvector_from_trixie_source
     fi
   fi
-  have_system || die "PostgreSQL $pgv with pgvector and pg_cron is still incomplete after installing"
+  have_system || die "PostgreSQL $pgv with pgvector, pg_cron and plpgsql_check is still incomplete after installing"
 fi
 
 # ---------------------------------------------------------------- Python

@@ -1,4 +1,4 @@
-"""The listener's role may run the queue and nothing else."""
+"""The listener's role may run the queue and nothing else (tested as that role)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ def test_listener_can_run_the_queue(bank, listener_conn):
     "SELECT * FROM study_embed.wrong_answer_clusters(1)",
     "SELECT * FROM study_embed.explanation_context(1, 1)",
     "SELECT * FROM study_embed.duplicate_pairs",
+    "SELECT study_embed.dismiss_duplicate(1, 1, 2)",
+    "SELECT study_embed.requeue_changed_text()",
+    "SELECT study_embed._set_actor('complete')",
+    "SET ROLE study_embed_pipeline",
+    "UPDATE study_embed.duplicate_candidates SET dismissed_at = now()",
+    "SELECT * FROM study_embed.search_questions(1, NULL)",
 ])
 def test_listener_cannot_touch_anything_else(bank, listener_conn, statement):
     bank.insert()

@@ -227,7 +227,7 @@ AS $$
 DECLARE
     started timestamptz := clock_timestamp();
     ids bigint[];
-    examined bigint := 0;
+    examined bigint := 0::bigint;
 BEGIN
     LOOP
         WITH taken AS (
