@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgvector.psycopg import register_vector
+from psycopg import sql
 from pytest_postgresql import factories
 
 from study_embed.localdb import Cluster
@@ -111,3 +113,41 @@ def connect(db_url):
     for c in opened:
         c.close()
 
+
+# ------------------------------------------------------------------------------ roles
+
+APP_TABLES = ("users", "study_topics", "study_questions", "study_question_attempts")
+
+
+def _ensure_login(name: str, *member_of: str) -> None:
+    with psycopg.connect(url_for("postgres"), autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        for group in member_of:
+            admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group),
+                                                          sql.Identifier(name)))
+
+
+def _grant_dml(db: psycopg.Connection, role: str) -> None:
+    for table in APP_TABLES:
+        db.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+            sql.Identifier(table), sql.Identifier(role)))
+
+
+@pytest.fixture
+def login(db):
+    """login(name, *groups, dml=False) -> a connection to the test database as that role."""
+    opened: list[psycopg.Connection] = []
+
+    def _login(name: str, *groups: str, dml: bool = False) -> psycopg.Connection:
+        _ensure_login(name, *groups)
+        if dml:
+            _grant_dml(db, name)
+        conn = psycopg.connect(url_for(db.info.dbname, user=name), autocommit=True)
+        register_vector(conn)
+        opened.append(conn)
+        return conn
+
+    yield _login
+    for c in opened:
+        c.close()
