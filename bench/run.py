@@ -260,11 +260,12 @@ def bench_claim(p: dict, log) -> dict:
                     conn.execute("""
                         INSERT INTO study_questions (user_id, study_topic_id, question_text,
                             choice_1, choice_2, choice_3, choice_4, correct_choice, embedding,
-                            embedding_status, embedding_model, embedding_source_sha256)
+                            embedding_status, embedding_model, embedding_source_sha256,
+                            embedding_due_at, embedding_queued_at)
                         SELECT 1 + g %% 1000, (1 + g %% 1000) * 5 - g %% 5, 'q' || g, 'a', 'b', 'c',
                                'd', 1, array_fill(1::real, ARRAY[8])::vector, 'ready', 'm',
                                study_embed.text_sha256(study_embed.render_question(
-                                   'q' || g, 'a', 'b', 'c', 'd'))
+                                   'q' || g, 'a', 'b', 'c', 'd')), NULL, NULL
                         FROM generate_series(1, %s) g""", (size - size // 1000,))
                 conn.execute("SELECT study_embed.recount()")
                 conn.execute(LOAD_MANY, {"n": size // 1000})

@@ -52,14 +52,16 @@ def load(url: str, rows: int, big_user_rows: int) -> None:
         with conn.cursor().copy(
                 "COPY study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,"
                 " choice_3, choice_4, correct_choice, embedding, embedding_status,"
-                " embedding_model, embedding_source_sha256) FROM STDIN") as cp:
+                " embedding_model, embedding_source_sha256, embedding_due_at,"
+                " embedding_queued_at) FROM STDIN") as cp:
             for uid, n in plan:
                 vecs = centres[rng.integers(300, size=n)] + 0.6 * rng.standard_normal((n, DIM))
                 vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
                 for i in range(n):
                     q = f"user {uid} question {i}"
                     cp.write_row((uid, uid, q, "a", "b", "c", "d", 1, vecs[i].astype(np.float32),
-                                  "ready", "m", hashlib.sha256(render(q).encode()).digest()))
+                                  "ready", "m", hashlib.sha256(render(q).encode()).digest(),
+                                  None, None))
                 done += n
             print(f"loaded {done} rows in {time.monotonic() - t0:.0f} s", flush=True)
         conn.execute("RESET session_replication_role")

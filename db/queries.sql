@@ -19,11 +19,20 @@ SELECT id FROM study_embed.release(%(ids)s, %(claim_tokens)s,
 -- name: detect_duplicates
 SELECT study_embed.detect_duplicates(make_interval(secs => %(budget_seconds)s));
 
+-- name: compact_counts
+SELECT study_embed.compact_counts();
+
+-- name: listener_sleep
+SELECT study_embed.listener_sleep(%(wait_ms)s);
+
+-- name: listener_wake
+SELECT study_embed.listener_wake();
+
 -- name: embedding_dimension
 SELECT study_embed.embedding_dimension();
 
 -- name: requeue_model
-SELECT study_embed.requeue_model(%(model)s);
+SELECT requeued, next_after_id FROM study_embed.requeue_model(%(model)s, %(after_id)s);
 
 -- name: status
 SELECT status, live, deleted, oldest_waiting FROM study_embed.status;

@@ -29,11 +29,12 @@ def big_db():
         c.execute("""
             INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,
                 choice_2, choice_3, choice_4, correct_choice, embedding, embedding_status,
-                embedding_model, embedding_source_sha256, embedding_updated_at)
+                embedding_model, embedding_source_sha256, embedding_updated_at, embedding_due_at,
+                embedding_queued_at)
             SELECT %(uid)s, %(tid)s, 'q' || g, 'a', 'b', 'c', 'd', 1,
                    array_fill(g::real, ARRAY[8])::vector, 'ready', 'm',
                    study_embed.text_sha256(study_embed.render_question('q' || g, 'a', 'b', 'c', 'd')),
-                   now()
+                   now(), NULL, NULL
             FROM generate_series(1, %(n)s) g""", {"uid": uid, "tid": tid, "n": ROWS})
         c.execute("RESET session_replication_role")
         c.execute("SELECT study_embed.recount()")

@@ -75,8 +75,32 @@ def test_indexes_are_the_seeds_hnsw_and_the_queue(empty_db):
     hnsw = defs["study_questions_embedding_hnsw"]
     assert "USING hnsw (embedding vector_cosine_ops)" in hnsw
     assert "WHERE ((deleted_at IS NULL) AND (embedding IS NOT NULL))" in hnsw
-    assert "WHERE ((deleted_at IS NULL) AND ((embedding_status)::text <> 'ready'::text))" \
-        in defs["study_questions_embedding_queue"]
+    queue = defs["study_questions_embedding_queue"]
+    assert "(embedding_queued_at, id)" in queue
+    assert "WHERE ((deleted_at IS NULL) AND (embedding_queued_at IS NOT NULL))" in queue
+
+
+QUEUE_MOVES = {"embedding_status", "embedding_claim_token", "embedding_due_at",
+               "embedding_attempts", "embedding_last_error", "updated_at", "correct_choice",
+               "explanation", "subject", "scope", "is_active", "question_text", "choice_1",
+               "choice_2", "choice_3", "choice_4"}
+
+
+def test_no_index_uses_a_column_that_queue_moves_or_app_edits_change(empty_db):
+    """What keeps claim, fail, release, retries and the app's edits HOT: no index (key,
+    expression or partial-index predicate) of study_questions reads a column they write."""
+    Migrator(empty_db, cron=False, log=lambda m: None).run()
+    with psycopg.connect(empty_db) as c:
+        used = {r[0] for r in c.execute(r"""
+            SELECT a.attname FROM pg_index i
+            JOIN pg_attribute a ON a.attrelid = i.indrelid
+            WHERE i.indrelid = 'study_questions'::regclass AND a.attnum > 0
+              AND (a.attnum = ANY (i.indkey)
+                   OR pg_get_expr(i.indpred, i.indrelid) ~ ('\m' || a.attname || '\M')
+                   OR pg_get_expr(i.indexprs, i.indrelid) ~ ('\m' || a.attname || '\M'))""")}
+    assert used == {"id", "user_id", "study_topic_id", "embedding", "deleted_at",
+                    "embedding_queued_at"}
+    assert not used & QUEUE_MOVES
 
 
 def test_edited_applied_migration_is_refused(empty_db, tmp_path):
@@ -149,28 +173,30 @@ def _storage(url: str) -> str:
                          " 'study_questions'::regclass AND attname = 'embedding'").fetchone()[0]
 
 
-def test_vectors_are_kept_in_the_row_when_they_fit(empty_db):
+def test_vectors_live_in_toast_and_pages_keep_room_for_updates(empty_db):
+    """A 1024-dim vector kept in the row (4,104 bytes) would leave no room on its page for a
+    second version, so no update of the row could be HOT (0005_write_path.sql)."""
     Migrator(empty_db, cron=False, log=lambda m: None).run()
-    assert _storage(empty_db) == "p"
+    assert _storage(empty_db) == "e"
     with psycopg.connect(empty_db) as c:
+        options = c.execute("SELECT reloptions FROM pg_class"
+                            " WHERE oid = 'study_questions'::regclass").fetchone()[0]
         c.execute("INSERT INTO users (id, email) VALUES (1, 'a'); INSERT INTO study_topics"
                   " (id, user_id, name) VALUES (1, 1, 't')")
         c.execute("INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,"
-                  " choice_2, choice_3, choice_4, correct_choice, explanation) VALUES (1, 1, %s,"
-                  " 'a', 'b', 'c', 'd', 1, %s)", ("q" * 3000, "e" * 20000))
-        qid, token, body = c.execute("SELECT * FROM study_embed.claim(1)").fetchone()
-        # a long text beside an inline 1024-dim vector: the texts move out, the row fits
+                  " choice_2, choice_3, choice_4, correct_choice) VALUES (1, 1, 'q', 'a', 'b',"
+                  " 'c', 'd', 1)")
+        qid, token, _ = c.execute("SELECT * FROM study_embed.claim(1)").fetchone()
         vec = "[" + ",".join(["0.03125"] * 1024) + "]"
-        assert c.execute("SELECT * FROM study_embed.complete(%s, %s, ARRAY[%s::vector], 'm')",
-                         ([qid], [token], vec)).fetchall() == [(qid,)]
+        c.execute("SELECT * FROM study_embed.complete(%s, %s, ARRAY[%s::vector], 'm')",
+                  ([qid], [token], vec))
+        # the vector went to the TOAST table: the row holds a pointer to it
         toast = c.execute("SELECT reltoastrelid::regclass::text FROM pg_class"
                           " WHERE oid = 'study_questions'::regclass").fetchone()[0]
-        # the vector is not in TOAST: only the long texts went there (compressed)
-        toasted = c.execute(f"SELECT coalesce(sum(length(chunk_data)), 0) FROM {toast}"
+        toasted = c.execute(f"SELECT coalesce(sum(length(chunk_data)), 0) FROM {toast}"  # noqa: S608
                             ).fetchone()[0]
-        assert toasted < 4 * 1024, toasted
-        assert c.execute("SELECT pg_column_size(embedding) FROM study_questions").fetchone()[0] \
-            == 4 + 4 + 4 * 1024
+    assert "fillfactor=85" in options
+    assert toasted == 2 + 2 + 4 * 1024       # pgvector: dim, unused, the floats
 
 
 def test_very_wide_vectors_stay_in_toast(empty_db):

@@ -37,7 +37,9 @@ def test_listener_can_run_the_queue(bank, listener_conn):
                                  ([ic], [tc])).fetchall() == [(c,)]
     assert listener_conn.execute("SELECT study_embed.embedding_dimension()").fetchone()[0] == 1024
     assert listener_conn.execute("SELECT study_embed.tick()").fetchone()[0] is True
-    assert listener_conn.execute("SELECT study_embed.requeue_model('m2')").fetchone()[0] == 1
+    assert listener_conn.execute("SELECT requeued FROM study_embed.requeue_model('m2')"
+                                 ).fetchone()[0] == 1
+    listener_conn.execute("SELECT study_embed.compact_counts()")
     statuses = dict(listener_conn.execute("SELECT status, live FROM study_embed.status").fetchall())
     assert statuses["stale"] == 1 and statuses["failed"] == 1 and statuses["none"] == 1
     assert listener_conn.execute("SELECT id FROM study_embed.failures").fetchall() == [(b,)]
@@ -53,7 +55,6 @@ def test_listener_can_run_the_queue(bank, listener_conn):
     "DELETE FROM study_questions",
     "SELECT study_embed.retry_failed()",
     "SELECT study_embed.recount()",
-    "SELECT study_embed.compact_counts()",
     "DELETE FROM study_embed.status_counts",
     "UPDATE study_embed.settings SET max_attempts = 100",
     "SELECT * FROM study_embed.schema_migrations",

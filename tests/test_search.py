@@ -33,11 +33,12 @@ def copy_ready_rows(conn, rows) -> None:
     with conn.cursor().copy(
             "COPY study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,"
             " choice_3, choice_4, correct_choice, embedding, embedding_status, embedding_model,"
-            " embedding_source_sha256, explanation) FROM STDIN") as cp:
+            " embedding_source_sha256, explanation, embedding_due_at, embedding_queued_at)"
+            " FROM STDIN") as cp:
         for uid, tid, q, vec, expl in rows:
             choices = ("a", "b", "c", "d")
             sha = hashlib.sha256(render(q, *choices).encode()).digest()
-            cp.write_row((uid, tid, q, *choices, 1, vec, "ready", "m", sha, expl))
+            cp.write_row((uid, tid, q, *choices, 1, vec, "ready", "m", sha, expl, None, None))
 
 
 @pytest.fixture(scope="module")

@@ -332,14 +332,14 @@ def test_complete_rejects_mismatched_arrays_and_wrong_dimension(bank, db):
 def test_requeue_model_keeps_serving_old_vectors(bank, db):
     a, b = make_ready(bank), make_ready(bank)
     db.execute("SELECT * FROM study_embed.claim(1)")  # nothing else waiting
-    n = db.execute("SELECT study_embed.requeue_model('new-model')").fetchone()[0]
+    n = db.execute("SELECT requeued FROM study_embed.requeue_model('new-model')").fetchone()[0]
     assert n == 2
     ra = bank.row(a)
     assert ra["embedding_status"] == "stale" and ra["embedding"] is not None
     claimed = bank.claim()
     assert {c.id for c in claimed} == {a, b}
     bank.complete(claimed, model="new-model")
-    assert db.execute("SELECT study_embed.requeue_model('new-model')").fetchone()[0] == 0
+    assert db.execute("SELECT requeued FROM study_embed.requeue_model('new-model')").fetchone()[0] == 0
 
 
 def test_status_view_counts_exactly(bank, db):
@@ -369,6 +369,7 @@ def test_status_view_counts_exactly(bank, db):
 def test_notify_once_per_statement_and_only_when_claimable(bank, connect):
     listener = connect()
     listener.execute("LISTEN study_embed")
+    assert listener.execute("SELECT study_embed.listener_sleep()").fetchone()[0] == "asleep"
     uid, tid = bank.user_id, bank.topic_id
     bank.conn.execute(
         "INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,"
@@ -385,3 +386,53 @@ def test_notify_once_per_statement_and_only_when_claimable(bank, connect):
     # a content edit of many rows: one NOTIFY
     bank.conn.execute("UPDATE study_questions SET choice_1 = 'z'")
     assert len(list(listener.notifies(timeout=0.5))) == 1
+
+
+def test_writers_do_not_notify_while_no_listener_sleeps(bank, connect):
+    """NOTIFY serialises the commits of the writers that send it: nobody sleeps, nobody pays."""
+    watcher = connect()
+    watcher.execute("LISTEN study_embed")
+    for _ in range(3):
+        bank.insert()
+    qid = bank.insert()
+    bank.update(qid, question_text="edited")
+    assert list(watcher.notifies(timeout=0.3)) == []
+    # a listener goes to sleep: it finds work first (nothing is lost) and does not sleep
+    assert watcher.execute("SELECT study_embed.listener_sleep()").fetchone()[0] == "work"
+    bank.complete(bank.claim(100))
+    assert watcher.execute("SELECT study_embed.listener_sleep()").fetchone()[0] == "asleep"
+    bank.insert()
+    assert [n.payload for n in watcher.notifies(timeout=1)] == ["insert"]
+    # awake again (it drains): writers stop notifying
+    watcher.execute("SELECT study_embed.listener_wake()")
+    bank.insert()
+    assert list(watcher.notifies(timeout=0.3)) == []
+
+
+def test_a_writer_that_skipped_its_notify_is_never_lost(bank, connect):
+    """The race the handshake closes: a writer inserts while the listener is awake (no NOTIFY),
+    commits only after the listener decided to sleep.  The listener's sleep waits for it."""
+    listener = connect()
+    listener.execute("LISTEN study_embed")
+    writer = connect(autocommit=False)
+    writer.execute(
+        "INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,"
+        " choice_3, choice_4, correct_choice) VALUES (%s, %s, 'late', 'a', 'b', 'c', 'd', 1)",
+        (bank.user_id, bank.topic_id))
+    # the writer holds the shared lock: the listener cannot sleep yet ...
+    assert listener.execute("SELECT study_embed.listener_sleep(200)").fetchone()[0] == "busy"
+    # ... and once the writer commits, the listener's look before sleeping finds its row
+    writer.commit()
+    assert listener.execute("SELECT study_embed.listener_sleep(200)").fetchone()[0] == "work"
+
+
+def test_a_second_listener_sleeps_on_the_first_ones_lock(bank, connect):
+    first, second = connect(), connect()
+    for c in (first, second):
+        c.execute("LISTEN study_embed")
+    assert first.execute("SELECT study_embed.listener_sleep()").fetchone()[0] == "asleep"
+    assert second.execute("SELECT study_embed.listener_sleep()").fetchone()[0] == "other"
+    bank.insert()
+    assert len(list(first.notifies(timeout=1))) == 1
+    assert len(list(second.notifies(timeout=1))) == 1       # every listener is woken
+

@@ -388,13 +388,13 @@ def test_a_change_of_the_rendered_text_breaks_no_write(db, bank, login):
         app.execute("UPDATE study_questions SET embedding_status = 'ready' WHERE id = %s", (i,))
     assert {bank.status(i) for i in ids} == {"ready"}
     # the migration that ships such a change queues the rows; old vectors keep serving
-    assert db.execute("SELECT study_embed.requeue_changed_text()").fetchone()[0] == 3
+    assert db.execute("SELECT requeued FROM study_embed.requeue_changed_text()").fetchone()[0] == 3
     assert {bank.status(i) for i in ids} == {"stale"}
     assert all(np.array_equal(bank.row(i)["embedding"].to_numpy(), before[i]) for i in ids)
     claimed = bank.claim(10)
     assert all(c.body.endswith("\n") for c in claimed)
     assert bank.complete(claimed) == set(ids)
-    assert db.execute("SELECT study_embed.requeue_changed_text()").fetchone()[0] == 0
+    assert db.execute("SELECT requeued FROM study_embed.requeue_changed_text()").fetchone()[0] == 0
 
 
 # ------------------------------------------------------------------------------ plpgsql_check
@@ -404,7 +404,7 @@ def test_plpgsql_check_finds_nothing(db):
     db.execute("CREATE EXTENSION IF NOT EXISTS plpgsql_check")
     functions = db.execute(
         "SELECT p.oid::regprocedure::text, p.prorettype = 'trigger'::regtype,"
-        "       p.proname = '_after_statement'"
+        "       p.proname = '_count_statement'"
         " FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
         " WHERE p.pronamespace = 'study_embed'::regnamespace AND l.lanname = 'plpgsql'"
         " ORDER BY 2").fetchall()

@@ -134,16 +134,19 @@ DECLARE
             WHEN q.embedding_model IS NULL THEN 'it has no embedding_model'
             WHEN q.embedding_source_sha256 IS NULL THEN 'it has no embedding_source_sha256'
             WHEN q.embedding_claim_token IS NOT NULL OR q.embedding_due_at IS NOT NULL
+                 OR q.embedding_queued_at IS NOT NULL
                 THEN 'it is still queued' END
         WHEN 'pending' THEN CASE
             WHEN q.embedding_claim_token IS NULL OR q.embedding_due_at IS NULL
                 THEN 'nobody claimed it (pending is set by study_embed.claim only)' END
         WHEN 'none' THEN CASE
             WHEN q.embedding_claim_token IS NOT NULL THEN 'it carries a claim token'
-            WHEN q.embedding_due_at IS NULL THEN 'it is not queued' END
+            WHEN q.embedding_due_at IS NULL OR q.embedding_queued_at IS NULL
+                THEN 'it is not queued' END
         WHEN 'stale' THEN CASE
             WHEN q.embedding_claim_token IS NOT NULL THEN 'it carries a claim token'
-            WHEN q.embedding_due_at IS NULL THEN 'it is not queued' END
+            WHEN q.embedding_due_at IS NULL OR q.embedding_queued_at IS NULL
+                THEN 'it is not queued' END
         WHEN 'failed' THEN CASE
             WHEN q.embedding_claim_token IS NOT NULL THEN 'it carries a claim token'
             WHEN q.embedding_last_error IS NULL THEN 'it has no error recorded' END
@@ -268,12 +271,16 @@ BEGIN
 
     -- New text, or an explicit request: queue the row again.  The previous embedding stays
     -- (it keeps serving search) until the new one replaces it; an in-flight claim is voided.
+    -- A row already waiting keeps its place in the queue (embedding_queued_at, the queue
+    -- index's key, is left as it is, so the edit can be HOT); a ready or parked failed row
+    -- joins it.
     IF text_changed OR (actor = 'client' AND NEW.embedding_status = 'stale'
                         AND OLD.embedding_status <> 'stale') THEN
         NEW.embedding_status := 'stale';
         NEW.embedding_claim_token := NULL;
         NEW.embedding_due_at := now();
-        NEW.embedding_queued_at := now();
+        NEW.embedding_queued_at := CASE
+            WHEN OLD.embedding_queued_at IS NULL THEN now() ELSE OLD.embedding_queued_at END;
         NEW.embedding_attempts := 0;
         NEW.embedding_last_error := NULL;
     END IF;
@@ -286,9 +293,19 @@ BEGIN
 END;
 $$;
 
+-- Fires only when an INSERT gives a pipeline column a value other than its default: a plain
+-- INSERT gets its queue bookkeeping from the column defaults (0005) and runs no function.
+-- (now() is the transaction's start, as the defaults are.)
 CREATE OR REPLACE TRIGGER study_embed_guard_insert
     BEFORE INSERT ON public.study_questions
-    FOR EACH ROW EXECUTE FUNCTION study_embed._guard_insert();
+    FOR EACH ROW
+    WHEN (NEW.embedding_status IS DISTINCT FROM 'none' OR NEW.embedding IS NOT NULL
+          OR NEW.embedding_model IS NOT NULL OR NEW.embedding_updated_at IS NOT NULL
+          OR NEW.embedding_source_sha256 IS NOT NULL OR NEW.embedding_claim_token IS NOT NULL
+          OR NEW.embedding_due_at IS DISTINCT FROM now()
+          OR NEW.embedding_queued_at IS DISTINCT FROM now()
+          OR NEW.embedding_attempts IS DISTINCT FROM 0 OR NEW.embedding_last_error IS NOT NULL)
+    EXECUTE FUNCTION study_embed._guard_insert();
 
 -- Names every column the state machine reads; fires only when one of them really changes.
 -- (The WHEN clause is bound when the trigger is created: pgvector's operator is qualified.)
@@ -312,45 +329,23 @@ CREATE OR REPLACE TRIGGER study_embed_guard_update
           OR OLD.embedding OPERATOR(:"vector_schema".<>) NEW.embedding)
     EXECUTE FUNCTION study_embed._guard_update();
 
--- AFTER each statement: record the status-count deltas and wake the listeners (one NOTIFY per
--- statement, and only when the statement left something claimable).  SECURITY DEFINER (owned
--- by study_embed_pipeline, 040_privileges.sql): the app's role writes study_questions but has
--- no privilege on the counters.
-CREATE OR REPLACE FUNCTION study_embed._after_statement()
-RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    wake boolean := false;
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO study_embed.status_counts (status, deleted, n)
-        SELECT embedding_status, deleted_at IS NOT NULL, count(*) FROM new_rows GROUP BY 1, 2;
-        wake := EXISTS (SELECT 1 FROM new_rows
-                        WHERE deleted_at IS NULL AND embedding_status <> 'ready');
-    ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO study_embed.status_counts (status, deleted, n)
-        SELECT status, deleted, sum(d) FROM (
-            SELECT embedding_status AS status, deleted_at IS NOT NULL AS deleted, 1 AS d FROM new_rows
-            UNION ALL
-            SELECT embedding_status, deleted_at IS NOT NULL, -1 FROM old_rows) x
-        GROUP BY 1, 2 HAVING sum(d) <> 0;
-        wake := EXISTS (SELECT 1 FROM new_rows
-                        WHERE deleted_at IS NULL AND embedding_status IN ('none', 'stale')
-                          AND embedding_due_at <= now());
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO study_embed.status_counts (status, deleted, n)
-        SELECT embedding_status, deleted_at IS NOT NULL, -count(*) FROM old_rows GROUP BY 1, 2;
-    ELSIF TG_OP = 'TRUNCATE' THEN
-        DELETE FROM study_embed.status_counts;
-    END IF;
-    IF wake THEN
-        PERFORM pg_notify(study_embed.channel(), 'study_questions');
-    END IF;
-    RETURN NULL;
-END;
-$$;
+-- ------------------------------------------------------------------------------------------
+-- Waking listeners without making writers pay for it
+-- ------------------------------------------------------------------------------------------
+--
+-- A transaction that sent NOTIFY takes a cluster-wide lock while it commits, so notifying
+-- writers serialise their commits.  Writers therefore notify only while a listener sleeps:
+--
+--   * a listener that found nothing to do takes the *sleep lock* (an advisory lock) in exclusive
+--     mode before it waits for a notification (study_embed.listener_sleep), and gives it back
+--     when it wakes (study_embed.listener_wake);
+--   * a statement that leaves a claimable row tries the same lock in shared mode, held until it
+--     commits: when that fails a listener sleeps (or is about to), and the statement sends
+--     NOTIFY; when it succeeds no listener sleeps, and none is sent.
+--
+-- No wake-up is lost: a listener's exclusive request waits for every writer that holds the
+-- shared lock, i.e. that skipped its NOTIFY, to commit, and then it looks for work once more
+-- before it sleeps.  A writer that comes while it waits finds the lock wanted and notifies.
 
 CREATE OR REPLACE FUNCTION study_embed.channel()
 RETURNS text
@@ -360,15 +355,130 @@ RETURN 'study_embed';
 COMMENT ON FUNCTION study_embed.channel() IS
     'The NOTIFY channel that wakes listeners when something becomes claimable.';
 
+-- The sleep lock's key (two int4: 'SEMB', 1).  Advisory locks are per database.
+CREATE OR REPLACE FUNCTION study_embed.sleep_lock_key()
+RETURNS integer[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN ARRAY[1397048642, 1];
+COMMENT ON FUNCTION study_embed.sleep_lock_key() IS
+    'The advisory lock (classid, objid) a sleeping listener holds exclusively.';
+
+-- Called by every statement that leaves a row claimable: NOTIFY only when a listener sleeps.
+CREATE OR REPLACE FUNCTION study_embed._wake(reason text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k integer[] := study_embed.sleep_lock_key();
+BEGIN
+    IF NOT pg_try_advisory_xact_lock_shared(k[1], k[2]) THEN
+        PERFORM pg_notify(study_embed.channel(), reason);
+    END IF;
+END;
+$$;
+
+-- ------------------------------------------------------------------------------------------
+-- Exact status counts
+-- ------------------------------------------------------------------------------------------
+--
+-- study_embed.status_counts receives signed deltas, appended (writers never contend on a
+-- counter row) and folded by study_embed.compact_counts().  Who records them:
+--   * the pipeline's functions, one INSERT per call for the whole batch (_count_moves);
+--   * a client's INSERT and DELETE, per statement (transition tables: new rows carry no vector,
+--     deleted rows carry a TOAST pointer at most);
+--   * a client's UPDATE, per row, and only for a row whose status or soft deletion changed
+--     (the trigger's WHEN clause): an update of any other column runs nothing.
+
+CREATE OR REPLACE FUNCTION study_embed._count_moves(was text[], was_deleted boolean[],
+                                                   now_is text[], now_deleted boolean[])
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    INSERT INTO study_embed.status_counts (status, deleted, n)
+    SELECT m.status, m.deleted, sum(m.d)
+    FROM (SELECT o.status, o.deleted, -1 AS d FROM unnest(was, was_deleted) AS o(status, deleted)
+          UNION ALL
+          SELECT c.status, c.deleted, 1 FROM unnest(now_is, now_deleted) AS c(status, deleted)) m
+    GROUP BY m.status, m.deleted
+    HAVING sum(m.d) <> 0;
+END;
+COMMENT ON FUNCTION study_embed._count_moves(text[], boolean[], text[], boolean[]) IS
+    'Record the status-count deltas of rows that moved from (was, was_deleted) to '
+    '(now_is, now_deleted).';
+
+-- An array as long as like_array, every element value (for _count_moves).  (A polymorphic SQL
+-- function cannot have a SQL-standard body; this one resolves its names in pg_catalog.)
+CREATE OR REPLACE FUNCTION study_embed._all(like_array anyarray, value anycompatible)
+RETURNS anycompatiblearray
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT array_fill(value, ARRAY[coalesce(cardinality(like_array), 0)]) $$;
+
+-- A client's INSERT, DELETE or TRUNCATE (statement level).  SECURITY DEFINER (owned by
+-- study_embed_pipeline, 040_privileges.sql): the app's role has no privilege on the counters.
+CREATE OR REPLACE FUNCTION study_embed._count_statement()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO study_embed.status_counts (status, deleted, n)
+        SELECT r.embedding_status, r.deleted_at IS NOT NULL, count(*)
+        FROM new_rows r GROUP BY 1, 2;
+        IF EXISTS (SELECT 1 FROM new_rows r
+                   WHERE r.deleted_at IS NULL AND r.embedding_status <> 'ready') THEN
+            PERFORM study_embed._wake('insert');
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO study_embed.status_counts (status, deleted, n)
+        SELECT r.embedding_status, r.deleted_at IS NOT NULL, -count(*)
+        FROM old_rows r GROUP BY 1, 2;
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        DELETE FROM study_embed.status_counts;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- A client's UPDATE of one row whose status or soft deletion changed (the pipeline's own
+-- updates are counted by its functions).  SECURITY DEFINER, as above.
+CREATE OR REPLACE FUNCTION study_embed._count_row_update()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM study_embed._count_moves(ARRAY[OLD.embedding_status], ARRAY[OLD.deleted_at IS NOT NULL],
+                                     ARRAY[NEW.embedding_status], ARRAY[NEW.deleted_at IS NOT NULL]);
+    IF NEW.deleted_at IS NULL AND NEW.embedding_status IN ('none', 'stale')
+       AND NEW.embedding_due_at <= now() THEN
+        PERFORM study_embed._wake('update');
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
 CREATE OR REPLACE TRIGGER study_embed_after_insert
     AFTER INSERT ON public.study_questions REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION study_embed._after_statement();
-CREATE OR REPLACE TRIGGER study_embed_after_update
-    AFTER UPDATE ON public.study_questions REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION study_embed._after_statement();
+    FOR EACH STATEMENT EXECUTE FUNCTION study_embed._count_statement();
+CREATE OR REPLACE TRIGGER study_embed_count_update
+    AFTER UPDATE OF embedding_status, deleted_at, question_text, choice_1, choice_2, choice_3,
+        choice_4 ON public.study_questions
+    FOR EACH ROW
+    WHEN (current_user <> 'study_embed_pipeline'::name
+          AND (OLD.embedding_status IS DISTINCT FROM NEW.embedding_status
+               OR (OLD.deleted_at IS NULL) <> (NEW.deleted_at IS NULL)))
+    EXECUTE FUNCTION study_embed._count_row_update();
 CREATE OR REPLACE TRIGGER study_embed_after_delete
     AFTER DELETE ON public.study_questions REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION study_embed._after_statement();
+    FOR EACH STATEMENT EXECUTE FUNCTION study_embed._count_statement();
 CREATE OR REPLACE TRIGGER study_embed_after_truncate
     AFTER TRUNCATE ON public.study_questions
-    FOR EACH STATEMENT EXECUTE FUNCTION study_embed._after_statement();
+    FOR EACH STATEMENT EXECUTE FUNCTION study_embed._count_statement();
+-- what earlier versions counted with (transition tables on every UPDATE)
+DROP TRIGGER IF EXISTS study_embed_after_update ON public.study_questions;
+DROP FUNCTION IF EXISTS study_embed._after_statement();

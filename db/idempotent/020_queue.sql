@@ -24,9 +24,25 @@ BEGIN
 END;
 $$;
 
+-- Every queue transition below changes only columns that no index uses (status, claim token,
+-- due time, attempts, last error), so on a row with room on its page the UPDATE is HOT: no new
+-- index entry, in particular no HNSW insert of a vector that did not change.  Only complete()
+-- (a new vector) and a row joining or leaving the queue (embedding_queued_at) add entries.
+-- Each function records the status counts of the rows it moved in one statement.
+
+-- Is anything claimable now?  (The claim's own predicate.)
+CREATE OR REPLACE FUNCTION study_embed._claimable()
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN EXISTS (
+    SELECT 1 FROM public.study_questions q
+    WHERE q.deleted_at IS NULL AND q.embedding_queued_at <= now()     -- the queue index
+      AND q.embedding_due_at <= now());
+
 -- Claim up to batch_size claimable rows: none, stale, failed and due for retry, or pending with
--- an expired lease (an expired lease counts as a failed attempt).  Concurrent claimers skip each
--- other's rows (FOR UPDATE SKIP LOCKED).
+-- an expired lease (an expired lease counts as a failed attempt), oldest content version first.
+-- Concurrent claimers skip each other's rows (FOR UPDATE SKIP LOCKED).
 CREATE OR REPLACE FUNCTION study_embed.claim(batch_size integer DEFAULT 10,
                                              lease interval DEFAULT '2 minutes')
 RETURNS TABLE (id bigint, claim_token uuid, body text)
@@ -35,6 +51,11 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     max_attempts smallint := (SELECT s.max_attempts FROM study_embed.settings s);
+    ids bigint[];
+    was text[];
+    now_is text[];
+    tokens uuid[];
+    bodies text[];
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 OR batch_size > 10000 THEN
         RAISE EXCEPTION 'claim: batch_size must be between 1 and 10000, not %', batch_size
@@ -45,16 +66,15 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM study_embed._set_actor('claim');
-    RETURN QUERY
     WITH due AS (
-        SELECT q.id,
+        SELECT q.id, q.embedding_status AS was,
                -- an expired lease whose row has used up its attempts: failed, not claimed
                q.embedding_status = 'pending' AND q.embedding_attempts + 1 >= max_attempts
                    AS exhausted
         FROM public.study_questions q
-        WHERE q.deleted_at IS NULL AND q.embedding_status <> 'ready'   -- the queue index
+        WHERE q.deleted_at IS NULL AND q.embedding_queued_at <= now()   -- the queue index
           AND q.embedding_due_at <= now()
-        ORDER BY q.embedding_due_at, q.id
+        ORDER BY q.embedding_queued_at, q.id
         LIMIT batch_size
         FOR UPDATE SKIP LOCKED
     ), claimed AS (
@@ -62,6 +82,9 @@ BEGIN
         SET embedding_status = CASE WHEN due.exhausted THEN 'failed' ELSE 'pending' END,
             embedding_claim_token = CASE WHEN due.exhausted THEN NULL ELSE gen_random_uuid() END,
             embedding_due_at = CASE WHEN due.exhausted THEN NULL ELSE now() + lease END,
+            -- parked (out of the queue) until an edit or retry_failed()
+            embedding_queued_at = CASE WHEN due.exhausted THEN NULL
+                                       ELSE q.embedding_queued_at END,
             embedding_attempts = q.embedding_attempts
                 + CASE WHEN q.embedding_status = 'pending' THEN 1 ELSE 0 END,
             embedding_last_error = CASE WHEN q.embedding_status = 'pending'
@@ -69,15 +92,22 @@ BEGIN
                 ELSE q.embedding_last_error END
         FROM due
         WHERE q.id = due.id
-        RETURNING q.id, q.embedding_status, q.embedding_claim_token,
+        RETURNING q.id, due.was, q.embedding_status, q.embedding_claim_token,
                   study_embed.render_question(q.question_text, q.choice_1, q.choice_2,
                                               q.choice_3, q.choice_4) AS body
     )
-    SELECT c.id, c.embedding_claim_token, c.body
-    FROM claimed c
-    WHERE c.embedding_status = 'pending'
-    ORDER BY c.id;
+    SELECT array_agg(c.id), array_agg(c.was::text), array_agg(c.embedding_status::text),
+           array_agg(c.embedding_claim_token), array_agg(c.body)
+    INTO ids, was, now_is, tokens, bodies
+    FROM claimed c;
     PERFORM study_embed._set_actor(NULL);
+    PERFORM study_embed._count_moves(was, study_embed._all(was, false),
+                                     now_is, study_embed._all(was, false));
+    RETURN QUERY
+    SELECT c.id, c.token, c.body
+    FROM unnest(ids, now_is, tokens, bodies) AS c(id, status, token, body)
+    WHERE c.status = 'pending'
+    ORDER BY c.id;
 END;
 $$;
 COMMENT ON FUNCTION study_embed.claim(integer, interval) IS
@@ -96,6 +126,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     done bigint[];
+    deleted boolean[];
 BEGIN
     PERFORM study_embed._check_batch('complete', '{ids,claim_tokens,embeddings}',
         ARRAY[cardinality(ids), cardinality(claim_tokens), cardinality(embeddings)]);
@@ -105,26 +136,29 @@ BEGIN
     END IF;
     PERFORM study_embed._set_actor('complete');
     WITH written AS (
-    UPDATE public.study_questions q
-    SET embedding = c.embedding,
-        embedding_status = 'ready',
-        embedding_model = model,
-        embedding_updated_at = now(),
-        embedding_source_sha256 = study_embed.text_sha256(study_embed.render_question(
-            q.question_text, q.choice_1, q.choice_2, q.choice_3, q.choice_4)),
-        embedding_claim_token = NULL,
-        embedding_due_at = NULL,
-        embedding_queued_at = NULL,
-        embedding_attempts = 0,
-        embedding_last_error = NULL
-    FROM unnest(ids, claim_tokens, embeddings) AS c(id, claim_token, embedding)
-    WHERE q.id = c.id
-      AND q.embedding_status = 'pending'
-      AND q.embedding_claim_token = c.claim_token
-      AND c.embedding IS NOT NULL
-    RETURNING q.id)
-    SELECT array_agg(w.id) INTO done FROM written w;
+        UPDATE public.study_questions q
+        SET embedding = c.embedding,
+            embedding_status = 'ready',
+            embedding_model = model,
+            embedding_updated_at = now(),
+            embedding_source_sha256 = study_embed.text_sha256(study_embed.render_question(
+                q.question_text, q.choice_1, q.choice_2, q.choice_3, q.choice_4)),
+            embedding_claim_token = NULL,
+            embedding_due_at = NULL,
+            embedding_queued_at = NULL,
+            embedding_attempts = 0,
+            embedding_last_error = NULL
+        FROM unnest(ids, claim_tokens, embeddings) AS c(id, claim_token, embedding)
+        WHERE q.id = c.id
+          AND q.embedding_status = 'pending'
+          AND q.embedding_claim_token = c.claim_token
+          AND c.embedding IS NOT NULL
+        RETURNING q.id, q.deleted_at IS NOT NULL AS deleted
+    )
+    SELECT array_agg(w.id), array_agg(w.deleted) INTO done, deleted FROM written w;
     PERFORM study_embed._set_actor(NULL);
+    PERFORM study_embed._count_moves(study_embed._all(done, 'pending'::text), deleted,
+                                     study_embed._all(done, 'ready'::text), deleted);
     IF done IS NOT NULL THEN   -- near-duplicates are looked for later, off this hot path
         INSERT INTO study_embed.duplicate_queue (question_id)
         SELECT unnest(done) ON CONFLICT (question_id) DO UPDATE SET queued_at = now();
@@ -138,8 +172,8 @@ COMMENT ON FUNCTION study_embed.complete(bigint[], uuid[], :"vector_schema".vect
 
 -- Record failed attempts.  Retryable failures come back after an exponential backoff
 -- (settings.retry_base * 2^(attempts-1), capped at retry_max) until settings.max_attempts;
--- a permanent failure (the input itself is bad) waits for an edit or an explicit retry.
--- The previous embedding is kept.  Returns the ids written.
+-- a permanent failure (the input itself is bad) waits for an edit or an explicit retry, parked
+-- out of the queue.  The previous embedding is kept.  Returns the ids written.
 CREATE OR REPLACE FUNCTION study_embed.fail(ids bigint[], claim_tokens uuid[], errors text[],
                                             retryable boolean DEFAULT true)
 RETURNS SETOF bigint
@@ -148,28 +182,41 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cfg study_embed.settings := (SELECT s FROM study_embed.settings s);
+    done bigint[];
+    deleted boolean[];
 BEGIN
     PERFORM study_embed._check_batch('fail', '{ids,claim_tokens,errors}',
         ARRAY[cardinality(ids), cardinality(claim_tokens), cardinality(errors)]);
     PERFORM study_embed._set_actor('fail');
-    RETURN QUERY
-    UPDATE public.study_questions q
-    SET embedding_status = 'failed',
-        embedding_claim_token = NULL,
-        embedding_attempts = q.embedding_attempts + 1,
-        embedding_due_at = CASE
-            WHEN NOT coalesce(retryable, true) OR q.embedding_attempts + 1 >= cfg.max_attempts
+    WITH failed AS (
+        UPDATE public.study_questions q
+        SET embedding_status = 'failed',
+            embedding_claim_token = NULL,
+            embedding_attempts = q.embedding_attempts + 1,
+            -- retryable and attempts left: back after the backoff; else parked
+            embedding_due_at = CASE
+                WHEN NOT coalesce(retryable, true) OR q.embedding_attempts + 1 >= cfg.max_attempts
                 THEN NULL
-            ELSE now() + least(cfg.retry_max,
-                               cfg.retry_base * power(2, q.embedding_attempts)::double precision)
-        END,
-        embedding_last_error = left(coalesce(nullif(c.error, ''), 'unknown error'), 2000)
-    FROM unnest(ids, claim_tokens, errors) AS c(id, claim_token, error)
-    WHERE q.id = c.id
-      AND q.embedding_status = 'pending'
-      AND q.embedding_claim_token = c.claim_token
-    RETURNING q.id;
+                -- the exponent is capped before the multiplication: 2^30 * retry_base is
+                -- already past any sensible retry_max, and interval arithmetic overflows later
+                ELSE now() + least(cfg.retry_max, cfg.retry_base
+                                   * power(2, least(q.embedding_attempts, 30))::double precision)
+            END,
+            embedding_queued_at = CASE
+                WHEN NOT coalesce(retryable, true) OR q.embedding_attempts + 1 >= cfg.max_attempts
+                THEN NULL ELSE q.embedding_queued_at END,
+            embedding_last_error = left(coalesce(nullif(c.error, ''), 'unknown error'), 2000)
+        FROM unnest(ids, claim_tokens, errors) AS c(id, claim_token, error)
+        WHERE q.id = c.id
+          AND q.embedding_status = 'pending'
+          AND q.embedding_claim_token = c.claim_token
+        RETURNING q.id, q.deleted_at IS NOT NULL AS deleted
+    )
+    SELECT array_agg(x.id), array_agg(x.deleted) INTO done, deleted FROM failed x;
     PERFORM study_embed._set_actor(NULL);
+    PERFORM study_embed._count_moves(study_embed._all(done, 'pending'::text), deleted,
+                                     study_embed._all(done, 'failed'::text), deleted);
+    RETURN QUERY SELECT unnest(done);
 END;
 $$;
 COMMENT ON FUNCTION study_embed.fail(bigint[], uuid[], text[], boolean) IS
@@ -185,63 +232,134 @@ RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    done bigint[];
+    now_is text[];
+    deleted boolean[];
 BEGIN
     PERFORM study_embed._check_batch('release', '{ids,claim_tokens}',
         ARRAY[cardinality(ids), cardinality(claim_tokens)]);
     PERFORM study_embed._set_actor('release');
-    RETURN QUERY
-    UPDATE public.study_questions q
-    SET embedding_status = CASE
-            WHEN q.embedding_attempts > 0 THEN 'failed'
-            WHEN q.embedding IS NULL THEN 'none'
-            ELSE 'stale' END,
-        embedding_claim_token = NULL,
-        embedding_due_at = now() + greatest(coalesce(retry_in, interval '0'), interval '0'),
-        embedding_last_error = CASE WHEN q.embedding_attempts > 0
-            THEN coalesce(left(reason, 2000), q.embedding_last_error)
-            ELSE q.embedding_last_error END
-    FROM unnest(ids, claim_tokens) AS c(id, claim_token)
-    WHERE q.id = c.id
-      AND q.embedding_status = 'pending'
-      AND q.embedding_claim_token = c.claim_token
-    RETURNING q.id;
+    WITH released AS (
+        UPDATE public.study_questions q
+        SET embedding_status = CASE
+                WHEN q.embedding_attempts > 0 THEN 'failed'
+                WHEN q.embedding IS NULL THEN 'none'
+                ELSE 'stale' END,
+            embedding_claim_token = NULL,
+            embedding_due_at = now() + greatest(coalesce(retry_in, interval '0'), interval '0'),
+            embedding_last_error = CASE WHEN q.embedding_attempts > 0
+                THEN coalesce(left(reason, 2000), q.embedding_last_error)
+                ELSE q.embedding_last_error END
+        FROM unnest(ids, claim_tokens) AS c(id, claim_token)
+        WHERE q.id = c.id
+          AND q.embedding_status = 'pending'
+          AND q.embedding_claim_token = c.claim_token
+        RETURNING q.id, q.embedding_status, q.deleted_at IS NOT NULL AS deleted
+    )
+    SELECT array_agg(r.id), array_agg(r.embedding_status::text), array_agg(r.deleted)
+    INTO done, now_is, deleted FROM released r;
     PERFORM study_embed._set_actor(NULL);
+    PERFORM study_embed._count_moves(study_embed._all(done, 'pending'::text), deleted,
+                                     now_is, deleted);
+    RETURN QUERY SELECT unnest(done);
 END;
 $$;
 COMMENT ON FUNCTION study_embed.release(bigint[], uuid[], interval, text) IS
     'Return claimed rows to the queue without counting an attempt (transient server trouble).';
 
--- Queue again every live ready row embedded by another model: after a model change.  (Rows
--- still queued or failed get the new model when they are next embedded.)
--- The rows keep serving their old vector until the new one replaces it.  Returns the count.
-CREATE OR REPLACE FUNCTION study_embed.requeue_model(model text)
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+-- The batch behind requeue_model() and requeue_changed_text(): a keyset walk over the primary
+-- key, so a batch costs its size.
+CREATE OR REPLACE FUNCTION study_embed._requeue(why text, model text, after_id bigint,
+                                                batch_size integer)
+RETURNS TABLE (requeued bigint, next_after_id bigint)
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    last_id bigint;
     n bigint;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 1000000 THEN
+        RAISE EXCEPTION 'batch_size must be between 1 and 1000000, not %', batch_size
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT max(w.id) INTO last_id
+    FROM (SELECT q.id FROM public.study_questions q WHERE q.id > coalesce(after_id, 0)
+          ORDER BY q.id LIMIT batch_size) w;
+    PERFORM study_embed._set_actor('requeue');
+    WITH moved AS (
+        UPDATE public.study_questions q
+        SET embedding_status = 'stale', embedding_due_at = now(), embedding_queued_at = now(),
+            embedding_attempts = 0, embedding_last_error = NULL
+        WHERE q.id > coalesce(after_id, 0) AND q.id <= last_id
+          AND q.deleted_at IS NULL
+          AND q.embedding_status = 'ready'
+          AND CASE why
+                WHEN 'model' THEN q.embedding_model IS DISTINCT FROM _requeue.model
+                ELSE q.embedding_source_sha256 IS DISTINCT FROM study_embed.text_sha256(
+                         study_embed.render_question(q.question_text, q.choice_1, q.choice_2,
+                                                     q.choice_3, q.choice_4)) END
+        RETURNING 1
+    )
+    SELECT count(*) INTO n FROM moved;
+    PERFORM study_embed._count_moves(array_fill('ready'::text, ARRAY[n::integer]),
+                                     array_fill(false, ARRAY[n::integer]),
+                                     array_fill('stale'::text, ARRAY[n::integer]),
+                                     array_fill(false, ARRAY[n::integer]));
+    PERFORM study_embed._set_actor(NULL);
+    IF n > 0 THEN
+        PERFORM study_embed._wake('requeue');
+    END IF;
+    RETURN QUERY SELECT n, last_id;
+END;
+$$;
+
+-- Queue ready rows again (the rows keep serving their old vector until the new one replaces
+-- it), a bounded batch per call so that no transaction runs long on a large bank and listeners
+-- embed meanwhile.  The rows are taken in id order after `after_id`; each call returns how many
+-- it queued and the id to continue after, NULL when the table is done.
+-- A requeued row joins the queue index, so its update is not HOT (BENCHMARKS.md).
+DROP FUNCTION IF EXISTS study_embed.requeue_model(text);
+CREATE OR REPLACE FUNCTION study_embed.requeue_model(model text, after_id bigint DEFAULT 0,
+                                                     batch_size integer DEFAULT 10000)
+RETURNS TABLE (requeued bigint, next_after_id bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF model IS NULL OR model = '' THEN
         RAISE EXCEPTION 'requeue_model: model must be given' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM study_embed._set_actor('requeue');
-    UPDATE public.study_questions q
-    SET embedding_status = 'stale', embedding_due_at = now(), embedding_queued_at = now(),
-        embedding_attempts = 0, embedding_last_error = NULL
-    WHERE q.deleted_at IS NULL
-      AND q.embedding_status = 'ready'
-      AND q.embedding_model IS DISTINCT FROM model;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM study_embed._set_actor(NULL);
-    RETURN n;
+    RETURN QUERY SELECT * FROM study_embed._requeue('model', model, after_id, batch_size);
 END;
 $$;
-COMMENT ON FUNCTION study_embed.requeue_model(text) IS
-    'Queue every live row whose embedding_model differs from model; returns how many.';
+COMMENT ON FUNCTION study_embed.requeue_model(text, bigint, integer) IS
+    'Queue live ready rows whose embedding_model differs from model, a batch of ids after '
+    'after_id per call; returns how many and the id to continue after (NULL: done).';
 
--- Retry failed rows now, including those that used up their attempts.
-CREATE OR REPLACE FUNCTION study_embed.retry_failed(ids bigint[] DEFAULT NULL)
+-- After a change of render_question(): queue every live ready row whose embedding was computed
+-- from another rendering of its text (what the migration shipping such a change calls, in
+-- batches, as requeue_model).
+DROP FUNCTION IF EXISTS study_embed.requeue_changed_text();
+CREATE OR REPLACE FUNCTION study_embed.requeue_changed_text(after_id bigint DEFAULT 0,
+                                                            batch_size integer DEFAULT 10000)
+RETURNS TABLE (requeued bigint, next_after_id bigint)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT * FROM study_embed._requeue('text', NULL, after_id, batch_size);
+END;
+COMMENT ON FUNCTION study_embed.requeue_changed_text(bigint, integer) IS
+    'Queue live ready rows embedded from another rendering of their text, a batch per call; '
+    'returns how many and the id to continue after (NULL: done).';
+
+-- Retry failed rows now with a fresh attempt budget, those that used up their attempts
+-- included: all (or the ids given), at most batch_size per call (call again while it returns
+-- batch_size).  Returns how many.
+DROP FUNCTION IF EXISTS study_embed.retry_failed(bigint[]);
+CREATE OR REPLACE FUNCTION study_embed.retry_failed(ids bigint[] DEFAULT NULL,
+                                                    batch_size integer DEFAULT 10000)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -249,49 +367,98 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 1000000 THEN
+        RAISE EXCEPTION 'retry_failed: batch_size must be between 1 and 1000000, not %', batch_size
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM study_embed._set_actor('requeue');
-    UPDATE public.study_questions q
-    SET embedding_status = 'stale', embedding_due_at = now(),
-        embedding_queued_at = coalesce(q.embedding_queued_at, now()),
-        embedding_attempts = 0, embedding_last_error = NULL
-    WHERE q.embedding_status = 'failed' AND q.deleted_at IS NULL
-      AND (ids IS NULL OR q.id = ANY (ids));
-    GET DIAGNOSTICS n = ROW_COUNT;
+    WITH moved AS (
+        UPDATE public.study_questions q
+        SET embedding_status = 'stale', embedding_due_at = now(),
+            -- a parked row comes back to the queue; a waiting one keeps its place (HOT)
+            embedding_queued_at = coalesce(q.embedding_queued_at, now()),
+            embedding_attempts = 0, embedding_last_error = NULL
+        WHERE q.id IN (SELECT f.id FROM public.study_questions f
+                       WHERE f.deleted_at IS NULL AND f.embedding_status = 'failed'
+                         AND (ids IS NULL OR f.id = ANY (ids))
+                       LIMIT batch_size FOR UPDATE SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT count(*) INTO n FROM moved;
+    PERFORM study_embed._count_moves(array_fill('failed'::text, ARRAY[n::integer]),
+                                     array_fill(false, ARRAY[n::integer]),
+                                     array_fill('stale'::text, ARRAY[n::integer]),
+                                     array_fill(false, ARRAY[n::integer]));
     PERFORM study_embed._set_actor(NULL);
+    IF n > 0 THEN
+        PERFORM study_embed._wake('retry');
+    END IF;
     RETURN n;
 END;
 $$;
-COMMENT ON FUNCTION study_embed.retry_failed(bigint[]) IS
-    'Queue failed rows (all, or the ids given) again now, with a fresh attempt budget.';
+COMMENT ON FUNCTION study_embed.retry_failed(bigint[], integer) IS
+    'Queue failed rows (all, or the ids given) again now, with a fresh attempt budget; at most '
+    'batch_size per call.';
 
--- Queue again every live ready row whose embedding was computed from a text other than the one
--- render_question() makes now: what a migration that changes the rendered text must call.  The
--- rows keep serving their old vectors until the new ones land.  Returns the count.
-CREATE OR REPLACE FUNCTION study_embed.requeue_changed_text()
-RETURNS bigint
+-- ------------------------------------------------------------------------------------------
+-- A listener's sleep (the handshake is explained in 010_state_machine.sql)
+-- ------------------------------------------------------------------------------------------
+
+-- Called by a listener that found nothing to do, on the connection it LISTENs on.  Returns:
+--   'asleep'  it now holds the sleep lock and nothing is claimable: wait for a NOTIFY;
+--   'work'    something became claimable meanwhile (the lock is not held): drain again;
+--   'other'   another listener sleeps holding the lock: wait for the NOTIFY that wakes both;
+--   'busy'    writers kept the lock for wait_ms: drain again, then try again.
+CREATE OR REPLACE FUNCTION study_embed.listener_sleep(wait_ms integer DEFAULT 1000)
+RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '1s'       -- scopes the set_config below to this call
+AS $$
+DECLARE
+    k integer[] := study_embed.sleep_lock_key();
+BEGIN
+    PERFORM study_embed.listener_wake();      -- never hold it twice
+    IF NOT pg_try_advisory_lock(k[1], k[2]) THEN
+        IF EXISTS (SELECT 1 FROM pg_locks l
+                   WHERE l.locktype = 'advisory' AND l.classid = k[1]::oid
+                     AND l.objid = k[2]::oid AND l.objsubid = 2
+                     AND l.mode = 'ExclusiveLock' AND l.granted
+                     AND l.database = (SELECT d.oid FROM pg_database d
+                                       WHERE d.datname = current_database())) THEN
+            RETURN 'other';
+        END IF;
+        PERFORM set_config('lock_timeout', greatest(coalesce(wait_ms, 1000), 1)::text, true);
+        BEGIN
+            PERFORM pg_advisory_lock(k[1], k[2]);
+        EXCEPTION WHEN lock_not_available THEN
+            RETURN 'busy';
+        END;
+    END IF;
+    IF study_embed._claimable() THEN
+        PERFORM study_embed.listener_wake();
+        RETURN 'work';
+    END IF;
+    RETURN 'asleep';
+END;
+$$;
+COMMENT ON FUNCTION study_embed.listener_sleep(integer) IS
+    'A listener with nothing to do takes the sleep lock (writers then NOTIFY): asleep, work, '
+    'other or busy.';
+
+CREATE OR REPLACE FUNCTION study_embed.listener_wake()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    n bigint;
+    k integer[] := study_embed.sleep_lock_key();
 BEGIN
-    PERFORM study_embed._set_actor('requeue');
-    UPDATE public.study_questions q
-    SET embedding_status = 'stale', embedding_due_at = now(), embedding_queued_at = now(),
-        embedding_attempts = 0, embedding_last_error = NULL
-    WHERE q.deleted_at IS NULL
-      AND q.embedding_status = 'ready'
-      AND q.embedding_source_sha256 IS DISTINCT FROM study_embed.text_sha256(
-              study_embed.render_question(q.question_text, q.choice_1, q.choice_2,
-                                          q.choice_3, q.choice_4));
-    GET DIAGNOSTICS n = ROW_COUNT;
-    PERFORM study_embed._set_actor(NULL);
-    RETURN n;
+    WHILE pg_advisory_unlock(k[1], k[2]) LOOP END LOOP;
 END;
 $$;
-COMMENT ON FUNCTION study_embed.requeue_changed_text() IS
-    'Queue every live ready row whose embedding was computed from another rendering of its text '
-    '(after a change of render_question); returns how many.';
+COMMENT ON FUNCTION study_embed.listener_wake() IS
+    'Give back the sleep lock (writers stop sending NOTIFY).';
 
 -- What pg_cron runs every minute: the safety net under NOTIFY.  Folds the status-count deltas,
 -- runs the near-duplicate pass, and wakes the listeners when anything is claimable.
@@ -305,10 +472,7 @@ DECLARE
 BEGIN
     PERFORM study_embed.compact_counts();
     PERFORM study_embed.detect_duplicates();
-    claimable := EXISTS (
-        SELECT 1 FROM public.study_questions q
-        WHERE q.deleted_at IS NULL AND q.embedding_status <> 'ready'
-          AND q.embedding_due_at <= now());
+    claimable := study_embed._claimable();
     IF claimable THEN
         PERFORM pg_notify(study_embed.channel(), 'tick');
     END IF;

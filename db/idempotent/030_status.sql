@@ -1,11 +1,12 @@
 -- 030_status.sql — re-runnable.  What an operator looks at: exact counts, the oldest waiting
 -- row, the failures.  Cheap on a table of millions: counts come from study_embed.status_counts,
--- the rest from the partial queue indexes.  (The views are dropped and re-created: nothing
+-- the rest from the partial queue index.  (The views are dropped and re-created: nothing
 -- depends on them.)
 
+-- SECURITY DEFINER (owned by study_embed_pipeline): the tick and an idle listener run it.
 CREATE OR REPLACE FUNCTION study_embed.compact_counts()
 RETURNS void
-LANGUAGE sql VOLATILE
+LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     WITH gone AS (DELETE FROM study_embed.status_counts RETURNING status, deleted, n)
@@ -44,10 +45,12 @@ WITH counts AS (
 SELECT s.status,
        coalesce(c.live, 0) AS live,
        coalesce(c.deleted, 0) AS deleted,
+       -- the queue index, oldest first (parked failures wait for an edit, not in the queue)
        CASE WHEN s.status <> 'ready' THEN (
-           SELECT now() - min(q.embedding_queued_at) FROM public.study_questions q
-           WHERE q.deleted_at IS NULL AND q.embedding_status <> 'ready'
-             AND q.embedding_status = s.status) END AS oldest_waiting
+           SELECT now() - q.embedding_queued_at FROM public.study_questions q
+           WHERE q.deleted_at IS NULL AND q.embedding_queued_at IS NOT NULL
+             AND q.embedding_status = s.status
+           ORDER BY q.embedding_queued_at LIMIT 1) END AS oldest_waiting
 FROM (VALUES ('none', 1), ('stale', 2), ('pending', 3), ('failed', 4), ('ready', 5)) AS s(status, ord)
 LEFT JOIN counts c ON c.status = s.status
 ORDER BY s.ord;
@@ -61,7 +64,9 @@ SELECT q.id, q.embedding_attempts AS attempts, q.embedding_last_error AS last_er
        q.embedding_due_at AS next_retry_at,
        q.embedding_due_at IS NULL AS waiting_for_edit
 FROM public.study_questions q
-WHERE q.deleted_at IS NULL AND q.embedding_status <> 'ready' AND q.embedding_status = 'failed';
+WHERE q.deleted_at IS NULL AND q.embedding_status = 'failed';
+-- (Failures waiting for retry are in the queue index; parked ones, attempts used up, are not: a
+-- listing of failures reads the table.  Their count is in study_embed.status.)
 COMMENT ON VIEW study_embed.failures IS
     'Live rows whose last embedding attempt failed, with the error; waiting_for_edit when their '
     'attempts are used up (study_embed.retry_failed() queues them again).';

@@ -56,7 +56,14 @@ GRANT EXECUTE ON FUNCTION
     study_embed.compact_counts(),
     study_embed._tune_hnsw_scan(integer),
     study_embed._record_duplicates(bigint[]),
-    study_embed.detect_duplicates(interval, integer)
+    study_embed.detect_duplicates(interval, integer),
+    study_embed._count_moves(text[], boolean[], text[], boolean[]),
+    study_embed._all(anyarray, anycompatible),
+    study_embed._wake(text),
+    study_embed.sleep_lock_key(),
+    study_embed._claimable(),
+    study_embed._requeue(text, text, bigint, integer),
+    study_embed.listener_wake()
 TO study_embed_pipeline;
 
 ALTER FUNCTION study_embed.claim(integer, interval) OWNER TO study_embed_pipeline;
@@ -64,14 +71,17 @@ ALTER FUNCTION study_embed.complete(bigint[], uuid[], :"vector_schema".vector[],
     OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed.fail(bigint[], uuid[], text[], boolean) OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed.release(bigint[], uuid[], interval, text) OWNER TO study_embed_pipeline;
-ALTER FUNCTION study_embed.requeue_model(text) OWNER TO study_embed_pipeline;
-ALTER FUNCTION study_embed.requeue_changed_text() OWNER TO study_embed_pipeline;
-ALTER FUNCTION study_embed.retry_failed(bigint[]) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.requeue_model(text, bigint, integer) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.requeue_changed_text(bigint, integer) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.retry_failed(bigint[], integer) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.listener_sleep(integer) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.compact_counts() OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed.tick() OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed.embedding_dimension() OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed.detect_duplicates(interval, integer) OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed.dismiss_duplicate(bigint, bigint, bigint) OWNER TO study_embed_pipeline;
-ALTER FUNCTION study_embed._after_statement() OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed._count_statement() OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed._count_row_update() OWNER TO study_embed_pipeline;
 REVOKE CREATE ON SCHEMA study_embed FROM study_embed_pipeline;
 -- (ALTER ... OWNER keeps the grants made above; the owner has EXECUTE on its own functions.)
 
@@ -81,10 +91,13 @@ GRANT EXECUTE ON FUNCTION
     study_embed.complete(bigint[], uuid[], :"vector_schema".vector[], text),
     study_embed.fail(bigint[], uuid[], text[], boolean),
     study_embed.release(bigint[], uuid[], interval, text),
-    study_embed.requeue_model(text),
+    study_embed.requeue_model(text, bigint, integer),
     study_embed.tick(),
     study_embed.detect_duplicates(interval, integer),
-    study_embed.embedding_dimension()
+    study_embed.compact_counts(),
+    study_embed.embedding_dimension(),
+    study_embed.listener_sleep(integer),
+    study_embed.listener_wake()
 TO study_embed_listener;
 GRANT SELECT ON study_embed.status, study_embed.failures TO study_embed_listener;
 

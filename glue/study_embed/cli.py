@@ -211,11 +211,22 @@ def _cmd_reembed(cfg: dict, args: argparse.Namespace) -> int:
 
     from .sqlfiles import queries
 
+    # one bounded batch per transaction (autocommit): listeners embed meanwhile
+    total, after = 0, 0
     with psycopg.connect(cfg["database_url"], autocommit=True,
                          application_name="study-embed reembed") as conn:
-        n = conn.execute(queries()["requeue_model"], {"model": cfg["embedding_model"]}).fetchone()[0]
-    print(f"reembed: queued {n} row(s) embedded by another model than {cfg['embedding_model']}; "
-          "they keep their old vector until the listener replaces it", file=sys.stderr)
+        while after is not None:
+            n, after = conn.execute(queries()["requeue_model"],
+                                    {"model": cfg["embedding_model"], "after_id": after}).fetchone()
+            total += n
+            if after is not None and sys.stderr.isatty():
+                print(f"\rreembed: {total} row(s) queued, up to id {after}", end="",
+                      file=sys.stderr, flush=True)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(f"reembed: queued {total} row(s) embedded by another model than "
+          f"{cfg['embedding_model']}; they keep their old vector until the listener replaces it",
+          file=sys.stderr)
     return 0
 
 

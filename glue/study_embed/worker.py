@@ -29,6 +29,8 @@ from .sqlfiles import queries
 
 log = logging.getLogger("study_embed.worker")
 APP_NAME = "study-embed listener"
+SLEEP_LOCK_WAIT_MS = 50   # how long a listener waits for committing writers before it sleeps
+#                           (writers that come meanwhile NOTIFY: keep it short)
 
 
 class StartupError(Exception):
@@ -352,8 +354,21 @@ class Worker:
                 log.warning("could not give back rows; they return when their lease expires",
                             extra={"fields": {"rows": len(held), "error": str(e)}})
 
+    async def fold_counts(self) -> None:
+        """Fold the status-count deltas (the pg_cron tick does it too; not every database has
+        pg_cron)."""
+        await self._run("compact_counts", {})
+
+    async def _sleep(self, conn: psycopg.AsyncConnection) -> str:
+        """Take the sleep lock on the LISTEN connection, so that writers start to NOTIFY (see
+        study_embed.listener_sleep): asleep, work, other or busy."""
+        cur = await conn.execute(self.q["listener_sleep"], {"wait_ms": SLEEP_LOCK_WAIT_MS})
+        return (await cur.fetchone())[0]
+
     async def listen(self, stop: asyncio.Event) -> None:
-        """Scan first (NOTIFY is not replayed), then sleep until a NOTIFY, a poll, or stop."""
+        """Scan first (NOTIFY is not replayed), then sleep until a NOTIFY, a poll, or stop.
+        Writers send NOTIFY only while a listener sleeps holding the sleep lock, so that busy
+        writers do not serialise their commits on it; the lock's handshake loses no wake-up."""
         channel = await self._scalar("channel", {})
         delay = 1.0
         while not stop.is_set():
@@ -367,8 +382,20 @@ class Worker:
                     while not stop.is_set():
                         await self.drain(stop)
                         await self.detect_duplicates()
-                        woke = await self._wait(conn, stop)
-                        log.debug("woke", extra={"fields": {"by": woke}})
+                        await self.fold_counts()
+                        state = await self._sleep(conn)
+                        if state == "work":
+                            continue
+                        # 'other': another listener holds the lock, and the NOTIFY that wakes
+                        # it wakes this one too; look again now and then in case it went away.
+                        # 'busy': writers are committing; drain again after a breath.
+                        timeout = {"asleep": self.s.poll_interval,
+                                   "other": min(self.s.poll_interval, 5.0),
+                                   "busy": 0.05}[state]
+                        woke = await self._wait(conn, stop, timeout)
+                        if state == "asleep":
+                            await conn.execute(self.q["listener_wake"])
+                        log.debug("woke", extra={"fields": {"by": woke, "slept": state}})
             except psycopg.OperationalError as e:
                 if stop.is_set():
                     break
@@ -380,8 +407,9 @@ class Worker:
                     pass
                 delay = min(delay * 2, 30.0)
 
-    async def _wait(self, conn: psycopg.AsyncConnection, stop: asyncio.Event) -> str:
-        deadline = time.monotonic() + self.s.poll_interval
+    async def _wait(self, conn: psycopg.AsyncConnection, stop: asyncio.Event,
+                    timeout: float) -> str:
+        deadline = time.monotonic() + timeout
         while not stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
