@@ -386,10 +386,9 @@ $$;
 -- study_embed.status_counts receives signed deltas, appended (writers never contend on a
 -- counter row) and folded by study_embed.compact_counts().  Who records them:
 --   * the pipeline's functions, one INSERT per call for the whole batch (_count_moves);
---   * a client's INSERT and DELETE, per statement (transition tables: new rows carry no vector,
---     deleted rows carry a TOAST pointer at most);
---   * a client's UPDATE, per row, and only for a row whose status or soft deletion changed
---     (the trigger's WHEN clause): an update of any other column runs nothing.
+--   * a client's INSERT, per row; its UPDATE, per row, and only for a row whose status or soft
+--     deletion changed (the trigger's WHEN clause): an update of any other column runs nothing;
+--   * a client's DELETE, per statement (a transition table: a TOAST pointer at most per row).
 
 CREATE OR REPLACE FUNCTION study_embed._count_moves(was text[], was_deleted boolean[],
                                                    now_is text[], now_deleted boolean[])
@@ -417,23 +416,41 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT array_fill(value, ARRAY[coalesce(cardinality(like_array), 0)]) $$;
 
--- A client's INSERT, DELETE or TRUNCATE (statement level).  SECURITY DEFINER (owned by
--- study_embed_pipeline, 040_privileges.sql): the app's role has no privilege on the counters.
+-- A client's INSERT, or UPDATE of a row whose status or soft deletion changed (row level:
+-- the trigger's WHEN clause keeps every other update out; the pipeline's own updates are
+-- counted by its functions).  Row level for INSERT too: an app inserts a row per statement,
+-- and a transition table costs that statement more than the row does (BENCHMARKS.md).
+-- SECURITY DEFINER (owned by study_embed_pipeline, 040_privileges.sql): the app's role has no
+-- privilege on the counters.
+CREATE OR REPLACE FUNCTION study_embed._count_row()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        INSERT INTO study_embed.status_counts (status, deleted, n)
+        VALUES (OLD.embedding_status, OLD.deleted_at IS NOT NULL, -1);
+    END IF;
+    INSERT INTO study_embed.status_counts (status, deleted, n)
+    VALUES (NEW.embedding_status, NEW.deleted_at IS NOT NULL, 1);
+    IF NEW.deleted_at IS NULL AND NEW.embedding_status <> 'ready'
+       AND NEW.embedding_due_at <= now() THEN
+        PERFORM study_embed._wake(lower(TG_OP));
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- A client's DELETE or TRUNCATE (statement level; deleted rows carry a TOAST pointer at most).
+-- SECURITY DEFINER, as above.
 CREATE OR REPLACE FUNCTION study_embed._count_statement()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO study_embed.status_counts (status, deleted, n)
-        SELECT r.embedding_status, r.deleted_at IS NOT NULL, count(*)
-        FROM new_rows r GROUP BY 1, 2;
-        IF EXISTS (SELECT 1 FROM new_rows r
-                   WHERE r.deleted_at IS NULL AND r.embedding_status <> 'ready') THEN
-            PERFORM study_embed._wake('insert');
-        END IF;
-    ELSIF TG_OP = 'DELETE' THEN
+    IF TG_OP = 'DELETE' THEN
         INSERT INTO study_embed.status_counts (status, deleted, n)
         SELECT r.embedding_status, r.deleted_at IS NOT NULL, -count(*)
         FROM old_rows r GROUP BY 1, 2;
@@ -444,27 +461,9 @@ BEGIN
 END;
 $$;
 
--- A client's UPDATE of one row whose status or soft deletion changed (the pipeline's own
--- updates are counted by its functions).  SECURITY DEFINER, as above.
-CREATE OR REPLACE FUNCTION study_embed._count_row_update()
-RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM study_embed._count_moves(ARRAY[OLD.embedding_status], ARRAY[OLD.deleted_at IS NOT NULL],
-                                     ARRAY[NEW.embedding_status], ARRAY[NEW.deleted_at IS NOT NULL]);
-    IF NEW.deleted_at IS NULL AND NEW.embedding_status IN ('none', 'stale')
-       AND NEW.embedding_due_at <= now() THEN
-        PERFORM study_embed._wake('update');
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
-CREATE OR REPLACE TRIGGER study_embed_after_insert
-    AFTER INSERT ON public.study_questions REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION study_embed._count_statement();
+CREATE OR REPLACE TRIGGER study_embed_count_insert
+    AFTER INSERT ON public.study_questions
+    FOR EACH ROW EXECUTE FUNCTION study_embed._count_row();
 CREATE OR REPLACE TRIGGER study_embed_count_update
     AFTER UPDATE OF embedding_status, deleted_at, question_text, choice_1, choice_2, choice_3,
         choice_4 ON public.study_questions
@@ -472,13 +471,16 @@ CREATE OR REPLACE TRIGGER study_embed_count_update
     WHEN (current_user <> 'study_embed_pipeline'::name
           AND (OLD.embedding_status IS DISTINCT FROM NEW.embedding_status
                OR (OLD.deleted_at IS NULL) <> (NEW.deleted_at IS NULL)))
-    EXECUTE FUNCTION study_embed._count_row_update();
+    EXECUTE FUNCTION study_embed._count_row();
 CREATE OR REPLACE TRIGGER study_embed_after_delete
     AFTER DELETE ON public.study_questions REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION study_embed._count_statement();
 CREATE OR REPLACE TRIGGER study_embed_after_truncate
     AFTER TRUNCATE ON public.study_questions
     FOR EACH STATEMENT EXECUTE FUNCTION study_embed._count_statement();
--- what earlier versions counted with (transition tables on every UPDATE)
+
+-- what earlier versions counted with (transition tables on every INSERT and UPDATE)
+DROP TRIGGER IF EXISTS study_embed_after_insert ON public.study_questions;
 DROP TRIGGER IF EXISTS study_embed_after_update ON public.study_questions;
 DROP FUNCTION IF EXISTS study_embed._after_statement();
+DROP FUNCTION IF EXISTS study_embed._count_row_update();

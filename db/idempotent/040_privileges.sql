@@ -81,7 +81,7 @@ ALTER FUNCTION study_embed.embedding_dimension() OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed.detect_duplicates(interval, integer) OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed.dismiss_duplicate(bigint, bigint, bigint) OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed._count_statement() OWNER TO study_embed_pipeline;
-ALTER FUNCTION study_embed._count_row_update() OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed._count_row() OWNER TO study_embed_pipeline;
 REVOKE CREATE ON SCHEMA study_embed FROM study_embed_pipeline;
 -- (ALTER ... OWNER keeps the grants made above; the owner has EXECUTE on its own functions.)
 
