@@ -271,7 +271,7 @@ def bench_clusters(url: str, log) -> dict:
                       " WHERE id <= %s", (recent,))
             c.execute("INSERT INTO study_question_attempts (user_id, study_question_id,"
                       " study_topic_id, selected_choice, correct_choice, is_correct)"
-                      " SELECT 1, id, 5, 1 + (correct_choice % 4), correct_choice, false"
+                      " SELECT 1, id, 5, 1 + (correct_choice %% 4), correct_choice, false"
                       " FROM public.study_questions WHERE id <= %s", (recent,))
             times = []
             for _ in range(3):

@@ -391,3 +391,50 @@ def test_search_and_check_duplicate_commands(bank, db, db_url):
         assert ids == [foreign]
     finally:
         server.stop()
+
+
+def _greedy_clusters(ids: list[int], vecs: np.ndarray, threshold: float) -> list[tuple]:
+    """The documented method, written out plainly: (cluster, representative, member) rows."""
+    n = len(ids)
+    sims = vecs @ vecs.T / np.outer(np.linalg.norm(vecs, axis=1), np.linalg.norm(vecs, axis=1))
+    close = (sims >= threshold) & ~np.eye(n, dtype=bool)
+    assigned = [0] * n
+    out, c = [], 0
+    while 0 in assigned:
+        degree = [sum(close[i][j] and not assigned[j] for j in range(n)) if not assigned[i] else -1
+                  for i in range(n)]
+        best = max(range(n), key=lambda i: (degree[i], -i))
+        c += 1
+        for j in range(n):
+            if not assigned[j] and (j == best or close[best][j]):
+                assigned[j] = c
+                out.append((c, ids[best], ids[j]))
+    return out
+
+
+def test_wrong_answer_clusters_follow_the_documented_greedy_method(bank, db):
+    """Overlapping groups (a question close to two representatives, chains that must not
+    merge): the SQL gives exactly what the plain method gives."""
+    rng = np.random.default_rng(5)
+    centres = [unit(rng.standard_normal(64)) for _ in range(6)]
+    ids, vecs = [], []
+    for i in range(80):
+        g = i % 6
+        mix = centres[g] + (0.9 * centres[(g + 1) % 6] if i % 5 == 0 else 0)
+        v = unit(np.pad(mix + 0.05 * rng.standard_normal(64), (0, 1024 - 64)))
+        qid = bank.insert(f"q{i}")
+        ids.append(qid)
+        vecs.append(v)
+    _embed_all(bank, dict(zip(ids, vecs, strict=True)))
+    for k, qid in enumerate(ids):          # answered wrongly, most recent first = ids reversed
+        db.execute("INSERT INTO study_question_attempts (user_id, study_question_id,"
+                   " study_topic_id, selected_choice, correct_choice, is_correct, answered_at)"
+                   " VALUES (%s, %s, %s, 2, 1, false, now() - make_interval(secs => %s))",
+                   (bank.user_id, qid, bank.topic_id, len(ids) - k))
+    order = list(reversed(ids))
+    want = _greedy_clusters(order, np.array(list(reversed(vecs))), 0.75)
+    got = db.execute("SELECT cluster, representative_id, question_id"
+                     " FROM study_embed.wrong_answer_clusters(%s, 80, 0.75)",
+                     (bank.user_id,)).fetchall()
+    assert len({c for c, _, _ in want}) < len(ids) - 10       # real clusters, not singletons
+    assert got == want

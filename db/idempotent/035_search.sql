@@ -289,24 +289,37 @@ COMMENT ON FUNCTION study_embed.dismiss_duplicate(bigint, bigint, bigint) IS
 -- still-unassigned neighbours at cosine similarity >= `threshold` becomes a cluster's
 -- representative and takes those neighbours with it; repeat until every question is placed.
 -- Every member is therefore within `threshold` of its representative (no chaining), and a
--- question with no close neighbour is a cluster of its own.
+-- question with no close neighbour is a cluster of its own.  Cost: the pairwise similarities
+-- of the `recent` vectors (one set-based statement over vectors read once), then a pass per
+-- cluster over the questions and the close pairs (BENCHMARKS.md: 500 wrong answers).
 CREATE OR REPLACE FUNCTION study_embed.wrong_answer_clusters(
     for_user bigint, recent integer DEFAULT 50, threshold real DEFAULT 0.75)
 RETURNS TABLE (cluster integer, representative_id bigint, question_id bigint,
                similarity double precision, question_text text, last_wrong_at timestamptz)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
 DECLARE
     qids bigint[];
     wrong_at timestamptz[];
     texts text[];
-    sims double precision[];   -- n x n, row-major
-    degree integer[];          -- unassigned neighbours at >= threshold, kept up to date
+    self_sim double precision[];   -- a question's similarity to itself (1, to rounding)
     n integer;
+    -- the close pairs (similarity >= threshold), both ways, sorted by (a, b): the neighbours of
+    -- question i are b[first[i] .. first[i + 1] - 1] (compressed sparse rows)
+    a integer[];
+    b integer[];
+    sim double precision[];
+    first integer[];
+    degree integer[];          -- unplaced close neighbours, kept up to date
     assigned integer[];        -- cluster number per question, 0 = not yet
+    members integer[];
+    member_sims double precision[];
+    member_sim double precision;
     c integer := 0;
     best integer;
+    j integer;                 -- (the integer FOR loops declare their own k)
 BEGIN
     IF for_user IS NULL THEN
         RAISE EXCEPTION 'a user must be given' USING ERRCODE = 'invalid_parameter_value';
@@ -320,11 +333,11 @@ BEGIN
            array_agg(x.question_text ORDER BY x.answered_at DESC, x.id)
     INTO qids, wrong_at, texts
     FROM (SELECT w.study_question_id AS id, w.answered_at, q.question_text
-          FROM (SELECT DISTINCT ON (a.study_question_id)
-                       a.study_question_id, a.answered_at, a.is_correct
-                FROM public.study_question_attempts a
-                WHERE a.user_id = for_user
-                ORDER BY a.study_question_id, a.answered_at DESC) w      -- latest attempt
+          FROM (SELECT DISTINCT ON (t.study_question_id)
+                       t.study_question_id, t.answered_at, t.is_correct
+                FROM public.study_question_attempts t
+                WHERE t.user_id = for_user
+                ORDER BY t.study_question_id, t.answered_at DESC) w      -- latest attempt
           JOIN public.study_questions q ON q.id = w.study_question_id AND q.user_id = for_user
           WHERE NOT w.is_correct AND q.deleted_at IS NULL AND q.embedding IS NOT NULL
           ORDER BY w.answered_at DESC, w.study_question_id
@@ -333,49 +346,90 @@ BEGIN
     IF n = 0 THEN
         RETURN;
     END IF;
-    -- every pairwise similarity, and each question's number of close neighbours
-    WITH e AS MATERIALIZED (
-        SELECT x.i, q.embedding
-        FROM unnest(qids) WITH ORDINALITY x(id, i)
-        JOIN public.study_questions q ON q.id = x.id),
-    pair AS MATERIALIZED (
-        SELECT a.i, b.i AS j, 1 - study_embed._cosine_distance(a.embedding, b.embedding) AS sim
-        FROM e a CROSS JOIN e b)
-    SELECT (SELECT array_agg(p.sim ORDER BY p.i, p.j) FROM pair p),
-           (SELECT array_agg(g.d ORDER BY g.i)
-            FROM (SELECT p.i, (count(*) FILTER (WHERE p.j <> p.i AND p.sim >= threshold))::integer AS d
-                  FROM pair p GROUP BY p.i) g)
-    INTO sims, degree;
+    -- every pair once, in one statement: the only n^2 step.  The vectors are read out of TOAST
+    -- once, into an array (a join of the table with itself would fetch both per pair).
+    WITH v AS MATERIALIZED (
+        SELECT u.i::integer AS i, u.v
+        FROM unnest((SELECT array_agg(q.embedding ORDER BY x.i)
+                     FROM unnest(qids) WITH ORDINALITY x(id, i)
+                     JOIN public.study_questions q ON q.id = x.id)) WITH ORDINALITY u(v, i)),
+    close AS (
+        SELECT p.i, p.j, p.sim
+        FROM (SELECT x.i, y.i AS j, 1 - study_embed._cosine_distance(x.v, y.v) AS sim
+              FROM v x JOIN v y ON x.i < y.i) p
+        WHERE p.sim >= threshold),
+    both_ways AS (
+        SELECT l.i, l.j, l.sim FROM close l
+        UNION ALL
+        SELECT l.j, l.i, l.sim FROM close l)
+    SELECT (SELECT array_agg(e.i ORDER BY e.i, e.j) FROM both_ways e),
+           (SELECT array_agg(e.j ORDER BY e.i, e.j) FROM both_ways e),
+           (SELECT array_agg(e.sim ORDER BY e.i, e.j) FROM both_ways e),
+           (SELECT array_agg(1 - study_embed._cosine_distance(x.v, x.v) ORDER BY x.i) FROM v x)
+    INTO a, b, sim, self_sim;
+    degree := array_fill(0, ARRAY[n]);
+    FOR k IN 1..coalesce(cardinality(a), 0) LOOP
+        degree[a[k]] := degree[a[k]] + 1;
+    END LOOP;
+    first := array_fill(1, ARRAY[n + 1]);
+    FOR k IN 1..n LOOP
+        first[k + 1] := first[k] + degree[k];
+    END LOOP;
     assigned := array_fill(0, ARRAY[n]);
     LOOP
         -- the unplaced question with the most unplaced close neighbours; ties: the most
         -- recently missed (the lowest index)
         best := NULL;
-        FOR i IN 1..n LOOP
-            IF assigned[i] = 0 AND (best IS NULL OR degree[i] > degree[best]) THEN
-                best := i;
+        FOR k IN 1..n LOOP
+            IF assigned[k] = 0 AND (best IS NULL OR degree[k] > degree[best]) THEN
+                best := k;
             END IF;
         END LOOP;
         EXIT WHEN best IS NULL;
-        c := c + 1;
-        FOR j IN 1..n LOOP
-            IF assigned[j] = 0 AND (j = best OR sims[(best - 1) * n + j] >= threshold) THEN
-                assigned[j] := c;
+        IF degree[best] = 0 THEN
+            -- nobody left has an unplaced close neighbour: the rest are clusters of one, in
+            -- question order (what the loop would make, one scan per question, without it)
+            FOR k IN best..n LOOP
+                CONTINUE WHEN assigned[k] <> 0;
+                c := c + 1;
                 cluster := c;
-                representative_id := qids[best];
-                question_id := qids[j];
-                similarity := sims[(best - 1) * n + j];
-                last_wrong_at := wrong_at[j];
-                question_text := texts[j];
+                representative_id := qids[k];
+                question_id := qids[k];
+                similarity := self_sim[k];
+                last_wrong_at := wrong_at[k];
+                question_text := texts[k];
                 RETURN NEXT;
+            END LOOP;
+            EXIT;
+        END IF;
+        -- it and its unplaced close neighbours, in question order
+        members := ARRAY[best];
+        member_sims := ARRAY[self_sim[best]];
+        FOR k IN first[best]..first[best + 1] - 1 LOOP
+            IF assigned[b[k]] = 0 THEN
+                members := members || b[k];
+                member_sims := member_sims || sim[k];
             END IF;
         END LOOP;
+        c := c + 1;
+        FOREACH j IN ARRAY members LOOP
+            assigned[j] := c;
+        END LOOP;
+        FOR j, member_sim IN SELECT u.m, u.s FROM unnest(members, member_sims) u(m, s)
+                             ORDER BY u.m LOOP
+            cluster := c;
+            representative_id := qids[best];
+            question_id := qids[j];
+            similarity := member_sim;
+            last_wrong_at := wrong_at[j];
+            question_text := texts[j];
+            RETURN NEXT;
+        END LOOP;
         -- the questions just placed no longer count as anybody's unplaced neighbours
-        FOR j IN 1..n LOOP
-            CONTINUE WHEN assigned[j] <> c;
-            FOR m IN 1..n LOOP
-                IF assigned[m] = 0 AND sims[(j - 1) * n + m] >= threshold THEN
-                    degree[m] := degree[m] - 1;
+        FOREACH j IN ARRAY members LOOP
+            FOR k IN first[j]..first[j + 1] - 1 LOOP
+                IF assigned[b[k]] = 0 THEN
+                    degree[b[k]] := degree[b[k]] - 1;
                 END IF;
             END LOOP;
         END LOOP;
