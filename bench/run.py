@@ -28,17 +28,20 @@ import psycopg
 
 from common import LOAD_MANY, ROOT, add_users, scratch_database  # noqa: I001
 import search as search_bench
+import writers as writers_bench
 from tests.embed_server import EmbedServer
 
 QUICK = {"drain_rows": 20_000, "drain_configs": [(10, 2), (100, 2), (100, 4)], "repeats": 2,
          "indexed_rows": 4_000, "fresh_samples": 30, "load_seconds": 10,
          "claim_sizes": [10_000, 100_000], "search_rows": 20_000, "search_queries": 50,
-         "scaling_drain": [10_000, 20_000]}
+         "scaling_drain": [10_000, 20_000], "writer_rounds": 2, "writer_seconds": 3,
+         "writer_clients": [1, 4, 8]}
 FULL = {"drain_rows": 20_000, "drain_configs": [(10, 1), (10, 2), (50, 2), (100, 2), (200, 2),
                                                 (100, 4)], "repeats": 3,
         "indexed_rows": 20_000, "fresh_samples": 100, "load_seconds": 30,
         "claim_sizes": [10_000, 100_000, 1_000_000], "search_rows": 100_000,
-        "search_queries": 100, "scaling_drain": [10_000, 100_000, 1_000_000]}
+        "search_queries": 100, "scaling_drain": [10_000, 100_000, 1_000_000],
+        "writer_rounds": 3, "writer_seconds": 5, "writer_clients": [1, 4, 8]}
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -330,6 +333,8 @@ def main() -> None:
     results = {"mode": mode, "machine": machine, "params": p,
                "cost_ms_per_text": args.cost_ms_per_text}
     try:
+        results["writers"] = writers_bench.run(p["writer_rounds"], p["writer_seconds"],
+                                               p["writer_clients"], log)
         results["drain"] = bench_drains(p, server, log)
         results["indexed"] = bench_indexed(p, server, log)
         results["freshness"] = bench_freshness(p, server, log)
@@ -350,6 +355,32 @@ def _cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+WRITER_TARGETS = {"insert": ("<= +25 %", "<= +11 %"),
+                  "update correct_choice": ("<= +25 %, >= 90 % HOT", "<= +11 %"),
+                  "update question_text": ("<= +100 %", "<= +11 %")}
+
+
+def writer_rows(wr: dict) -> list[tuple[str, str, str]]:
+    """Time per statement against the seed's table (seed tps / ours - 1; <= +11 % is >= 90 %
+    of its throughput), HNSW inserts per event, wrong_answer_clusters."""
+    rows = []
+    for key, v in wr["statements"].items():
+        name, clients = key.split(", ")
+        single = clients.startswith("1 ")
+        hot = v["ours"]["hot_share"]
+        rows.append((f"writers: {key}, seed / study-embed tps",
+                     f"{v['seed']['tps']:.0f} / {v['ours']['tps']:.0f} = {v['overhead']:+.0%}"
+                     + (f", HOT {hot:.0%} (seed {v['seed']['hot_share']:.0%})"
+                        if hot is not None else ""),
+                     WRITER_TARGETS[name][0 if single else 1]))
+    for label, v in wr["graph_inserts"].items():
+        rows.append((f"HNSW inserts per row: {label}", f"{v:.2f}", ""))
+    for n, ms in wr["clusters_ms"].items():
+        rows.append((f"wrong_answer_clusters, {n} recent wrong answers, ms", f"{ms:.0f}",
+                     "<= 50" if n == "500" else ""))
+    return rows
 
 
 def table(r: dict) -> str:
@@ -404,6 +435,7 @@ def table(r: dict) -> str:
            f"{d[k]['rss_mb_at_end']:.0f} MB", "RSS flat")
           for k in d if k.startswith("scaling")],
     ]
+    rows += writer_rows(r["writers"])
     w = [max(len(str(row[i])) for row in rows) for i in range(3)]
     lines = [f"| {a:<{w[0]}} | {b:<{w[1]}} | {c:<{w[2]}} |" for a, b, c in rows]
     lines.insert(1, f"|{'-' * (w[0] + 2)}|{'-' * (w[1] + 2)}|{'-' * (w[2] + 2)}|")
