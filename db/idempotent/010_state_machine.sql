@@ -408,6 +408,18 @@ COMMENT ON FUNCTION study_embed._count_moves(text[], boolean[], text[], boolean[
     'Record the status-count deltas of rows that moved from (was, was_deleted) to '
     '(now_is, now_deleted).';
 
+-- n live rows moved from one status to another (the batch functions that move one kind).
+CREATE OR REPLACE FUNCTION study_embed._count_live_moves(was text, now_is text, n bigint)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    INSERT INTO study_embed.status_counts (status, deleted, n)
+    SELECT m.status, false, m.d
+    FROM (VALUES (was, -n), (now_is, n)) AS m(status, d)
+    WHERE n <> 0 AND was <> now_is;
+END;
+
 -- An array as long as like_array, every element value (for _count_moves).  (A polymorphic SQL
 -- function cannot have a SQL-standard body; this one resolves its names in pg_catalog.)
 CREATE OR REPLACE FUNCTION study_embed._all(like_array anyarray, value anycompatible)

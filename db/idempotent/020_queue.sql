@@ -303,10 +303,7 @@ BEGIN
         RETURNING 1
     )
     SELECT count(*) INTO n FROM moved;
-    PERFORM study_embed._count_moves(array_fill('ready'::text, ARRAY[n::integer]),
-                                     array_fill(false, ARRAY[n::integer]),
-                                     array_fill('stale'::text, ARRAY[n::integer]),
-                                     array_fill(false, ARRAY[n::integer]));
+    PERFORM study_embed._count_live_moves('ready', 'stale', n);
     PERFORM study_embed._set_actor(NULL);
     IF n > 0 THEN
         PERFORM study_embed._wake('requeue');
@@ -385,10 +382,7 @@ BEGIN
         RETURNING 1
     )
     SELECT count(*) INTO n FROM moved;
-    PERFORM study_embed._count_moves(array_fill('failed'::text, ARRAY[n::integer]),
-                                     array_fill(false, ARRAY[n::integer]),
-                                     array_fill('stale'::text, ARRAY[n::integer]),
-                                     array_fill(false, ARRAY[n::integer]));
+    PERFORM study_embed._count_live_moves('failed', 'stale', n);
     PERFORM study_embed._set_actor(NULL);
     IF n > 0 THEN
         PERFORM study_embed._wake('retry');

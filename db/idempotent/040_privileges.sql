@@ -59,6 +59,7 @@ GRANT EXECUTE ON FUNCTION
     study_embed.detect_duplicates(interval, integer),
     study_embed._count_moves(text[], boolean[], text[], boolean[]),
     study_embed._all(anyarray, anycompatible),
+    study_embed._count_live_moves(text, text, bigint),
     study_embed._wake(text),
     study_embed.sleep_lock_key(),
     study_embed._claimable(),
