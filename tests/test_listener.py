@@ -312,6 +312,21 @@ def test_notify_wakes_an_idle_listener(bank, db, db_url, server, spawn):
     p.wait(30)
 
 
+def test_an_idle_listener_folds_the_status_counts(bank, db, db_url, server, spawn):
+    """Without pg_cron nothing else folds the counters' deltas: an idle listener does."""
+    ids = [bank.insert() for _ in range(30)]
+    deltas = db.execute("SELECT count(*) FROM study_embed.status_counts").fetchone()[0]
+    assert deltas >= 30                                # one per inserted row
+    p = spawn("listen", env=_env(db_url, server, POLL_INTERVAL=3600))
+    wait_until(lambda: all(bank.status(i) == "ready" for i in ids), what="the drain")
+    wait_until(lambda: db.execute("SELECT count(*) FROM study_embed.status_counts"
+                                  ).fetchone()[0] == 1, what="the counts folded")
+    assert db.execute("SELECT status, deleted, n FROM study_embed.status_counts").fetchall() == [
+        ("ready", False, 30)]
+    p.terminate()
+    p.wait(30)
+
+
 def test_sigterm_finishes_or_gives_back_in_flight_rows(bank, db, db_url, server, spawn):
     for _ in range(20):
         bank.insert()

@@ -436,3 +436,23 @@ def test_a_second_listener_sleeps_on_the_first_ones_lock(bank, connect):
     assert len(list(first.notifies(timeout=1))) == 1
     assert len(list(second.notifies(timeout=1))) == 1       # every listener is woken
 
+
+def test_rows_given_back_now_wake_a_sleeping_listener(bank, connect):
+    """A listener that stops gives its batch back (retry_in 0): another one, asleep, is woken."""
+    sleeper = connect()
+    sleeper.execute("LISTEN study_embed")
+    bank.insert()
+    claimed = bank.claim(10)
+    assert sleeper.execute("SELECT study_embed.listener_sleep()").fetchone()[0] == "asleep"
+    bank.release(claimed, retry_in="1 hour")
+    assert list(sleeper.notifies(timeout=0.3)) == []
+    assert bank.claim(10) == []                            # not due for an hour
+    bank.conn.execute("UPDATE study_questions SET question_text = 'x'")   # due again now
+    got = list(sleeper.notifies(timeout=1))
+    assert [n.payload for n in got] == ["update"]
+    sleeper.execute("SELECT study_embed.listener_wake()")
+    claimed = bank.claim(10)
+    assert sleeper.execute("SELECT study_embed.listener_sleep()").fetchone()[0] == "asleep"
+    bank.release(claimed)
+    assert [n.payload for n in sleeper.notifies(timeout=1)] == ["release"]
+

@@ -262,6 +262,9 @@ BEGIN
     PERFORM study_embed._set_actor(NULL);
     PERFORM study_embed._count_moves(study_embed._all(done, 'pending'::text), deleted,
                                      now_is, deleted);
+    IF done IS NOT NULL AND coalesce(retry_in, interval '0') <= interval '0' THEN
+        PERFORM study_embed._wake('release');    -- another listener may take them at once
+    END IF;
     RETURN QUERY SELECT unnest(done);
 END;
 $$;

@@ -31,6 +31,7 @@ log = logging.getLogger("study_embed.worker")
 APP_NAME = "study-embed listener"
 SLEEP_LOCK_WAIT_MS = 50   # how long a listener waits for committing writers before it sleeps
 #                           (writers that come meanwhile NOTIFY: keep it short)
+FOLD_EVERY = 10.0         # seconds between two foldings of the status counts by an idle listener
 
 
 class StartupError(Exception):
@@ -115,6 +116,7 @@ class Worker:
         self.breaker = Breaker()
         self.dim = 0
         self._held: dict[int, list[Row]] = {}
+        self._folded_at = float("-inf")
         self._seq = count()
         self.pool = AsyncConnectionPool(
             settings.database_url, min_size=1, max_size=settings.concurrency + 2, open=False,
@@ -355,9 +357,11 @@ class Worker:
                             extra={"fields": {"rows": len(held), "error": str(e)}})
 
     async def fold_counts(self) -> None:
-        """Fold the status-count deltas (the pg_cron tick does it too; not every database has
-        pg_cron)."""
-        await self._run("compact_counts", {})
+        """Fold the status-count deltas, at most every FOLD_EVERY seconds (the pg_cron tick does
+        it too; not every database has pg_cron)."""
+        if time.monotonic() - self._folded_at >= FOLD_EVERY:
+            await self._run("compact_counts", {})
+            self._folded_at = time.monotonic()
 
     async def _sleep(self, conn: psycopg.AsyncConnection) -> str:
         """Take the sleep lock on the LISTEN connection, so that writers start to NOTIFY (see
