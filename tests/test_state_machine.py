@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import numpy as np
 import psycopg
 import pytest
@@ -455,4 +457,30 @@ def test_rows_given_back_now_wake_a_sleeping_listener(bank, connect):
     assert sleeper.execute("SELECT study_embed.listener_sleep()").fetchone()[0] == "asleep"
     bank.release(claimed)
     assert [n.payload for n in sleeper.notifies(timeout=1)] == ["release"]
+
+
+def test_a_claim_skips_past_rows_whose_attempts_ran_out(bank, db):
+    """The first rows due are expired leases with no attempt left: they are parked, and the
+    claim still hands out the work behind them (a drain stopped here before)."""
+    db.execute("UPDATE study_embed.settings SET max_attempts = 1")
+    stuck = [bank.insert() for _ in range(5)]
+    assert len(bank.claim(5, lease="1 microsecond")) == 5          # leases expire at once
+    fresh = [bank.insert() for _ in range(3)]
+    assert sorted(c.id for c in bank.claim(5)) == sorted(fresh)
+    assert {bank.status(i) for i in stuck} == {"failed"}
+
+
+def test_backoff_never_overflows_and_attempts_are_bounded(bank, db):
+    db.execute("UPDATE study_embed.settings SET max_attempts = 100")
+    qid = bank.insert()
+    [c] = bank.claim(1)
+    with db.transaction():                  # 60 failed attempts behind it (triggers bypassed)
+        db.execute("SET LOCAL session_replication_role = replica")
+        db.execute("UPDATE study_questions SET embedding_attempts = 60 WHERE id = %s", (qid,))
+    assert bank.fail([c]) == {qid}
+    delay = db.execute("SELECT embedding_due_at - now() FROM study_questions WHERE id = %s",
+                       (qid,)).fetchone()[0]
+    assert timedelta(minutes=59) < delay <= timedelta(hours=1)      # retry_max, from an earlier now()
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute("UPDATE study_embed.settings SET max_attempts = 101")
 

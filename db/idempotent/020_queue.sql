@@ -66,43 +66,49 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM study_embed._set_actor('claim');
-    WITH due AS (
-        SELECT q.id, q.embedding_status AS was,
-               -- an expired lease whose row has used up its attempts: failed, not claimed
-               q.embedding_status = 'pending' AND q.embedding_attempts + 1 >= max_attempts
-                   AS exhausted
-        FROM public.study_questions q
-        WHERE q.deleted_at IS NULL AND q.embedding_queued_at <= now()   -- the queue index
-          AND q.embedding_due_at <= now()
-        ORDER BY q.embedding_queued_at, q.id
-        LIMIT batch_size
-        FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE public.study_questions q
-        SET embedding_status = CASE WHEN due.exhausted THEN 'failed' ELSE 'pending' END,
-            embedding_claim_token = CASE WHEN due.exhausted THEN NULL ELSE gen_random_uuid() END,
-            embedding_due_at = CASE WHEN due.exhausted THEN NULL ELSE now() + lease END,
-            -- parked (out of the queue) until an edit or retry_failed()
-            embedding_queued_at = CASE WHEN due.exhausted THEN NULL
-                                       ELSE q.embedding_queued_at END,
-            embedding_attempts = q.embedding_attempts
-                + CASE WHEN q.embedding_status = 'pending' THEN 1 ELSE 0 END,
-            embedding_last_error = CASE WHEN q.embedding_status = 'pending'
-                THEN 'lease expired: the listener holding the claim did not finish'
-                ELSE q.embedding_last_error END
-        FROM due
-        WHERE q.id = due.id
-        RETURNING q.id, due.was, q.embedding_status, q.embedding_claim_token,
-                  study_embed.render_question(q.question_text, q.choice_1, q.choice_2,
-                                              q.choice_3, q.choice_4) AS body
-    )
-    SELECT array_agg(c.id), array_agg(c.was::text), array_agg(c.embedding_status::text),
-           array_agg(c.embedding_claim_token), array_agg(c.body)
-    INTO ids, was, now_is, tokens, bodies
-    FROM claimed c;
+    -- Rows whose lease expired with their attempts used up are turned failed, not claimed; when
+    -- a batch held only such rows, take the next ones, so that a claim returns work while there
+    -- is some (each round parks at least one row: it ends).
+    LOOP
+        WITH due AS (
+            SELECT q.id, q.embedding_status AS was,
+                   -- an expired lease whose row has used up its attempts: failed, not claimed
+                   q.embedding_status = 'pending' AND q.embedding_attempts + 1 >= max_attempts
+                       AS exhausted
+            FROM public.study_questions q
+            WHERE q.deleted_at IS NULL AND q.embedding_queued_at <= now()   -- the queue index
+              AND q.embedding_due_at <= now()
+            ORDER BY q.embedding_queued_at, q.id
+            LIMIT batch_size
+            FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+            UPDATE public.study_questions q
+            SET embedding_status = CASE WHEN due.exhausted THEN 'failed' ELSE 'pending' END,
+                embedding_claim_token = CASE WHEN due.exhausted THEN NULL ELSE gen_random_uuid() END,
+                embedding_due_at = CASE WHEN due.exhausted THEN NULL ELSE now() + lease END,
+                -- parked (out of the queue) until an edit or retry_failed()
+                embedding_queued_at = CASE WHEN due.exhausted THEN NULL
+                                           ELSE q.embedding_queued_at END,
+                embedding_attempts = q.embedding_attempts
+                    + CASE WHEN q.embedding_status = 'pending' THEN 1 ELSE 0 END,
+                embedding_last_error = CASE WHEN q.embedding_status = 'pending'
+                    THEN 'lease expired: the listener holding the claim did not finish'
+                    ELSE q.embedding_last_error END
+            FROM due
+            WHERE q.id = due.id
+            RETURNING q.id, due.was, q.embedding_status, q.embedding_claim_token,
+                      study_embed.render_question(q.question_text, q.choice_1, q.choice_2,
+                                                  q.choice_3, q.choice_4) AS body
+        )
+        SELECT array_agg(c.id), array_agg(c.was::text), array_agg(c.embedding_status::text),
+               array_agg(c.embedding_claim_token), array_agg(c.body)
+        INTO ids, was, now_is, tokens, bodies
+        FROM claimed c;
+        PERFORM study_embed._count_moves(was, study_embed._all(was, false),
+                                         now_is, study_embed._all(was, false));
+        EXIT WHEN ids IS NULL OR 'pending' = ANY (now_is);
+    END LOOP;
     PERFORM study_embed._set_actor(NULL);
-    PERFORM study_embed._count_moves(was, study_embed._all(was, false),
-                                     now_is, study_embed._all(was, false));
     RETURN QUERY
     SELECT c.id, c.token, c.body
     FROM unnest(ids, now_is, tokens, bodies) AS c(id, status, token, body)

@@ -51,3 +51,8 @@ ALTER TABLE public.study_questions
         CHECK (CASE embedding_status WHEN 'ready' THEN embedding_queued_at IS NULL
                                      WHEN 'failed' THEN true          -- NULL: parked
                                      ELSE embedding_queued_at IS NOT NULL END);
+
+-- A bound on the retry budget (the backoff's exponent is also capped in fail()).
+UPDATE study_embed.settings SET max_attempts = least(max_attempts, 100);
+ALTER TABLE study_embed.settings
+    ADD CONSTRAINT settings_max_attempts_range CHECK (max_attempts BETWEEN 1 AND 100);
