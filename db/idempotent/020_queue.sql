@@ -40,6 +40,21 @@ RETURN EXISTS (
     WHERE q.deleted_at IS NULL AND q.embedding_queued_at <= now()     -- the queue index
       AND q.embedding_due_at <= now());
 
+-- A batch size must be between 1 and most.
+CREATE OR REPLACE FUNCTION study_embed._check_batch_size(fn text, batch_size integer,
+                                                         most integer)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > most THEN
+        RAISE EXCEPTION '%: batch_size must be between 1 and %, not %', fn, most, batch_size
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END;
+$$;
+
 -- Claim up to batch_size claimable rows: none, stale, failed and due for retry, or pending with
 -- an expired lease (an expired lease counts as a failed attempt), oldest content version first.
 -- Concurrent claimers skip each other's rows (FOR UPDATE SKIP LOCKED).
@@ -57,10 +72,7 @@ DECLARE
     tokens uuid[];
     bodies text[];
 BEGIN
-    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 10000 THEN
-        RAISE EXCEPTION 'claim: batch_size must be between 1 and 10000, not %', batch_size
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM study_embed._check_batch_size('claim', batch_size, 10000);
     IF lease IS NULL OR lease <= interval '0' THEN
         RAISE EXCEPTION 'claim: lease must be a positive interval, not %', lease
             USING ERRCODE = 'invalid_parameter_value';
@@ -289,10 +301,9 @@ DECLARE
     last_id bigint;
     n bigint;
 BEGIN
-    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 1000000 THEN
-        RAISE EXCEPTION 'batch_size must be between 1 and 1000000, not %', batch_size
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM study_embed._check_batch_size(
+        CASE why WHEN 'model' THEN 'requeue_model' ELSE 'requeue_changed_text' END,
+        batch_size, 1000000);
     SELECT max(w.id) INTO last_id
     FROM (SELECT q.id FROM public.study_questions q WHERE q.id > coalesce(after_id, 0)
           ORDER BY q.id LIMIT batch_size) w;
@@ -373,10 +384,7 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 1000000 THEN
-        RAISE EXCEPTION 'retry_failed: batch_size must be between 1 and 1000000, not %', batch_size
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM study_embed._check_batch_size('retry_failed', batch_size, 1000000);
     PERFORM study_embed._set_actor('requeue');
     WITH moved AS (
         UPDATE public.study_questions q
