@@ -4,6 +4,9 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 CLI   := $(VENV)/bin/study-embed
 STAMP := $(VENV)/.deps-stamp
+LOCALDB := $(PY) -m study_embed_dev.localdb
+# the CLI needs DATABASE_URL; on a checkout the targets default it to the local cluster
+WITH_DB := export DATABASE_URL="$${DATABASE_URL:-$$($(LOCALDB) url)}";
 
 .DEFAULT_GOAL := help
 .PHONY: help deps demo demo-down db-up db-down db-url migrate test listen drain status bench bench-full clean
@@ -21,32 +24,32 @@ demo: $(STAMP) ## the whole pipeline on this machine: sample bank, real local mo
 	@$(PY) scripts/demo/run.py
 
 demo-down: ## stop what `make demo` started (its embedding server and the local PostgreSQL)
-	@if [ -x $(PY) ]; then $(PY) scripts/demo/server.py down && $(PY) -m study_embed.localdb down; fi
+	@if [ -x $(PY) ]; then $(PY) scripts/demo/server.py down && $(LOCALDB) down; fi
 
 db-up: $(STAMP) ## start the project-local PostgreSQL (.pgdata/, loopback, pg_cron preloaded)
-	@$(PY) -m study_embed.localdb up
+	@$(LOCALDB) up
 
 db-down: ## stop the project-local PostgreSQL
-	@if [ -x $(PY) ]; then $(PY) -m study_embed.localdb down; fi
+	@if [ -x $(PY) ]; then $(LOCALDB) down; fi
 
 db-url: $(STAMP) ## print the local DATABASE_URL
-	@$(PY) -m study_embed.localdb url
+	@$(LOCALDB) url
 
 migrate: $(STAMP) ## apply db/ to DATABASE_URL (local cluster when unset)
-	@if [ -z "$$DATABASE_URL" ]; then $(PY) -m study_embed.localdb up; fi
-	@$(CLI) migrate
+	@if [ -z "$$DATABASE_URL" ]; then $(LOCALDB) up; fi
+	@$(WITH_DB) $(CLI) migrate
 
 test: $(STAMP) ## run the test suite (starts its own throwaway PostgreSQL)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 listen: migrate ## run the listener against DATABASE_URL
-	@$(CLI) listen
+	@$(WITH_DB) $(CLI) listen
 
 drain: migrate ## embed everything waiting, then exit
-	@$(CLI) drain
+	@$(WITH_DB) $(CLI) drain
 
 status: $(STAMP) ## show the embedding queue
-	@$(CLI) status
+	@$(WITH_DB) $(CLI) status
 
 bench: $(STAMP) ## benchmarks, quick mode (a few minutes): prints a table, writes bench/results/
 	@$(PY) bench/run.py

@@ -5,16 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from study_embed.migrate import Migrator
+from study_embed_dev.localdb import Cluster
 
-from study_embed.localdb import Cluster  # noqa: E402
-from study_embed.migrate import Migrator  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # Korean and English text of realistic length; %(...)s are psycopg parameters.
 LOAD = """

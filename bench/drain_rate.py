@@ -18,9 +18,8 @@ import sys
 import time
 
 import psycopg
-
 from common import LOAD, scratch_database  # noqa: I001 - bench/ is the script's directory
-from tests.embed_server import EmbedServer
+from study_embed_dev.embed_server import EmbedServer
 
 
 def main() -> None:

@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 
 import psycopg
-
-from common import LOAD_MANY, ROOT, add_users, scratch_database  # noqa: I001
 import search as search_bench
 import writers as writers_bench
-from tests.embed_server import EmbedServer
+from common import LOAD_MANY, ROOT, add_users, scratch_database  # noqa: I001
+from study_embed_dev.embed_server import EmbedServer
 
 QUICK = {"drain_rows": 20_000, "drain_configs": [(10, 2), (100, 2), (100, 4)], "repeats": 2,
          "indexed_rows": 4_000, "fresh_samples": 30, "load_seconds": 10,

@@ -20,9 +20,8 @@ import time
 
 import numpy as np
 import psycopg
-from pgvector.psycopg import register_vector
-
 from common import scratch_database  # noqa: I001 - bench/ is the script's directory
+from pgvector.psycopg import register_vector
 
 DIM = 1024
 

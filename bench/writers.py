@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 
 import psycopg
-
 from common import add_users, scratch_database  # noqa: I001
-from study_embed.localdb import pg_bindir
+from study_embed_dev.localdb import pg_bindir
 
 ROWS = 5_000
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,9 +20,9 @@ import pytest
 from pgvector.psycopg import register_vector
 from psycopg import sql
 from pytest_postgresql import factories
-
-from study_embed.localdb import Cluster
 from study_embed.migrate import Migrator
+from study_embed_dev.embed_server import EmbedServer
+from study_embed_dev.localdb import Cluster
 
 from .helpers import QuestionBank
 
@@ -151,3 +153,38 @@ def login(db):
     yield _login
     for c in opened:
         c.close()
+
+
+# ------------------------------------------------------------------------------ processes
+
+@pytest.fixture
+def server():
+    s = EmbedServer(dim=1024)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def empty_database_url():
+    name = "never_migrated"
+    drop_database(name)
+    CLUSTER.create_database(name)
+    yield url_for(name)
+    drop_database(name)
+
+
+@pytest.fixture
+def spawn():
+    procs: list[subprocess.Popen] = []
+
+    def _spawn(*args, env: dict) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-m", "study_embed.cli", *args], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        return p
+
+    yield _spawn
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)

@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
+import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
+from study_embed_dev.embed_server import EmbedServer
+from study_embed_dev.vectors import DIM, render, vector_for
 
-DIM = 1024
+__all__ = ["DIM", "render", "vector_for", "Claimed", "QuestionBank", "nested_plans",
+           "listener_env", "run_cli", "wait_until", "statuses", "assert_ready_with_current_text"]
+
 _counter = itertools.count()
-
-
-def render(question: str, c1: str, c2: str, c3: str, c4: str) -> str:
-    """The mission's text, written independently of the SQL renderer it checks."""
-    return f"문제: {question}\n보기:\n1. {c1}\n2. {c2}\n3. {c3}\n4. {c4}"
-
-
-def vector_for(text: str, dim: int = DIM) -> np.ndarray:
-    """A deterministic unit vector for a text: what the test embedding server returns."""
-    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
-    return v / np.linalg.norm(v)
 
 
 @dataclass
@@ -134,3 +129,41 @@ def nested_plans(url: str, statement: str, params=None, expect_rows: int | None 
     if expect_rows is not None:
         assert len(rows) == expect_rows
     return notices
+
+
+# -- running the command line against the test database ----------------------------------------
+
+def listener_env(db_url: str, server: EmbedServer, **extra) -> dict:
+    env = {**os.environ, "DATABASE_URL": db_url, "EMBEDDING_URL": server.url,
+           "EMBEDDING_API": "tei", "EMBEDDING_MODEL": "test-model", "LOG_LEVEL": "INFO"}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_cli(*args, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study_embed.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def wait_until(pred, timeout: float = 30, every: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def statuses(db) -> dict[str, int]:
+    return dict(db.execute("SELECT embedding_status, count(*) FROM study_questions"
+                           " GROUP BY 1").fetchall())
+
+
+def assert_ready_with_current_text(db, ids=None):
+    rows = db.execute("SELECT id, question_text, choice_1, choice_2, choice_3, choice_4, embedding,"
+                      " embedding_status FROM study_questions ORDER BY id").fetchall()
+    for qid, q, c1, c2, c3, c4, emb, status in rows:
+        if ids is not None and qid not in ids:
+            continue
+        assert status == "ready", (qid, status)
+        assert np.array_equal(emb.to_numpy(), vector_for(render(q, c1, c2, c3, c4))), qid

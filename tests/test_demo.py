@@ -16,9 +16,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from study_embed_dev.embed_server import EmbedServer
 
 from .conftest import drop_database, fresh_database
-from .embed_server import EmbedServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "demo"))
 import bank  # noqa: E402

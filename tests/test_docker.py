@@ -31,10 +31,8 @@ import pytest
 import yaml
 from compose_spec import PyCompose
 from dockerfile_parse import DockerfileParser
-
-from study_embed import config
-from study_embed.config import SETTINGS
 from study_embed.migrate import Migrator
+from study_embed.settings import SETTINGS, Settings
 
 from .conftest import CLUSTER, drop_database, url_for
 
@@ -172,10 +170,10 @@ def test_listener_gets_every_setting_and_nothing_else(monkeypatch):
     # the values the stack gives it are valid settings (an empty value means the default)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    resolved = config.resolve(argparse.Namespace(), "listen")
-    assert resolved["embedding_api"] == "tei"
-    assert resolved["embedding_model"] == "BAAI/bge-m3"
-    assert resolved["embedding_timeout"] == 15.0       # the listener's own default comes through
+    resolved = Settings.resolve(argparse.Namespace(), "listen")
+    assert resolved.embedding_api == "tei"
+    assert resolved.embedding_model == "BAAI/bge-m3"
+    assert resolved.embedding_timeout == 15.0          # the listener's own default comes through
 
 
 def test_a_setting_given_to_compose_reaches_the_listener():

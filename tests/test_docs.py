@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from study_embed.config import SETTINGS
+from study_embed.settings import SETTINGS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

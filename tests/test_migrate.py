@@ -13,13 +13,12 @@ import numpy as np
 import psycopg
 import pytest
 from pgvector.psycopg import register_vector
-
-from study_embed.localdb import Cluster
 from study_embed.migrate import MigrationError, Migrator
 from study_embed.sqlfiles import sql_dir
+from study_embed_dev.embed_server import EmbedServer
+from study_embed_dev.localdb import Cluster
 
 from .conftest import CLUSTER, _free_port, scratch_dir, url_for
-from .embed_server import EmbedServer
 from .helpers import render, vector_for
 
 

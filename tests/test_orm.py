@@ -16,8 +16,16 @@ from datetime import datetime
 import psycopg
 import pytest
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import (BigInteger, Boolean, DateTime, SmallInteger, String, Text, create_engine,
-                        select)
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    SmallInteger,
+    String,
+    Text,
+    create_engine,
+    select,
+)
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, validates
 

@@ -363,7 +363,7 @@ def _cli(*args, env):
 def test_search_and_check_duplicate_commands(bank, db, db_url):
     import os
 
-    from .embed_server import EmbedServer
+    from study_embed_dev.embed_server import EmbedServer
 
     server = EmbedServer(dim=1024)
     try:

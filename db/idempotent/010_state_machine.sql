@@ -491,8 +491,18 @@ CREATE OR REPLACE TRIGGER study_embed_after_truncate
     AFTER TRUNCATE ON public.study_questions
     FOR EACH STATEMENT EXECUTE FUNCTION study_embed._count_statement();
 
--- what earlier versions counted with (transition tables on every INSERT and UPDATE)
-DROP TRIGGER IF EXISTS study_embed_after_insert ON public.study_questions;
-DROP TRIGGER IF EXISTS study_embed_after_update ON public.study_questions;
+-- what earlier versions counted with (transition tables on every INSERT and UPDATE); dropped
+-- only where they exist, since DROP TRIGGER locks the table ACCESS EXCLUSIVE even when not
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOR t IN SELECT tgname FROM pg_trigger
+             WHERE tgrelid = 'public.study_questions'::regclass
+               AND tgname IN ('study_embed_after_insert', 'study_embed_after_update') LOOP
+        EXECUTE format('DROP TRIGGER %I ON public.study_questions', t);
+    END LOOP;
+END;
+$$;
 DROP FUNCTION IF EXISTS study_embed._after_statement();
 DROP FUNCTION IF EXISTS study_embed._count_row_update();

@@ -16,15 +16,21 @@ END;
 COMMENT ON FUNCTION study_embed.compact_counts() IS
     'Fold the status-count deltas into one row per (status, deleted).';
 
--- Recompute the counts from the table (under a lock that keeps writers out meanwhile).
--- `make migrate` runs it whenever it installs the triggers.
+-- Recompute the counts from the table.  In a REPEATABLE READ (or SERIALIZABLE) transaction it
+-- blocks no writer: it counts its snapshot and deletes only the deltas that snapshot sees, so
+-- the deltas of transactions that commit later stay and add to the new base.  (A concurrent
+-- compact_counts makes it fail with a serialization error: run it again.)  In READ COMMITTED it
+-- keeps writers out while it counts.  `make migrate` runs it, in REPEATABLE READ, after it
+-- installs the triggers.
 CREATE OR REPLACE FUNCTION study_embed.recount()
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    LOCK TABLE public.study_questions IN SHARE MODE;
+    IF current_setting('transaction_isolation') = 'read committed' THEN
+        LOCK TABLE public.study_questions IN SHARE MODE;
+    END IF;
     DELETE FROM study_embed.status_counts;
     INSERT INTO study_embed.status_counts (status, deleted, n)
     SELECT embedding_status, deleted_at IS NOT NULL, count(*)
@@ -32,7 +38,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION study_embed.recount() IS
-    'Recompute study_embed.status_counts from study_questions.';
+    'Recompute study_embed.status_counts from study_questions (REPEATABLE READ: without blocking writers).';
 
 DROP VIEW IF EXISTS study_embed.status;
 CREATE VIEW study_embed.status AS

@@ -8,23 +8,27 @@ import logging
 import signal
 import sys
 import time
-from urllib.parse import urlparse
+from collections.abc import Awaitable, Callable
+from typing import TextIO, TypeVar
+
+import psycopg
 
 from . import __version__, logs
-from .config import ConfigError, add_arguments, resolve
+from .settings import SETTINGS, ConfigError, Settings, add_arguments
 
 EXIT_CONFIG = 2
 log = logging.getLogger("study_embed")
+T = TypeVar("T")
 
 
 # -- migrate ---------------------------------------------------------------------------------------
 
-def _cmd_migrate(cfg: dict, args: argparse.Namespace) -> int:
+def _cmd_migrate(cfg: Settings, args: argparse.Namespace) -> int:
     from .migrate import MigrationError, Migrator
 
     try:
-        report = Migrator(cfg["database_url"], embedding_dim=cfg["embedding_dim"],
-                          cron=cfg["study_embed_cron"] and not args.no_cron).run(force=args.force)
+        report = Migrator(cfg.database_url, embedding_dim=cfg.embedding_dim,
+                          cron=cfg.study_embed_cron and not args.no_cron).run(force=args.force)
     except MigrationError as e:
         print(f"migrate: {e}", file=sys.stderr)
         return 1
@@ -34,22 +38,25 @@ def _cmd_migrate(cfg: dict, args: argparse.Namespace) -> int:
 
 # -- listen / drain --------------------------------------------------------------------------------
 
-def _client_config(cfg: dict):
-    from .embedders import ClientConfig
+def _client(cfg: Settings):
+    from .embedders import ClientConfig, make_client
 
-    url = urlparse(cfg["embedding_url"])
-    if url.scheme not in ("http", "https") or not url.netloc:
-        raise ConfigError(f"EMBEDDING_URL={cfg['embedding_url']!r}: must be an http(s) URL "
-                          "such as http://127.0.0.1:8080")
-    return ClientConfig(api=cfg["embedding_api"], url=cfg["embedding_url"],
-                        model=cfg["embedding_model"], api_key=cfg["embedding_api_key"],
-                        timeout=cfg["embedding_timeout"], max_inputs=cfg["embedding_max_inputs"])
+    return make_client(ClientConfig(
+        api=cfg.embedding_api, url=cfg.embedding_url, model=cfg.embedding_model,
+        api_key=cfg.embedding_api_key, timeout=cfg.embedding_timeout,
+        max_inputs=cfg.embedding_max_inputs))
+
+
+def _queue(cfg: Settings, app: str, max_size: int = 1):
+    from .queue import QueueClient
+
+    return QueueClient(cfg.database_url, max_size=max_size, app_name=f"study-embed {app}")
 
 
 class Progress:
     """drain's progress: a bar on a terminal, a log line every few seconds otherwise."""
 
-    def __init__(self, worker, total: int, stream=sys.stderr) -> None:
+    def __init__(self, worker, total: int, stream: TextIO = sys.stderr) -> None:
         self.worker, self.total, self.stream = worker, max(total, 0), stream
         self.tty = stream.isatty()
         self.t0 = time.monotonic()
@@ -81,46 +88,43 @@ class Progress:
             log.info("progress: " + self.line())
 
 
-async def _run_worker(cfg: dict, mode: str) -> int:
-    from .embedders import make_client
-    from .worker import StartupError, Worker, WorkerSettings
+async def _run_worker(cfg: Settings, mode: str) -> int:
+    from .worker import StartupError, Worker
 
-    client = make_client(_client_config(cfg))
-    worker = Worker(WorkerSettings(
-        database_url=cfg["database_url"], model=cfg["embedding_model"],
-        batch_size=cfg["batch_size"], concurrency=cfg["concurrency"],
-        lease_seconds=cfg["lease_seconds"], poll_interval=cfg.get("poll_interval", 30.0),
-        shutdown_timeout=cfg["shutdown_timeout"]), client)
+    worker = Worker(cfg, _queue(cfg, "listener", max_size=cfg.concurrency + 2), _client(cfg))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    progress: Progress | None = None
     progress_task = None
+    left_failed = 0
     try:
         await worker.open()
         await worker.startup_checks(wait_for_server=mode == "listen", stop=stop)
-        progress = None
         if mode == "drain":
-            total = await worker.waiting()
-            progress = Progress(worker, total)
+            progress = Progress(worker, await worker.queue.waiting())
             progress_task = asyncio.create_task(progress.run())
-        task = asyncio.create_task(worker.listen(stop) if mode == "listen" else worker.drain(stop))
+        task = asyncio.create_task(worker.listen(stop) if mode == "listen"
+                                   else worker.drain(stop, give_up=True))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             log.info("stopping: finishing in-flight batches", extra={"fields": {
-                "timeout_s": cfg["shutdown_timeout"], "in_flight_rows": sum(
-                    len(r) for r in worker._held.values())}})
-            done, _ = await asyncio.wait({task}, timeout=cfg["shutdown_timeout"])
+                "timeout_s": cfg.shutdown_timeout, "in_flight_rows": worker.in_flight_rows}})
+            done, _ = await asyncio.wait({task}, timeout=cfg.shutdown_timeout)
             if not done:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         stopper.cancel()
         if not task.cancelled():
             task.result()  # re-raise a crash of the loop
-        if progress_task:
+        if progress_task and progress:
             progress_task.cancel()
             progress.show(final=True)
+        if mode == "drain" and not stop.is_set():
+            left_failed = next((r.live for r in await worker.queue.status()
+                                if r.status == "failed"), 0)
     except StartupError as e:
         log.error(str(e))
         return EXIT_CONFIG if e.config else 1
@@ -129,13 +133,13 @@ async def _run_worker(cfg: dict, mode: str) -> int:
             progress_task.cancel()
         await worker.close()
     if mode == "drain":
-        return _drain_summary(worker, interrupted=stop.is_set())
+        return _drain_summary(worker, interrupted=stop.is_set(), left_failed=left_failed)
     log.info("listener stopped", extra={"fields": {
         "embedded": worker.stats.embedded, "failed": worker.stats.failed_total}})
     return 0
 
 
-def _drain_summary(worker, interrupted: bool) -> int:
+def _drain_summary(worker, interrupted: bool, left_failed: int) -> int:
     st = worker.stats
     elapsed = time.monotonic() - st.started
     rate = st.embedded / elapsed if elapsed > 0 else 0.0
@@ -144,29 +148,40 @@ def _drain_summary(worker, interrupted: bool) -> int:
           f"given back {st.released}" + ("; interrupted" if interrupted else ""), file=sys.stderr)
     for reason, n in st.failed.most_common(10):
         print(f"  failed x{n}: {reason}", file=sys.stderr)
-    left_failed = _left_failed(worker)
+    if worker.gave_up:
+        print(f"drain: stopped: the embedding server failed {worker.breaker.failures} times in "
+              "a row; the rows it did not embed are waiting (given back, no attempt spent)",
+              file=sys.stderr)
     if left_failed:
         print(f"drain: {left_failed} row(s) are left failed: see `study-embed status`",
               file=sys.stderr)
-    return 1 if left_failed or interrupted else 0
+    return 1 if left_failed or interrupted or worker.gave_up else 0
 
 
-def _left_failed(worker) -> int:
-    import psycopg
-
-    from .sqlfiles import queries
-
-    with psycopg.connect(worker.s.database_url) as conn:
-        rows = dict((r[0], r[1]) for r in conn.execute(queries()["status"]))
-    return int(rows.get("failed", 0))
-
-
-def _cmd_listen(cfg: dict, args: argparse.Namespace) -> int:
+def _cmd_listen(cfg: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_run_worker(cfg, "listen"))
 
 
-def _cmd_drain(cfg: dict, args: argparse.Namespace) -> int:
+def _cmd_drain(cfg: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_run_worker(cfg, "drain"))
+
+
+class NotMigrated(Exception):
+    pass
+
+
+async def _with_queue(cfg: Settings, app: str, work: Callable[..., Awaitable[T]]) -> T:
+    """Run `work(queue)` for a one-shot command.  A database that cannot be reached or is not
+    migrated is said at once (OperationalError, NotMigrated: main() prints them)."""
+    queue = _queue(cfg, app)
+    _, has_api = await queue.schema_ready()
+    if not has_api:
+        raise NotMigrated
+    await queue.open()
+    try:
+        return await work(queue)
+    finally:
+        await queue.close()
 
 
 # -- status / reembed ------------------------------------------------------------------------------
@@ -178,121 +193,91 @@ def _fmt_age(td) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _cmd_status(cfg: dict, args: argparse.Namespace) -> int:
-    import psycopg
+def _cmd_status(cfg: Settings, args: argparse.Namespace) -> int:
+    async def read(queue):
+        return await queue.status(), await queue.failures(args.errors)
 
-    from .sqlfiles import queries
-
-    q = queries()
-    try:
-        with psycopg.connect(cfg["database_url"], application_name="study-embed status") as conn:
-            rows = conn.execute(q["status"]).fetchall()
-            failures = conn.execute(q["failures"], {"limit": args.errors}).fetchall()
-    except psycopg.OperationalError as e:
-        print(f"status: cannot connect to the database: {e}", file=sys.stderr)
-        return 1
-    except psycopg.errors.UndefinedTable:
-        print("status: the study_embed schema is missing: run `make migrate`", file=sys.stderr)
-        return 1
+    rows, failures = asyncio.run(_with_queue(cfg, "status", read))
     print(f"{'status':<8} {'live':>10} {'deleted':>8}  oldest waiting")
-    for status, live, deleted, oldest in rows:
-        print(f"{status:<8} {live:>10} {deleted:>8}  {_fmt_age(oldest)}")
+    for r in rows:
+        print(f"{r.status:<8} {r.live:>10} {r.deleted:>8}  {_fmt_age(r.oldest_waiting)}")
     if failures:
         print(f"\nfailed rows (up to {args.errors}):")
         print(f"{'id':>10} {'attempts':>8}  {'next retry':<20} last error")
-        for qid, attempts, err, next_at, waiting in failures:
-            when = "after an edit" if waiting else next_at.strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{qid:>10} {attempts:>8}  {when:<20} {(err or '')[:100]}")
+        for f in failures:
+            when = ("after an edit" if f.waiting_for_edit or f.next_retry_at is None
+                    else f.next_retry_at.strftime("%Y-%m-%d %H:%M:%S"))
+            print(f"{f.id:>10} {f.attempts:>8}  {when:<20} {(f.last_error or '')[:100]}")
     return 0
 
 
-def _cmd_reembed(cfg: dict, args: argparse.Namespace) -> int:
-    import psycopg
-
-    from .sqlfiles import queries
-
-    # one bounded batch per transaction (autocommit): listeners embed meanwhile
-    total, after = 0, 0
-    with psycopg.connect(cfg["database_url"], autocommit=True,
-                         application_name="study-embed reembed") as conn:
+def _cmd_reembed(cfg: Settings, args: argparse.Namespace) -> int:
+    # one bounded batch per transaction: listeners embed meanwhile
+    async def requeue(queue) -> int:
+        total, after = 0, 0
         while after is not None:
-            n, after = conn.execute(queries()["requeue_model"],
-                                    {"model": cfg["embedding_model"], "after_id": after}).fetchone()
+            n, after = await queue.requeue_model(cfg.embedding_model, after)
             total += n
             if after is not None and sys.stderr.isatty():
                 print(f"\rreembed: {total} row(s) queued, up to id {after}", end="",
                       file=sys.stderr, flush=True)
+        return total
+
+    total = asyncio.run(_with_queue(cfg, "reembed", requeue))
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print(f"reembed: queued {total} row(s) embedded by another model than "
-          f"{cfg['embedding_model']}; they keep their old vector until the listener replaces it",
+          f"{cfg.embedding_model}; they keep their old vector until the listener replaces it",
           file=sys.stderr)
     return 0
 
 
 # -- search / check-duplicate ---------------------------------------------------------------------
 
-def _embed_text(cfg: dict, text: str):
+async def _embed_text(cfg: Settings, text: str):
     """One text through the configured embedding server."""
-    from .embedders import EmbeddingError, make_client
+    from .embedders import EmbeddingError, RowFailure
 
-    async def run():
-        client = make_client(_client_config(cfg))
-        try:
-            [vec] = await client.embed([text])
-            return vec
-        finally:
-            await client.aclose()
-
+    client = _client(cfg)
     try:
-        return asyncio.run(run())
+        [vec] = await client.embed([text])
     except EmbeddingError as e:
-        raise SystemExit(f"the embedding server at {cfg['embedding_url']} failed: {e}") from None
+        raise SystemExit(f"the embedding server at {cfg.embedding_url} failed: {e}") from None
+    finally:
+        await client.aclose()
+    if isinstance(vec, RowFailure):
+        raise SystemExit(f"the embedding server at {cfg.embedding_url} failed: {vec.message}")
+    return vec
 
 
-def _search_rows(cfg: dict, query: str, params: dict) -> list[tuple]:
-    import psycopg
-    from pgvector.psycopg import register_vector
-
-    from .sqlfiles import queries
-
-    with psycopg.connect(cfg["database_url"], application_name="study-embed search") as conn:
-        register_vector(conn)
-        return conn.execute(queries()[query], params).fetchall()
-
-
-def _print_hits(rows: list[tuple], empty: str) -> None:
-    if not rows:
+def _print_hits(hits, empty: str) -> None:
+    if not hits:
         print(empty)
         return
     print(f"{'similarity':>10} {'id':>10}  question")
-    for qid, sim, text in rows:
-        first = " ".join(text.split())
-        print(f"{sim:>10.3f} {qid:>10}  {first[:100]}")
+    for h in hits:
+        first = " ".join(h.question_text.split())
+        print(f"{h.similarity:>10.3f} {h.id:>10}  {first[:100]}")
 
 
-def _cmd_search(cfg: dict, args: argparse.Namespace) -> int:
-    vec = _embed_text(cfg, args.text)
-    rows = _search_rows(cfg, "search", {"user_id": args.user, "query": vec, "k": args.k,
-                                        "topic_id": args.topic})
-    _print_hits(rows, f"no embedded questions of user {args.user}")
+def _cmd_search(cfg: Settings, args: argparse.Namespace) -> int:
+    async def search(queue):
+        return await queue.search(args.user, await _embed_text(cfg, args.text), args.k,
+                                  args.topic)
+
+    hits = asyncio.run(_with_queue(cfg, "search", search))
+    _print_hits(hits, f"no embedded questions of user {args.user}")
     return 0
 
 
-def _cmd_check_duplicate(cfg: dict, args: argparse.Namespace) -> int:
-    import psycopg
+def _cmd_check_duplicate(cfg: Settings, args: argparse.Namespace) -> int:
+    async def check(queue):
+        text = await queue.render(args.question, args.choices)   # the pipeline's own renderer
+        return await queue.find_duplicates(args.user, await _embed_text(cfg, text),
+                                           args.threshold)
 
-    from .sqlfiles import queries
-
-    with psycopg.connect(cfg["database_url"]) as conn:   # the pipeline's own renderer
-        text = conn.execute(queries()["render"], {
-            "question_text": args.question, "choice_1": args.choices[0],
-            "choice_2": args.choices[1], "choice_3": args.choices[2],
-            "choice_4": args.choices[3]}).fetchone()[0]
-    vec = _embed_text(cfg, text)
-    rows = _search_rows(cfg, "find_duplicates", {"user_id": args.user, "query": vec,
-                                                 "threshold": args.threshold})
-    _print_hits(rows, f"no near-duplicates among user {args.user}'s questions")
+    hits = asyncio.run(_with_queue(cfg, "check-duplicate", check))
+    _print_hits(hits, f"no near-duplicates among user {args.user}'s questions")
     return 0
 
 
@@ -309,8 +294,6 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import SETTINGS
-
     settings = "\n".join(f"  {s.env:<22} {s.flag:<26} {s.help}" for s in SETTINGS)
     parser = argparse.ArgumentParser(
         prog="study-embed",
@@ -352,13 +335,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        cfg = resolve(args, args.command)
-        logs.setup(cfg.get("log_level", "INFO"), cfg.get("log_format", "text"))
+        cfg = Settings.resolve(args, args.command)
+        logs.setup(cfg.log_level, cfg.log_format)
         fn, _ = COMMANDS[args.command]
         return fn(cfg, args)
     except ConfigError as e:
         print(f"study-embed {args.command}: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except NotMigrated:
+        print(f"{args.command}: the study_embed schema is missing: run `make migrate`",
+              file=sys.stderr)
+        return 1
+    except psycopg.OperationalError as e:
+        print(f"{args.command}: cannot connect to the database: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

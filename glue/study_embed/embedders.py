@@ -1,18 +1,25 @@
 """Embedding clients: TEI, OpenAI-compatible and Ollama, behind one interface.
 
-Every client turns a list of texts into a list of float32 vectors, one per text, in order, or
-raises one of the errors below, which say what the failure means for the rows:
+`embed(texts, dim)` returns, per text in order, a float32 vector or a `RowFailure` (the server
+answered for the batch, but this row's vector cannot be stored: NaN, infinity, a zero vector).
+When the batch as a whole cannot be embedded it raises `EmbeddingError`, whose `disposition`
+says what that means for the rows; each protocol classifies its own server's answers:
 
-- TransientError: the server is unavailable (connection refused, timeout, 408/429/5xx, bad
-  credentials or unknown model): nothing is wrong with the rows; give them back, back off.
-- InputError: the server rejected the input (400, 413, 422; TEI's tokenizer and validation
-  errors): some row in the request is bad; split the request to find it.
-- MalformedReply: the server answered 2xx with something that is not the embeddings asked for
-  (not JSON, HTML, wrong count, wrong dimension, NaN/inf, a zero vector).
+- UNREACHABLE: no answer at all (connection refused or reset, timeout).  The rows are fine:
+  give them back and wait, probing the server's health.
+- BACK_OFF: the server answered but will not serve now (408, 429, 5xx, bad credentials, unknown
+  model or route) or answered 2xx with something that is not the embeddings asked for (HTML from
+  a proxy, not JSON, wrong count or dimension, strings or booleans for numbers).  The rows are
+  fine: give them back and leave the server alone for a while.
+- SPLIT: the server rejected the input (400, 413, 422): some row in the request is bad; halve
+  the request to find it.  A single row that is rejected fails for good (until it is edited).
+- RETRY_LATER: the server failed on this input but may not next time (TEI's 424): halve; a
+  single row fails and is retried later.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from dataclasses import dataclass
@@ -22,35 +29,44 @@ import httpx
 import numpy as np
 import orjson
 
+HEALTH_TIMEOUT = 2.0
+
+
+class Disposition(enum.Enum):
+    UNREACHABLE = "unreachable"
+    BACK_OFF = "back off"
+    SPLIT = "split"
+    RETRY_LATER = "retry later"
+
 
 class EmbeddingError(Exception):
-    """Base of the errors an embedding request can end with."""
+    """A batch could not be embedded; `disposition` says what that means for its rows."""
 
-
-class TransientError(EmbeddingError):
-    """The server is unavailable; the rows are fine."""
-
-
-class InputError(EmbeddingError):
-    """The server rejected the input.  `retryable` when it may pass another time (TEI 424)."""
-
-    def __init__(self, message: str, retryable: bool = False) -> None:
+    def __init__(self, message: str, disposition: Disposition) -> None:
         super().__init__(message)
-        self.retryable = retryable
+        self.disposition = disposition
+
+    @property
+    def server_side(self) -> bool:
+        """The server cannot serve: nothing is wrong with the rows."""
+        return self.disposition in (Disposition.UNREACHABLE, Disposition.BACK_OFF)
 
 
-class MalformedReply(EmbeddingError):
-    """A 2xx reply that does not hold the embeddings asked for."""
+@dataclass(frozen=True)
+class RowFailure:
+    """This row's vector cannot be stored; `retryable`: it may work another time."""
+    message: str
+    retryable: bool = True
 
 
 @dataclass(frozen=True)
 class ClientConfig:
-    api: str = "tei"
-    url: str = "http://127.0.0.1:8080"
-    model: str = "BAAI/bge-m3"
-    api_key: str | None = None
-    timeout: float = 15.0
-    max_inputs: int = 32
+    api: str
+    url: str
+    model: str
+    api_key: str | None
+    timeout: float
+    max_inputs: int
 
 
 def _snippet(body: str, limit: int = 300) -> str:
@@ -87,29 +103,16 @@ def _parse_json(resp: httpx.Response) -> Any:
         return json.loads(resp.content)
     except ValueError:
         ctype = resp.headers.get("content-type", "?")
-        raise MalformedReply(f"reply is not JSON (content-type {ctype}): "
-                             f"{_snippet(resp.text, 120)!r}") from None
-
-
-def classify(resp: httpx.Response) -> EmbeddingError:
-    """What an HTTP error status means for the rows in the request."""
-    status = resp.status_code
-    msg = f"HTTP {status} from {resp.request.url.path}: {_error_message(resp)}"
-    if status in (400, 413, 422):
-        return InputError(msg)
-    if status == 424:  # TEI: the backend failed on this input; may pass on a retry
-        return InputError(msg, retryable=True)
-    if status in (401, 403):
-        return TransientError(msg + " — check EMBEDDING_API_KEY")
-    if status == 404:
-        return TransientError(msg + " — check EMBEDDING_URL, EMBEDDING_API and EMBEDDING_MODEL")
-    return TransientError(msg)  # 408, 425, 429, 5xx and anything else unexpected
+        raise _unusable(f"reply is not JSON (content-type {ctype}): "
+                        f"{_snippet(resp.text, 120)!r}") from None
 
 
 class EmbeddingClient:
-    """One protocol: how to ask, and where the vectors are in the reply."""
+    """One protocol: where to send, how to ask, where the vectors are in the reply, what its
+    error statuses mean."""
 
     path = ""
+    health_path = ""
 
     def __init__(self, config: ClientConfig, http: httpx.AsyncClient | None = None) -> None:
         self.config = config
@@ -122,66 +125,94 @@ class EmbeddingClient:
     def payload(self, texts: list[str]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def vectors(self, data: Any) -> list[Any]:
+    def vectors(self, data: Any) -> Any:
         raise NotImplementedError
+
+    def classify(self, resp: httpx.Response) -> EmbeddingError:
+        """What an HTTP error status means for the rows in the request."""
+        status = resp.status_code
+        msg = f"HTTP {status} from {resp.request.url.path}: {_error_message(resp)}"
+        if status in (400, 413, 422):
+            return EmbeddingError(msg, Disposition.SPLIT)
+        if status in (401, 403):
+            return EmbeddingError(msg + " — check EMBEDDING_API_KEY", Disposition.BACK_OFF)
+        if status == 404:
+            return EmbeddingError(msg + " — check EMBEDDING_URL, EMBEDDING_API and "
+                                  "EMBEDDING_MODEL", Disposition.BACK_OFF)
+        return EmbeddingError(msg, Disposition.BACK_OFF)   # 408, 425, 429, 5xx, anything else
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def embed(self, texts: list[str]) -> list[np.ndarray]:
-        """Embed texts in requests of at most max_inputs; the vectors come back in order."""
-        out: list[np.ndarray] = []
+    async def healthy(self) -> bool:
+        """Does the server answer at all (a request without rows)?  Any answer below 500
+        counts: an error in the embedding request itself shows up there."""
+        try:
+            resp = await self.http.get(self.health_path, timeout=HEALTH_TIMEOUT)
+        except httpx.HTTPError:
+            return False
+        return resp.status_code < 500
+
+    async def embed(self, texts: list[str], dim: int | None = None) -> list[np.ndarray | RowFailure]:
+        """Embed texts in requests of at most max_inputs; one result per text, in order.
+        With `dim`, vectors of another dimension make the reply unusable."""
+        out: list[np.ndarray | RowFailure] = []
         step = self.config.max_inputs
         for i in range(0, len(texts), step):
-            out += await self._embed_request(texts[i:i + step])
+            out += check_vectors(await self._embed_request(texts[i:i + step]), dim)
         return out
 
     async def _embed_request(self, texts: list[str]) -> list[np.ndarray]:
         try:
             resp = await self.http.post(self.path, json=self.payload(texts))
         except httpx.TimeoutException as e:
-            raise TransientError(f"timed out after {self.config.timeout:g} s "
-                                 f"({type(e).__name__})") from e
+            raise EmbeddingError(f"timed out after {self.config.timeout:g} s "
+                                 f"({type(e).__name__})", Disposition.UNREACHABLE) from e
         except httpx.HTTPError as e:
-            raise TransientError(f"{type(e).__name__}: {e or 'connection failed'}") from e
+            raise EmbeddingError(f"{type(e).__name__}: {e or 'connection failed'}",
+                                 Disposition.UNREACHABLE) from e
         if resp.status_code >= 300:
-            raise classify(resp)
+            raise self.classify(resp)
         data = _parse_json(resp)
         try:
             raw = self.vectors(data)
         except (KeyError, TypeError, IndexError, ValueError) as e:
-            raise MalformedReply(f"reply has no embeddings where {self.config.api} puts them: "
-                                 f"{type(e).__name__}: {e}") from None
+            raise _unusable(f"reply has no embeddings where {self.config.api} puts them: "
+                            f"{type(e).__name__}: {e}") from None
         if not isinstance(raw, list) or len(raw) != len(texts):
             got = len(raw) if isinstance(raw, list) else type(raw).__name__
-            raise MalformedReply(f"asked for {len(texts)} embeddings, got {got}")
-        return self._vectors(raw)
+            raise _unusable(f"asked for {len(texts)} embeddings, got {got}")
+        return parse_vectors(raw)
 
-    @staticmethod
-    def _vectors(raw: list) -> list[np.ndarray]:
-        """Lists of numbers to float32 rows, in one numpy call when they are all alike."""
-        try:
-            matrix = np.asarray(raw, dtype=np.float32)
-        except (ValueError, TypeError):
-            matrix = None
-        if matrix is not None and matrix.ndim == 2 and matrix.shape[1] > 0:
-            return list(matrix)
-        out = []
-        for v in raw:  # ragged (a wrong dimension somewhere) or not numbers at all
-            try:
-                vec = np.asarray(v, dtype=np.float32)
-            except (ValueError, TypeError):
-                raise MalformedReply("an embedding is not a list of numbers") from None
-            if vec.ndim != 1 or vec.shape[0] == 0:
-                raise MalformedReply("an embedding is not a list of numbers")
-            out.append(vec)
-        return out
+
+def _unusable(message: str) -> EmbeddingError:
+    return EmbeddingError(f"unusable reply from the embedding server: {message}",
+                          Disposition.BACK_OFF)
+
+
+_NUMBER = {float, int}
+
+
+def parse_vectors(raw: list[Any]) -> list[np.ndarray]:
+    """JSON arrays of numbers to float32 rows.  Strictly numbers: a string such as "0.1" or a
+    boolean in a vector makes the whole reply unusable (numpy would quietly convert both)."""
+    for v in raw:
+        if type(v) is not list or not v:
+            raise _unusable("an embedding is not a non-empty list of numbers")
+        kinds = set(map(type, v))
+        if not kinds <= _NUMBER:
+            odd = sorted(k.__name__ for k in kinds - _NUMBER)
+            raise _unusable(f"an embedding holds {', '.join(odd)} values, not only numbers")
+    if len({len(v) for v in raw}) == 1:
+        return list(np.asarray(raw, dtype=np.float32))
+    return [np.asarray(v, dtype=np.float32) for v in raw]      # ragged: checked per row
 
 
 class TEIClient(EmbeddingClient):
     """text-embeddings-inference: POST /embed {"inputs": [...]} -> [[...], ...]."""
 
     path = "/embed"
+    health_path = "/health"
 
     def payload(self, texts):
         return {"inputs": texts, "normalize": True, "truncate": False}
@@ -189,11 +220,18 @@ class TEIClient(EmbeddingClient):
     def vectors(self, data):
         return data
 
+    def classify(self, resp):
+        if resp.status_code == 424:   # the backend failed on this input; may pass another time
+            return EmbeddingError(f"HTTP 424 from {resp.request.url.path}: "
+                                  f"{_error_message(resp)}", Disposition.RETRY_LATER)
+        return super().classify(resp)
+
 
 class OpenAIClient(EmbeddingClient):
     """OpenAI-compatible: POST /v1/embeddings -> {"data": [{"index", "embedding"}]} (any order)."""
 
     path = "/v1/embeddings"
+    health_path = "/v1/models"
 
     def payload(self, texts):
         return {"model": self.config.model, "input": texts, "encoding_format": "float"}
@@ -212,6 +250,7 @@ class OllamaClient(EmbeddingClient):
     """Ollama: POST /api/embed {"model", "input": [...]} -> {"embeddings": [[...]]}."""
 
     path = "/api/embed"
+    health_path = "/api/version"
 
     def payload(self, texts):
         return {"model": self.config.model, "input": texts, "truncate": False,
@@ -229,16 +268,20 @@ def make_client(config: ClientConfig) -> EmbeddingClient:
     return CLIENTS[config.api](config)
 
 
-def check_vectors(vectors: list[np.ndarray], dim: int) -> list[str | None]:
-    """Per vector: None when it can be stored, else why not."""
-    problems: list[str | None] = []
+def check_vectors(vectors: list[np.ndarray], dim: int | None) -> list[np.ndarray | RowFailure]:
+    """Per vector: itself when it can be stored, else why not.  A dimension other than the
+    column's in every vector is the server's (another model), in some of them a broken reply."""
+    if dim is not None and vectors and all(v.shape != (dim,) for v in vectors):
+        raise _unusable(f"embeddings have {vectors[0].shape[0]} dimensions, the column has "
+                        f"{dim} (is EMBEDDING_MODEL the model the column was made for?)")
+    out: list[np.ndarray | RowFailure] = []
     for v in vectors:
-        if v.shape != (dim,):
-            problems.append(f"embedding has {v.shape[0]} dimensions, the column has {dim}")
+        if dim is not None and v.shape != (dim,):
+            out.append(RowFailure(f"embedding has {v.shape[0]} dimensions, the column has {dim}"))
         elif not np.isfinite(v).all():
-            problems.append("embedding contains NaN or infinity")
+            out.append(RowFailure("embedding contains NaN or infinity"))
         elif not math.isfinite(n := float(np.linalg.norm(v))) or n == 0.0:
-            problems.append("embedding is a zero vector (no cosine direction)")
+            out.append(RowFailure("embedding is a zero vector (no cosine direction)"))
         else:
-            problems.append(None)
-    return problems
+            out.append(v)
+    return out

@@ -5,27 +5,42 @@
   changed is refused.
 - db/idempotent/*.sql (functions, triggers, views, grants) are re-applied, in one transaction,
   whenever any of them changed since the last run (their combined sha256 is in the ledger).
+  The status counts are then recomputed in a transaction of their own, at REPEATABLE READ,
+  which blocks no writer.
 - db/cron.sql schedules study_embed.tick() every minute in pg_cron's database.
 - A session advisory lock serialises concurrent migrators; a second run applies nothing.
+
+Next to a running app: every transaction runs with a short `lock_timeout`.  A DDL statement
+that waits for a table lock holds up every later writer (and, for ACCESS EXCLUSIVE, reader)
+queued behind it, so rather than wait long it gives way, and the transaction is tried again
+after a pause, a bounded number of times.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
-from .sqlfiles import sql_dir
+from .backoff import Backoff
+from .sqlfiles import queries, sql_dir
 
 LOCK_KEY = 0x5354_5544_5945_4D42 & 0x7FFF_FFFF_FFFF_FFFF  # "STUDYEMB"
 IDEMPOTENT_LEDGER_NAME = "idempotent/*"
 MIN_PGVECTOR = (0, 5, 0)  # HNSW
+LOCK_TIMEOUT = "1s"       # longest a migration statement queues other sessions behind itself
+LOCK_TRIES = 30           # transactions tried before migrate gives up on a busy table
+_LOCK_NOT_AVAILABLE = re.compile(r"ERROR:\s+55P03:")     # psql's VERBOSITY=verbose
+_SERIALIZATION = re.compile(r"ERROR:\s+40001:")
 
 
 class MigrationError(Exception):
@@ -59,11 +74,12 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 
 class Migrator:
     def __init__(self, url: str, *, embedding_dim: int | None = None, cron: bool = True,
-                 db_dir: Path | None = None, log=None) -> None:
+                 db_dir: Path | None = None, log: Callable[[str], None] | None = None) -> None:
         self.url = url
         self.embedding_dim = embedding_dim
         self.cron = cron
         self.db_dir = db_dir or sql_dir()
+        self.q = queries()
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.psql = shutil.which("psql")
         if not self.psql:
@@ -71,22 +87,42 @@ class Migrator:
 
     # -- psql ------------------------------------------------------------------------------------
 
-    def _psql(self, script: str, variables: dict[str, str], url: str | None = None) -> None:
+    def _psql(self, script: str, variables: dict[str, str], url: str | None = None, *,
+              what: str = "the migration", isolation: str | None = None) -> None:
+        """Run `script` in one transaction, with a short lock_timeout; a lock that is not
+        granted in time (or, at REPEATABLE READ, a serialization failure) rolls the whole
+        transaction back, and it is tried again after a pause."""
         cmd = [self.psql, url or self.url, "--no-psqlrc", "--quiet", "--single-transaction",
-               "-v", "ON_ERROR_STOP=1"]
+               "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose"]
         for k, v in variables.items():
             cmd += ["-v", f"{k}={v}"]
-        r = subprocess.run(cmd, input=script, text=True, capture_output=True,
-                           env={**os.environ, "PGOPTIONS": "-c client_min_messages=warning"})
-        if r.returncode != 0:
-            raise MigrationError(r.stderr.strip() or f"psql exited with {r.returncode}")
+        head = f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';\n"
+        if isolation:
+            head = f"SET TRANSACTION ISOLATION LEVEL {isolation};\n" + head
+        backoff = Backoff(base=0.5, cap=5.0)
+        for attempt in range(1, LOCK_TRIES + 1):
+            r = subprocess.run(cmd, input=head + script, text=True, capture_output=True,
+                               env={**os.environ, "PGOPTIONS": "-c client_min_messages=warning"})
+            if r.returncode == 0:
+                return
+            busy = _LOCK_NOT_AVAILABLE.search(r.stderr) or (
+                isolation and _SERIALIZATION.search(r.stderr))
+            if not busy or attempt == LOCK_TRIES:
+                if busy:
+                    raise MigrationError(
+                        f"{what}: a table stayed locked by other sessions through {LOCK_TRIES} "
+                        f"tries (lock_timeout {LOCK_TIMEOUT} each); nothing was applied. Find "
+                        "the long transaction in pg_stat_activity and run migrate again.")
+                raise MigrationError(r.stderr.strip() or f"psql exited with {r.returncode}")
+            delay = backoff.next_delay()
+            self.log(f"migrate: {what} waits for a lock held by another session; rolled back, "
+                     f"trying again in {delay:.1f} s ({attempt}/{LOCK_TRIES})")
+            time.sleep(delay)
 
     # -- checks ----------------------------------------------------------------------------------
 
     def _preflight(self, conn: psycopg.Connection) -> dict[str, str]:
-        row = conn.execute(
-            "SELECT default_version, installed_version FROM pg_available_extensions"
-            " WHERE name = 'vector'").fetchone()
+        row = conn.execute(self.q["migrate_pgvector"]).fetchone()
         if row is None:
             raise MigrationError(
                 "pgvector is not installed on this PostgreSQL server. On Debian run `make deps`; "
@@ -97,10 +133,7 @@ class Migrator:
             raise MigrationError(f"pgvector {version} is too old: HNSW needs 0.5.0 or newer")
         cron_db = None
         if self.cron:
-            # pg_settings lists cron.* only when the library is loaded (a value in
-            # postgresql.conf alone is a mere placeholder)
-            row = conn.execute(
-                "SELECT setting FROM pg_settings WHERE name = 'cron.database_name'").fetchone()
+            row = conn.execute(self.q["migrate_cron_database"]).fetchone()
             cron_db = row[0] if row else None
             if not cron_db:
                 raise MigrationError(
@@ -109,10 +142,7 @@ class Migrator:
                     "pg_cron in your provider's parameter group. To migrate without the pg_cron "
                     "tick (listeners then poll), pass --no-cron or set STUDY_EMBED_CRON=off.")
         dbname = conn.info.dbname
-        existing = conn.execute(
-            "SELECT a.atttypmod FROM pg_attribute a"
-            " WHERE a.attrelid = to_regclass('public.study_questions') AND a.attname = 'embedding'"
-            " AND NOT a.attisdropped").fetchone()
+        existing = conn.execute(self.q["migrate_embedding_dimension"]).fetchone()
         dim = self.embedding_dim
         if existing is not None:
             if dim is not None and dim != existing[0]:
@@ -129,21 +159,11 @@ class Migrator:
     # -- steps -----------------------------------------------------------------------------------
 
     def _ledger(self, conn: psycopg.Connection) -> dict[str, str]:
-        conn.execute("CREATE SCHEMA IF NOT EXISTS study_embed")
-        conn.execute("COMMENT ON SCHEMA study_embed IS"
-                     " 'study-embed: the embedding pipeline of public.study_questions'")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS study_embed.schema_migrations ("
-            " filename text PRIMARY KEY, sha256 text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())")
-        return dict(conn.execute("SELECT filename, sha256 FROM study_embed.schema_migrations"))
+        conn.execute(self.q["migrate_ledger"])
+        return dict(conn.execute(self.q["migrate_applied"]).fetchall())
 
     def _vector_schema(self, conn: psycopg.Connection) -> str:
-        row = conn.execute(
-            "SELECT n.nspname, EXISTS (SELECT 1 FROM aclexplode(coalesce(n.nspacl,"
-            " acldefault('n', n.nspowner))) a WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')"
-            " FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
-            " WHERE e.extname = 'vector'").fetchone()
+        row = conn.execute(self.q["migrate_vector_schema"]).fetchone()
         if row is None:
             raise MigrationError("the vector extension is missing after the migrations ran")
         schema, public_create = row
@@ -173,7 +193,8 @@ class Migrator:
             script = (f"\\i {_quote_psql(path)}\n"
                       "INSERT INTO study_embed.schema_migrations (filename, sha256)"
                       " VALUES (:'migration_file', :'migration_sha256');\n")
-            self._psql(script, {**variables, "migration_file": rel, "migration_sha256": digest})
+            self._psql(script, {**variables, "migration_file": rel, "migration_sha256": digest},
+                       what=f"db/{rel}")
             report.applied.append(path.name)
 
     def _apply_idempotent(self, ledger: dict[str, str], variables: dict[str, str],
@@ -191,13 +212,16 @@ class Migrator:
         # created: resolve them in pg_catalog only, never in a schema another role can write.
         script = "SET search_path = pg_catalog, pg_temp;\n"
         script += "".join(f"\\i {_quote_psql(p)}\n" for p in files)
-        script += ("SELECT study_embed.recount();\n"
+        self._psql(script, variables, what="db/idempotent")
+        # the counts, outside the DDL transaction: REPEATABLE READ blocks no writer (see
+        # study_embed.recount); the ledger row goes with them, so a failure here is redone
+        self._psql("SELECT study_embed.recount();\n"
                    "INSERT INTO study_embed.schema_migrations (filename, sha256)"
                    " VALUES (:'migration_file', :'migration_sha256')"
                    " ON CONFLICT (filename) DO UPDATE"
-                   " SET sha256 = excluded.sha256, applied_at = now();\n")
-        self._psql(script, {**variables, "migration_file": IDEMPOTENT_LEDGER_NAME,
-                            "migration_sha256": digest})
+                   " SET sha256 = excluded.sha256, applied_at = now();\n",
+                   {"migration_file": IDEMPOTENT_LEDGER_NAME, "migration_sha256": digest},
+                   what="the status recount", isolation="REPEATABLE READ")
         report.idempotent = True
 
     def _schedule_cron(self, variables: dict[str, str], report: Report) -> None:
@@ -206,13 +230,10 @@ class Migrator:
         cron_url = self.url if cron_db == app_db else _with_dbname(self.url, cron_db)
         try:
             with psycopg.connect(cron_url, autocommit=True) as cconn:
-                has_ext = cconn.execute(
-                    "SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'").fetchone()
+                has_ext = cconn.execute(self.q["migrate_has_pg_cron"]).fetchone()
                 if has_ext:
-                    row = cconn.execute(
-                        "SELECT 1 FROM cron.job WHERE jobname = %s AND schedule = '* * * * *'"
-                        " AND command = 'SELECT study_embed.tick()' AND database = %s AND active",
-                        (job, app_db)).fetchone()
+                    row = cconn.execute(self.q["migrate_tick_scheduled"],
+                                        {"job": job, "app_db": app_db}).fetchone()
                     if row:
                         report.cron = "up to date"
                         return
@@ -222,7 +243,8 @@ class Migrator:
                 f"connect to it to schedule the tick: {e}. Grant this user access to it, or pass "
                 "--no-cron and schedule `SELECT study_embed.tick()` every minute yourself.") from e
         self.log(f"migrate: scheduling {job} in pg_cron (database {cron_db})")
-        self._psql((self.db_dir / "cron.sql").read_text(), {"app_db": app_db}, url=cron_url)
+        self._psql((self.db_dir / "cron.sql").read_text(), {"app_db": app_db}, url=cron_url,
+                   what="the pg_cron schedule")
         report.cron = "scheduled"
 
     def run(self, *, force: bool = False) -> Report:
@@ -232,9 +254,10 @@ class Migrator:
         except psycopg.OperationalError as e:
             raise MigrationError(f"cannot connect to the database: {e}".strip()) from e
         with conn:
-            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
+            lock = {"key": LOCK_KEY}
+            if not conn.execute(self.q["migrate_try_lock"], lock).fetchone()[0]:
                 self.log("migrate: another migrator holds the lock; waiting for it")
-                conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+                conn.execute(self.q["migrate_lock"], lock)
             try:
                 variables = self._preflight(conn)
                 ledger = self._ledger(conn)
@@ -244,7 +267,7 @@ class Migrator:
                 if self.cron:
                     self._schedule_cron(variables, report)
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+                conn.execute(self.q["migrate_unlock"], lock)
         return report
 
 

@@ -1,7 +1,14 @@
-"""The worker loop: claim a batch, embed it, write it back — and keep the embedding server busy.
+"""The worker: claim a batch, embed it, write the outcome back, and keep the embedding server
+busy.  It only orchestrates: the queue client talks to the database, the embedding client to
+the server and says what its answers mean (a `Disposition`), and this module maps those to
+queue calls:
 
-All state lives in the database; this process only moves bytes.  A claimed batch is held in
-`_held` from the moment it is claimed until its outcome (complete, fail or release) is written,
+    vector                      -> complete (stored only if the claim is still current)
+    row failure / rejected row  -> fail (retryable or for good)
+    SPLIT / RETRY_LATER         -> halve the batch and try the halves
+    UNREACHABLE / BACK_OFF      -> release the batch (no attempt spent), open the breaker
+
+A claimed batch is held in `_held` from the moment it is claimed until its outcome is written,
 so that a shutdown can give back whatever it did not finish.
 """
 
@@ -9,29 +16,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any
-from uuid import UUID
 
 import numpy as np
 import psycopg
-from pgvector.psycopg import register_vector_async
-from psycopg import sql
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from .embedders import (EmbeddingClient, EmbeddingError, InputError, MalformedReply,
-                        TransientError, check_vectors)
-from .sqlfiles import queries
+from .backoff import Backoff, Breaker, sleep_unless
+from .embedders import Disposition, EmbeddingClient, EmbeddingError, RowFailure
+from .queue import (
+    Claim,
+    DatabaseUnavailable,
+    Failure,
+    QueueClient,
+    first_line,
+    is_connection_error,
+)
+from .settings import Settings
 
 log = logging.getLogger("study_embed.worker")
-APP_NAME = "study-embed listener"
-SLEEP_LOCK_WAIT_MS = 50   # how long a listener waits for committing writers before it sleeps
-#                           (writers that come meanwhile NOTIFY: keep it short)
-FOLD_EVERY = 10.0         # seconds between two foldings of the status counts by an idle listener
+PROBE_TEXT = "문제: dimension probe"
+SLEEP_LOCK_WAIT_MS = 50    # how long a listener waits for committing writers before it sleeps
+#                            (writers that come meanwhile NOTIFY: keep it short)
+FOLD_EVERY = 10.0          # seconds between two foldings of the status counts by an idle listener
+DUPLICATE_BUDGET = 0.5     # seconds of near-duplicate work between two drains
+GIVE_BACK_TIMEOUT = 5.0    # seconds a shutdown spends giving back unfinished rows
+DRAIN_GIVE_UP = 5          # `drain` stops after this many server failures in a row
 
 
 class StartupError(Exception):
@@ -42,30 +55,12 @@ class StartupError(Exception):
         self.config = config
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    database_url: str
-    model: str
-    batch_size: int = 10
-    concurrency: int = 2
-    lease_seconds: float = 120.0
-    poll_interval: float = 30.0
-    shutdown_timeout: float = 20.0
-
-
-@dataclass(frozen=True)
-class Row:
-    id: int
-    token: UUID
-    body: str
-
-
 @dataclass
 class Stats:
     embedded: int = 0
-    failed: Counter = field(default_factory=Counter)   # reason -> rows
+    failed: Counter[str] = field(default_factory=Counter)   # reason -> rows
     released: int = 0
-    superseded: int = 0                                 # claim voided by an edit meanwhile
+    superseded: int = 0                                      # claim voided by an edit meanwhile
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -74,84 +69,46 @@ class Stats:
         return sum(self.failed.values())
 
 
-class Breaker:
-    """Backs the whole listener off while the embedding server is unavailable."""
-
-    def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
-        self.base, self.cap = base, cap
-        self.failures = 0
-        self.open_until = 0.0
-
-    @property
-    def is_open(self) -> bool:
-        return time.monotonic() < self.open_until
-
-    def record_success(self) -> None:
-        if self.failures:
-            log.info("embedding server is answering again")
-        self.failures = 0
-        self.open_until = 0.0
-
-    def record_failure(self) -> float:
-        delay = min(self.cap, self.base * 2 ** self.failures) * random.uniform(0.8, 1.0)
-        self.failures += 1
-        self.open_until = time.monotonic() + delay
-        return delay
-
-    async def wait(self, stop: asyncio.Event) -> None:
-        remaining = self.open_until - time.monotonic()
-        if remaining > 0:
-            try:
-                await asyncio.wait_for(stop.wait(), remaining)
-            except TimeoutError:
-                pass
-
-
 class Worker:
-    def __init__(self, settings: WorkerSettings, client: EmbeddingClient) -> None:
+    def __init__(self, settings: Settings, queue: QueueClient, client: EmbeddingClient) -> None:
         self.s = settings
+        self.queue = queue
         self.client = client
-        self.q = queries()
         self.stats = Stats()
-        self.breaker = Breaker()
+        self.breaker = Breaker(Backoff(base=1.0, cap=60.0), probe=client.healthy)
         self.dim = 0
-        self._held: dict[int, list[Row]] = {}
+        self.gave_up = False
+        self._held: dict[int, list[Claim]] = {}
         self._folded_at = float("-inf")
         self._seq = count()
-        self.pool = AsyncConnectionPool(
-            settings.database_url, min_size=1, max_size=settings.concurrency + 2, open=False,
-            kwargs={"autocommit": True, "application_name": APP_NAME},
-            configure=register_vector_async, check=AsyncConnectionPool.check_connection,
-            name="study-embed")
+
+    @property
+    def in_flight_rows(self) -> int:
+        return sum(len(c) for c in self._held.values())
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
         try:
-            async with await psycopg.AsyncConnection.connect(
-                    self.s.database_url, application_name=APP_NAME) as conn:
-                cur = await conn.execute(
-                    "SELECT to_regtype('vector') IS NOT NULL,"
-                    " to_regprocedure('study_embed.claim(integer, interval)') IS NOT NULL")
-                has_vector, has_schema = await cur.fetchone()
+            has_vector, has_api = await self.queue.schema_ready()
         except psycopg.OperationalError as e:
             raise StartupError(f"cannot connect to the database: {e}".strip()) from None
-        if not (has_vector and has_schema):
+        if not (has_vector and has_api):
             raise StartupError("the database is not migrated (no pgvector type or no "
                                "study_embed schema): run `make migrate`", config=True)
         try:
-            await self.pool.open(wait=True, timeout=15)
-        except PoolTimeout as e:
+            await self.queue.open()
+        except psycopg.Error as e:   # PoolTimeout is one
             raise StartupError(f"cannot connect to the database: {e}") from None
 
     async def close(self) -> None:
-        await self.pool.close()
+        await self.queue.close()
         await self.client.aclose()
 
     async def startup_checks(self, wait_for_server: bool, stop: asyncio.Event) -> None:
         """The column's dimension from the catalog; the server answers with that dimension."""
         try:
-            dim = await self._scalar("embedding_dimension", {})
+            dim = await self.queue.embedding_dimension()
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName):
             raise StartupError("the study_embed schema is missing: run `make migrate`",
                                config=True) from None
@@ -162,143 +119,99 @@ class Worker:
             raise StartupError("study_questions.embedding is missing: run `make migrate`",
                                config=True)
         self.dim = dim
-        delay = 1.0
+        backoff = Backoff(base=1.0, cap=30.0)
+        cfg = self.client.config
         while True:
             try:
-                [probe] = await self.client.embed(["문제: dimension probe"])
+                [probe] = await self.client.embed([PROBE_TEXT])
                 break
             except EmbeddingError as e:
-                msg = (f"the embedding server at {self.client.config.url} "
-                       f"({self.client.config.api}) does not answer correctly: {e}")
-                if not wait_for_server or isinstance(e, (InputError, MalformedReply)):
+                msg = f"the embedding server at {cfg.url} ({cfg.api}) does not answer correctly: {e}"
+                if not wait_for_server or not e.server_side:
                     raise StartupError(msg) from None
+                delay = backoff.next_delay()
                 log.warning(msg + f"; retrying in {delay:.0f} s")
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                    raise StartupError("stopped while waiting for the embedding server")
-                except TimeoutError:
-                    delay = min(delay * 2, 30.0)
+                if not await sleep_unless(stop, delay):
+                    raise StartupError("stopped while waiting for the embedding server") from None
+        if isinstance(probe, RowFailure):
+            raise StartupError(f"the embedding server at {cfg.url} ({cfg.api}) does not answer "
+                               f"correctly: {probe.message}")
         if probe.shape[0] != dim:
             raise StartupError(
                 f"dimension mismatch: the embedding server returns {probe.shape[0]}-dimensional "
-                f"vectors ({self.client.config.model}) but study_questions.embedding is "
-                f"vector({dim}). Point EMBEDDING_URL/EMBEDDING_MODEL at a {dim}-dimensional model "
-                f"or migrate with EMBEDDING_DIM={probe.shape[0]}.", config=True)
+                f"vectors ({cfg.model}) but study_questions.embedding is vector({dim}). Point "
+                f"EMBEDDING_URL/EMBEDDING_MODEL at a {dim}-dimensional model or migrate with "
+                f"EMBEDDING_DIM={probe.shape[0]}.", config=True)
         log.info("embedding server ok", extra={"fields": {
-            "api": self.client.config.api, "url": self.client.config.url,
-            "model": self.s.model, "dim": dim}})
-
-    # -- database --------------------------------------------------------------------------------
-
-    async def _run(self, name: str, params: dict) -> list[tuple]:
-        """One queue-API call, retried across connection loss.  complete/fail/release are
-        idempotent (they act only on the current claim); a claim whose reply was lost leaves
-        its rows pending until their lease expires, which is the price of never double-claiming."""
-        delay = 0.5
-        while True:
-            try:
-                async with self.pool.connection() as conn:
-                    cur = await conn.execute(self.q[name], params)
-                    return await cur.fetchall() if cur.description else []
-            except (psycopg.OperationalError, PoolTimeout) as e:
-                log.warning("database unavailable; retrying", extra={"fields": {
-                    "query": name, "error": _first_line(e), "retry_in_s": round(delay, 1)}})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    async def _scalar(self, name: str, params: dict) -> Any:
-        rows = await self._run(name, params)
-        return rows[0][0] if rows else None
-
-    async def waiting(self) -> int:
-        """Rows waiting for an embedding now (exact, from the status view)."""
-        return await self._scalar("waiting", {})
-
-    async def claim(self) -> list[Row]:
-        rows = await self._run("claim", {"batch_size": self.s.batch_size,
-                                         "lease_seconds": self.s.lease_seconds})
-        return [Row(*r) for r in rows]
-
-    async def _complete(self, done: list[tuple[Row, np.ndarray]]) -> set[int]:
-        rows = await self._run("complete", {
-            "ids": [r.id for r, _ in done], "claim_tokens": [r.token for r, _ in done],
-            "embeddings": [v for _, v in done], "model": self.s.model})
-        return {r[0] for r in rows}
-
-    async def _fail(self, failed: list[tuple[Row, str, bool]]) -> None:
-        for retryable in (True, False):
-            part = [(r, msg) for r, msg, rt in failed if rt is retryable]
-            if part:
-                await self._run("fail", {
-                    "ids": [r.id for r, _ in part], "claim_tokens": [r.token for r, _ in part],
-                    "errors": [m for _, m in part], "retryable": retryable})
-
-    async def _release(self, rows: list[Row], retry_in: float, reason: str) -> None:
-        await self._run("release", {
-            "ids": [r.id for r in rows], "claim_tokens": [r.token for r in rows],
-            "retry_in_seconds": retry_in, "reason": reason[:2000]})
-        self.stats.released += len(rows)
+            "api": cfg.api, "url": cfg.url, "model": self.s.embedding_model, "dim": dim}})
 
     # -- one batch -------------------------------------------------------------------------------
 
-    async def embed_rows(self, rows: list[Row]) -> tuple[list[tuple[Row, np.ndarray]],
-                                                          list[tuple[Row, str, bool]]]:
-        """Embed rows; isolate rows the server rejects by splitting.  TransientError escapes."""
+    async def embed_rows(self, claims: list[Claim]) -> tuple[list[tuple[Claim, np.ndarray]],
+                                                             list[Failure]]:
+        """Vectors and row failures; a rejected request is halved until the rejected rows are
+        alone.  A server-side EmbeddingError escapes: the whole batch goes back."""
         try:
-            vectors = await self.client.embed([r.body for r in rows])
-        except InputError as e:
-            if len(rows) == 1:
-                return [], [(rows[0], f"rejected by the embedding server: {e}", e.retryable)]
-            mid = len(rows) // 2
-            done_a, failed_a = await self.embed_rows(rows[:mid])
-            done_b, failed_b = await self.embed_rows(rows[mid:])
+            results = await self.client.embed([c.body for c in claims], self.dim)
+        except EmbeddingError as e:
+            if e.server_side:
+                raise
+            if len(claims) == 1:
+                return [], [Failure(claims[0], f"rejected by the embedding server: {e}",
+                                    retryable=e.disposition is Disposition.RETRY_LATER)]
+            mid = len(claims) // 2
+            done_a, failed_a = await self.embed_rows(claims[:mid])
+            done_b, failed_b = await self.embed_rows(claims[mid:])
             return done_a + done_b, failed_a + failed_b
-        except MalformedReply as e:
-            return [], [(r, f"malformed reply from the embedding server: {e}", True) for r in rows]
-        done, failed = [], []
-        for row, vec, problem in zip(rows, vectors, check_vectors(vectors, self.dim), strict=True):
-            if problem is None:
-                done.append((row, vec))
+        done: list[tuple[Claim, np.ndarray]] = []
+        failed: list[Failure] = []
+        for claim, result in zip(claims, results, strict=True):
+            if isinstance(result, RowFailure):
+                failed.append(Failure(claim, "malformed reply from the embedding server: "
+                                      + result.message, result.retryable))
             else:
-                failed.append((row, f"malformed reply from the embedding server: {problem}", True))
+                done.append((claim, result))
         return done, failed
 
-    async def process(self, key: int, rows: list[Row]) -> None:
+    async def process(self, key: int, claims: list[Claim]) -> None:
         t0 = time.monotonic()
         try:
-            done, failed = await self.embed_rows(rows)
-        except TransientError as e:
-            delay = self.breaker.record_failure()
+            done, failed = await self.embed_rows(claims)
+        except EmbeddingError as e:
+            delay = self.breaker.record_failure(
+                unreachable=e.disposition is Disposition.UNREACHABLE)
             log.warning("embedding server unavailable; batch given back", extra={"fields": {
-                "rows": len(rows), "error": str(e), "retry_in_s": round(delay, 1)}})
-            await self._release(rows, delay, f"embedding server unavailable: {e}")
+                "rows": len(claims), "error": str(e), "retry_in_s": round(delay, 1)}})
+            # due at once: the breaker, not the row, decides when the server is asked again
+            await self.queue.release(claims, 0, f"embedding server unavailable: {e}")
+            self.stats.released += len(claims)
             self._held.pop(key, None)
             return
         self.breaker.record_success()
         embed_ms = (time.monotonic() - t0) * 1000
-        written = await self._complete(done) if done else set()
-        if failed:
-            await self._fail(failed)
+        written = await self.queue.complete(done, self.s.embedding_model)
+        await self.queue.fail(failed)
         self._held.pop(key, None)
         self.stats.batches += 1
         self.stats.embedded += len(written)
         self.stats.superseded += len(done) - len(written)
-        for _, msg, _ in failed:
-            self.stats.failed[msg[:160]] += 1
+        for f in failed:
+            self.stats.failed[f.error[:160]] += 1
         log.info("batch", extra={"fields": {
-            "rows": len(rows), "embedded": len(written), "failed": len(failed),
+            "rows": len(claims), "embedded": len(written), "failed": len(failed),
             "superseded": len(done) - len(written), "embed_ms": round(embed_ms, 1),
             "total_ms": round((time.monotonic() - t0) * 1000, 1)}})
-        for row, msg, retryable in failed:
-            log.warning("row failed", extra={"fields": {"id": row.id, "error": msg,
-                                                        "retryable": retryable}})
+        for f in failed:
+            log.warning("row failed", extra={"fields": {"id": f.claim.id, "error": f.error,
+                                                        "retryable": f.retryable}})
 
     # -- the loops -------------------------------------------------------------------------------
 
-    async def drain(self, stop: asyncio.Event) -> None:
-        """Claim and process until nothing is claimable (or stop).  One batch is claimed ahead
-        while `concurrency` batches are in flight, so the server never waits for the database."""
-        queue: asyncio.Queue[tuple[int, list[Row]] | None] = asyncio.Queue(maxsize=1)
+    async def drain(self, stop: asyncio.Event, give_up: bool = False) -> None:
+        """Claim and process until nothing is claimable (or stop; or, with `give_up`, until the
+        server failed DRAIN_GIVE_UP times in a row).  One batch is claimed ahead while
+        `concurrency` batches are in flight, so the server never waits for the database."""
+        queue: asyncio.Queue[tuple[int, list[Claim]] | None] = asyncio.Queue(maxsize=1)
 
         async def producer() -> None:
             try:
@@ -306,25 +219,34 @@ class Worker:
                     await self.breaker.wait(stop)
                     if stop.is_set():
                         break
-                    rows = await self.claim()
-                    if not rows:
+                    if give_up and self.breaker.failures >= DRAIN_GIVE_UP:
+                        self.gave_up = True
+                        break
+                    claims = await self.queue.claim(self.s.batch_size, self.s.lease_seconds)
+                    if not claims:
+                        if self._held:         # a batch in flight may yet be given back
+                            await asyncio.sleep(0.05)
+                            continue
                         break
                     key = next(self._seq)
-                    self._held[key] = rows
-                    await queue.put((key, rows))
+                    self._held[key] = claims
+                    await queue.put((key, claims))
             finally:
                 for _ in range(self.s.concurrency):
                     await queue.put(None)
 
         async def consumer() -> None:
             while (item := await queue.get()) is not None:
+                key, claims = item
                 try:
-                    await self.process(*item)
-                except Exception as e:  # a bug here must not strand the batch or the loop
+                    await self.process(key, claims)
+                except Exception as e:
+                    if is_connection_error(e) or isinstance(e, DatabaseUnavailable):
+                        raise          # the rows stay held: given back below, or by the lease
+                    # a bug, or a database error writing the outcome: fail the batch, go on
                     log.exception("batch failed inside the listener")
-                    key, rows = item
-                    await self._fail([(r, f"listener error: {type(e).__name__}: {e}", True)
-                                      for r in rows])
+                    await self.queue.fail([Failure(c, f"listener error: {type(e).__name__}: "
+                                                   f"{first_line(e)}", True) for c in claims])
                     self._held.pop(key, None)
 
         tasks = [asyncio.create_task(producer())]
@@ -336,58 +258,64 @@ class Worker:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if self._held:
-                await asyncio.shield(self.release_held("listener stopped before finishing"))
+                await asyncio.shield(self.give_back("listener stopped before finishing"))
 
-    async def detect_duplicates(self, budget_seconds: float = 0.5) -> None:
-        """A short near-duplicate pass over what was embedded (the pg_cron tick runs longer
-        ones); short so that a NOTIFY arriving meanwhile waits at most this long."""
-        n = await self._scalar("detect_duplicates", {"budget_seconds": budget_seconds})
+    async def give_back(self, reason: str) -> None:
+        """Release every held row, within GIVE_BACK_TIMEOUT and without waiting for a database
+        that is down: the lease is the safety net for what could not be given back."""
+        held = [c for claims in self._held.values() for c in claims]
+        self._held.clear()
+        if not held:
+            return
+        log.info("giving back unfinished rows", extra={"fields": {"rows": len(held)}})
+        try:
+            await asyncio.wait_for(self.queue.release(held, 0, reason, retry=False),
+                                   GIVE_BACK_TIMEOUT)
+            self.stats.released += len(held)
+        except Exception as e:
+            log.warning("could not give back rows; they return when their lease expires",
+                        extra={"fields": {"rows": len(held), "error": first_line(e)}})
+
+    async def _optional(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        """A pass the listener can do without (the pg_cron tick does it too): a database error
+        in it is logged, and the listener goes on embedding."""
+        try:
+            await step()
+        except psycopg.Error as e:
+            if is_connection_error(e):
+                raise
+            log.warning(f"{what} failed; going on", extra={"fields": {"error": first_line(e)}})
+
+    async def _detect_duplicates(self) -> None:
+        """A short near-duplicate pass over what was embedded (the tick runs longer ones);
+        short so that a NOTIFY arriving meanwhile waits at most this long."""
+        n = await self.queue.detect_duplicates(DUPLICATE_BUDGET)
         if n:
             log.info("near-duplicate pass", extra={"fields": {"questions": n}})
 
-    async def release_held(self, reason: str) -> None:
-        held = [r for rows in self._held.values() for r in rows]
-        self._held.clear()
-        if held:
-            log.info("giving back unfinished rows", extra={"fields": {"rows": len(held)}})
-            try:
-                await self._release(held, 0, reason)
-            except Exception as e:  # the lease expiry is the safety net
-                log.warning("could not give back rows; they return when their lease expires",
-                            extra={"fields": {"rows": len(held), "error": str(e)}})
-
-    async def fold_counts(self) -> None:
-        """Fold the status-count deltas, at most every FOLD_EVERY seconds (the pg_cron tick does
-        it too; not every database has pg_cron)."""
+    async def _fold_counts(self) -> None:
+        """Fold the status-count deltas, at most every FOLD_EVERY seconds (the tick does it
+        too; not every database has pg_cron)."""
         if time.monotonic() - self._folded_at >= FOLD_EVERY:
-            await self._run("compact_counts", {})
+            await self.queue.compact_counts()
             self._folded_at = time.monotonic()
-
-    async def _sleep(self, conn: psycopg.AsyncConnection) -> str:
-        """Take the sleep lock on the LISTEN connection, so that writers start to NOTIFY (see
-        study_embed.listener_sleep): asleep, work, other or busy."""
-        cur = await conn.execute(self.q["listener_sleep"], {"wait_ms": SLEEP_LOCK_WAIT_MS})
-        return (await cur.fetchone())[0]
 
     async def listen(self, stop: asyncio.Event) -> None:
         """Scan first (NOTIFY is not replayed), then sleep until a NOTIFY, a poll, or stop.
         Writers send NOTIFY only while a listener sleeps holding the sleep lock, so that busy
         writers do not serialise their commits on it; the lock's handshake loses no wake-up."""
-        channel = await self._scalar("channel", {})
-        delay = 1.0
+        channel = await self.queue.channel()
+        reconnect = Backoff(base=1.0, cap=30.0)
         while not stop.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(
-                        self.s.database_url, autocommit=True,
-                        application_name=APP_NAME + " (LISTEN)") as conn:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                async with self.queue.listening(channel) as ln:
                     log.info("listening", extra={"fields": {"channel": channel}})
-                    delay = 1.0
+                    reconnect.reset()
                     while not stop.is_set():
                         await self.drain(stop)
-                        await self.detect_duplicates()
-                        await self.fold_counts()
-                        state = await self._sleep(conn)
+                        await self._optional("near-duplicate pass", self._detect_duplicates)
+                        await self._optional("folding the status counts", self._fold_counts)
+                        state = await ln.sleep(SLEEP_LOCK_WAIT_MS)
                         if state == "work":
                             continue
                         # 'other': another listener holds the lock, and the NOTIFY that wakes
@@ -396,33 +324,16 @@ class Worker:
                         timeout = {"asleep": self.s.poll_interval,
                                    "other": min(self.s.poll_interval, 5.0),
                                    "busy": 0.05}[state]
-                        woke = await self._wait(conn, stop, timeout)
+                        woke = await ln.wait(stop, timeout)
                         if state == "asleep":
-                            await conn.execute(self.q["listener_wake"])
+                            await ln.wake()
                         log.debug("woke", extra={"fields": {"by": woke, "slept": state}})
-            except psycopg.OperationalError as e:
+            except (psycopg.Error, DatabaseUnavailable) as e:
                 if stop.is_set():
                     break
-                log.warning("lost the database connection; reconnecting", extra={"fields": {
-                    "error": _first_line(e), "retry_in_s": delay}})
-                try:
-                    await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
-                delay = min(delay * 2, 30.0)
-
-    async def _wait(self, conn: psycopg.AsyncConnection, stop: asyncio.Event,
-                    timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while not stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return "poll"
-            async for _ in conn.notifies(timeout=min(remaining, 0.5), stop_after=1):
-                return "notify"
-        return "stop"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+                what = ("lost the database connection; reconnecting" if is_connection_error(e)
+                        else "database error; trying again")
+                delay = reconnect.next_delay()
+                log.warning(what, extra={"fields": {"error": first_line(e),
+                                                    "retry_in_s": round(delay, 1)}})
+                await sleep_unless(stop, delay)

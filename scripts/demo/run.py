@@ -31,9 +31,8 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bank  # noqa: E402
 import server  # noqa: E402
-
-from study_embed.localdb import default_cluster  # noqa: E402
 from study_embed.migrate import Migrator  # noqa: E402
+from study_embed_dev.localdb import default_cluster  # noqa: E402
 
 DBNAME = "study_embed_demo"
 CLI = Path(sys.executable).with_name("study-embed")

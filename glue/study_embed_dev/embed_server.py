@@ -1,9 +1,10 @@
 """A real loopback HTTP embedding server for the tests.
 
 It speaks the three protocols the listener knows (TEI `POST /embed`, OpenAI `POST
-/v1/embeddings`, Ollama `POST /api/embed`, plus `GET /health`), returns deterministic vectors
+/v1/embeddings`, Ollama `POST /api/embed`, and their health checks), returns deterministic vectors
 (`helpers.vector_for`), records every text it receives, and can be told to misbehave: delay,
-answer with an error status, HTML, wrong counts, wrong dimensions, NaN, zero vectors, reject
+answer with an error status, HTML, wrong counts, wrong dimensions, NaN, zero vectors, numbers
+as strings or booleans, reject
 "poison" texts with 422, or go down altogether (connection refused).
 """
 
@@ -12,12 +13,12 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import zlib
 import time
+import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .helpers import vector_for
+from .vectors import vector_for
 
 PROBE = "문제: dimension probe"   # what the listener embeds at start-up
 TEI_ERRORS = {422: "Validation", 424: "Backend", 429: "Overloaded", 503: "Unhealthy", 400: "Empty"}
@@ -30,9 +31,11 @@ class EmbedServer:
         self.cost_per_text = 0.0       # and this many more per text (a model's cost)
         self.mode: str | int | None = None  # None, an HTTP status, or a misbehaviour name
         self.poison: set[str] = set()  # texts containing one of these get 422
+        self.poison_message = "Input validation error: input is too long"
         self.spare_probe = True        # the listener's start-up probe is answered correctly
         self.constant = False          # benchmarks: pre-encoded vectors, next to no server cost
         self.requests: list[tuple[str, list[str]]] = []   # (path, texts)
+        self.health_checks = 0
         self.lock = threading.Lock()
         self._open: set[socket.socket] = set()   # live connections, cut by stop()
         self._port = port
@@ -65,8 +68,13 @@ class EmbedServer:
                 super().finish()
 
             def do_GET(self):
-                if self.path == "/health":
-                    self._send(200, b"", "text/plain")
+                # each protocol's health check: TEI /health, OpenAI /v1/models, Ollama
+                # /api/version; a 5xx mode makes the server unhealthy too
+                with server.lock:
+                    server.health_checks += 1
+                down = isinstance(server.mode, int) and server.mode >= 500
+                if self.path in ("/health", "/v1/models", "/api/version"):
+                    self._send(server.mode if down else 200, b"{}")
                 else:
                     self._send(404, b'{"error": "not found"}')
 
@@ -124,7 +132,7 @@ class EmbedServer:
             time.sleep(self.delay + self.cost_per_text * len(texts))
         mode = None if self.spare_probe and texts == [PROBE] else self.mode
         if any(p in t for p in self.poison for t in texts):
-            return self._error(h, path, 422, "Input validation error: input is too long")
+            return self._error(h, path, 422, self.poison_message)
         if isinstance(mode, int):
             return self._error(h, path, mode, f"simulated {mode}")
         if mode == "html":
@@ -140,6 +148,10 @@ class EmbedServer:
             vectors[-1][0] = float("nan")
         elif mode == "zero":
             vectors[-1] = [0.0] * self.dim
+        elif mode == "strings":          # a number as a JSON string: "0.1"
+            vectors[-1][0] = str(vectors[-1][0])
+        elif mode == "bools":            # JSON true where a number belongs
+            vectors[-1][1] = True
         if path == "/embed":
             payload = vectors
         elif path == "/v1/embeddings":

@@ -29,9 +29,8 @@ RUN_AS = "postgres"
 
 
 def project_root() -> Path:
-    """The checkout this package was installed from in editable mode, else the working dir."""
-    here = Path(__file__).resolve().parents[2]
-    return here if (here / "pyproject.toml").exists() else Path.cwd()
+    """The checkout (this package is never installed anywhere else)."""
+    return Path(__file__).resolve().parents[2]
 
 
 def pg_bindir() -> Path:
@@ -219,7 +218,7 @@ def _cmd_url(_: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m study_embed.localdb",
+    p = argparse.ArgumentParser(prog="python -m study_embed_dev.localdb",
                                 description="Start, stop or locate the project-local cluster.")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="initialise (once) and start the cluster").set_defaults(fn=_cmd_up)

@@ -1,0 +1,180 @@
+"""Settings: every one is an environment variable and a command-line flag (the flag wins).
+
+`Settings` holds the values, typed, with the one set of defaults; the table `SETTINGS` says for
+each field its variable, help text, parser and the commands it applies to.  The CLI builds its
+flags from the table, `--help` lists it, and the README's settings table is checked against it by
+the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+
+class ConfigError(Exception):
+    """Bad configuration: the CLI prints the message and exits with status 2."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = ""
+    embedding_api: str = "tei"
+    embedding_url: str = "http://127.0.0.1:8080"
+    embedding_model: str = "BAAI/bge-m3"
+    embedding_api_key: str | None = None
+    embedding_timeout: float = 15.0
+    embedding_max_inputs: int = 32
+    batch_size: int = 10
+    concurrency: int = 2
+    lease_seconds: float = 120.0
+    poll_interval: float = 30.0
+    shutdown_timeout: float = 20.0
+    log_format: str = "text"
+    log_level: str = "INFO"
+    embedding_dim: int | None = None
+    study_embed_cron: bool = True
+
+    @classmethod
+    def resolve(cls, args: argparse.Namespace | None, command: str,
+                environ: dict[str, str] | None = None) -> Settings:
+        """Flag, else environment, else default; parsed and validated.  Settings that do not
+        apply to `command` keep their defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for s in SETTINGS:
+            if command not in s.commands:
+                continue
+            raw = getattr(args, s.field, None) if args is not None else None
+            source = f"{s.flag} ({s.env})"
+            if raw is None:
+                raw, source = env.get(s.env), s.env
+            if raw is None or raw == "":
+                continue
+            if s.choices and raw not in s.choices:
+                raise ConfigError(f"{source}={raw!r}: must be one of {', '.join(s.choices)}")
+            try:
+                values[s.field] = s.parse(raw)
+            except ValueError as e:
+                raise ConfigError(f"{source}={raw!r}: {e}") from None
+        if command in DB and not values.get("database_url"):
+            raise ConfigError(
+                "DATABASE_URL is not set: point it at the app's PostgreSQL, for example "
+                "postgresql://study_embed@db/app (on a checkout, `make db-up` starts a local "
+                "cluster and `make db-url` prints its URL)")
+        return cls(**values)
+
+
+def default_of(name: str) -> Any:
+    return {f.name: f.default for f in dataclasses.fields(Settings)}[name]
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    help: str
+    parse: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+    commands: tuple[str, ...] = ("listen", "drain")
+
+    @property
+    def field(self) -> str:
+        return self.env.lower()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.lower().replace("_", "-")
+
+    @property
+    def default(self) -> Any:
+        return default_of(self.field)
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if v < 1:
+        raise ValueError("must be at least 1")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not 0 < v < float("inf"):
+        raise ValueError("must be greater than 0")
+    return v
+
+
+def _on_off(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("1", "on", "true", "yes"):
+        return True
+    if v in ("0", "off", "false", "no"):
+        return False
+    raise ValueError("must be on or off")
+
+
+def _http_url(s: str) -> str:
+    url = urlparse(s)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ValueError("must be an http(s) URL such as http://127.0.0.1:8080")
+    return s
+
+
+ALL = ("listen", "drain", "status", "reembed", "migrate", "search", "check-duplicate")
+DB = ALL
+EMBED = ("listen", "drain", "search", "check-duplicate")
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", "PostgreSQL connection URL (required)", commands=DB),
+    Setting("EMBEDDING_API", "embedding server protocol", choices=("tei", "openai", "ollama"),
+            commands=EMBED),
+    Setting("EMBEDDING_URL", "embedding server base URL", _http_url, commands=EMBED),
+    Setting("EMBEDDING_MODEL", "model name sent to the server and stored in embedding_model",
+            commands=(*EMBED, "reembed")),
+    Setting("EMBEDDING_API_KEY", "bearer token for the embedding server (optional)",
+            commands=EMBED),
+    Setting("EMBEDDING_TIMEOUT", "seconds to wait for one embedding request", _positive_float,
+            commands=EMBED),
+    Setting("EMBEDDING_MAX_INPUTS", "most texts per HTTP request (TEI's default "
+            "max_client_batch_size is 32); larger batches are split", _positive_int,
+            commands=EMBED),
+    Setting("BATCH_SIZE", "rows claimed per batch", _positive_int),
+    Setting("CONCURRENCY", "batches in flight at once", _positive_int),
+    Setting("LEASE_SECONDS", "how long a claim is held before another listener may take the row "
+            "over", _positive_float),
+    Setting("POLL_INTERVAL", "seconds between scans when no NOTIFY arrives (the fallback for "
+            "databases without pg_cron)", _positive_float, commands=("listen",)),
+    Setting("SHUTDOWN_TIMEOUT", "seconds to finish in-flight batches on SIGTERM/SIGINT before "
+            "releasing them", _positive_float),
+    Setting("LOG_FORMAT", "log format", choices=("text", "json"), commands=ALL),
+    Setting("LOG_LEVEL", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+            commands=ALL),
+    Setting("EMBEDDING_DIM", "embedding dimension for a new schema (default 1024, bge-m3); an "
+            "existing column keeps its own", _positive_int, commands=("migrate",)),
+    Setting("STUDY_EMBED_CRON", "schedule the pg_cron tick (off for databases without pg_cron)",
+            _on_off, commands=("migrate",)),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    group = parser.add_argument_group("settings (flag or environment variable)")
+    for s in SETTINGS:
+        if command not in s.commands:
+            continue
+        default = s.default
+        shown = ("on" if default else "off") if isinstance(default, bool) else (
+            "unset" if default in (None, "") else default)
+        group.add_argument(s.flag, dest=s.field, metavar=s.env, default=None,
+                           help=f"{s.help}; env {s.env}, default {shown}"
+                           + (f" ({' | '.join(s.choices)})" if s.choices else ""))
