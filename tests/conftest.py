@@ -1,5 +1,10 @@
 """Test fixtures: a throwaway PostgreSQL cluster with the real pgvector and pg_cron.
 
+The tests come in three layers: tests/unit (no database, no server; milliseconds),
+tests/integration (SQL and the Python modules against the real cluster) and tests/cli (the
+`study-embed` command as a black box, with the loopback embedding server).  The cluster starts
+only for the last two (their conftest.py asks for it).
+
 The cluster is started once per session (as the unprivileged `postgres` user when the suite runs
 as root, since initdb refuses root), pg_cron preloaded in the `postgres` database with
 background workers.  pytest-postgresql builds a migrated template database once and clones it
@@ -63,7 +68,7 @@ def drop_database(name: str) -> None:
             psycopg.sql.Identifier(name)))
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def pg_cluster():
     CLUSTER.init()
     CLUSTER.start()

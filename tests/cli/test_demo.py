@@ -18,9 +18,9 @@ import psycopg
 import pytest
 from study_embed_dev.embed_server import EmbedServer
 
-from .conftest import drop_database, fresh_database
+from ..conftest import drop_database, fresh_database
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "demo"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "demo"))
 import bank  # noqa: E402
 import run as demo  # noqa: E402
 import server as demo_server  # noqa: E402

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from .helpers import QuestionBank, render, vector_for
+from ..helpers import QuestionBank, render, vector_for
 
 
 def _embed_all(bank: QuestionBank, vectors: dict[int, np.ndarray] | None = None) -> None:

@@ -20,8 +20,8 @@ from study_embed.sqlfiles import sql_dir
 from study_embed_dev.embed_server import PROBE, EmbedServer
 from study_embed_dev.localdb import Cluster
 
-from .conftest import _free_port, scratch_dir, url_for
-from .helpers import (
+from ..conftest import _free_port, scratch_dir, url_for
+from ..helpers import (
     QuestionBank,
     assert_ready_with_current_text,
     listener_env,

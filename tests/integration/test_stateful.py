@@ -20,7 +20,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from .helpers import QuestionBank, render, vector_for
+from ..helpers import QuestionBank, render, vector_for
 
 CONTENT = ["question_text", "choice_1", "choice_2", "choice_3", "choice_4"]
 OTHER = ["correct_choice", "explanation", "subject", "scope"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from study_embed.settings import SETTINGS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_settings_table_matches_the_code():

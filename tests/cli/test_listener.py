@@ -17,8 +17,8 @@ from study_embed.migrate import Migrator
 from study_embed_dev.embed_server import PROBE, EmbedServer
 from study_embed_dev.localdb import Cluster
 
-from .conftest import _free_port, scratch_dir
-from .helpers import (
+from ..conftest import _free_port, scratch_dir
+from ..helpers import (
     QuestionBank,
     assert_ready_with_current_text,
     listener_env,

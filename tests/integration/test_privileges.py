@@ -6,8 +6,8 @@ import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 
-from .conftest import url_for
-from .helpers import vector_for
+from ..conftest import url_for
+from ..helpers import vector_for
 
 LOGIN = "study_embed_listener_test"
 

@@ -29,8 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, validates
 
-from .conftest import url_for
-from .helpers import QuestionBank
+from ..conftest import url_for
+from ..helpers import QuestionBank
 
 APP_ROLE = "se_orm_app"
 

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 
-from .conftest import drop_database, fresh_database
-from .helpers import nested_plans, render, vector_for
+from ..conftest import drop_database, fresh_database
+from ..helpers import nested_plans, render, vector_for
 
 DIM = 64
 USERS = 150

@@ -7,8 +7,8 @@ import re
 import psycopg
 import pytest
 
-from .conftest import drop_database, fresh_database
-from .helpers import nested_plans
+from ..conftest import drop_database, fresh_database
+from ..helpers import nested_plans
 
 ROWS = 100_000
 CLAIMABLE = 100                      # 0.1 %

@@ -8,7 +8,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from .helpers import render, vector_for
+from ..helpers import render, vector_for
 
 CONTENT = ["question_text", "choice_1", "choice_2", "choice_3", "choice_4"]
 NON_CONTENT = {

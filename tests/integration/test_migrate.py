@@ -18,8 +18,8 @@ from study_embed.sqlfiles import sql_dir
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.localdb import Cluster
 
-from .conftest import CLUSTER, _free_port, scratch_dir, url_for
-from .helpers import render, vector_for
+from ..conftest import CLUSTER, _free_port, scratch_dir, url_for
+from ..helpers import render, vector_for
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import QuestionBank, vector_for
+from ..helpers import QuestionBank, vector_for
 
 # A statement's new row versions must fit on their page beside the old ones (pruning happens
 # when a page is read, and never to versions of a transaction still open): a few rows, as an

@@ -34,9 +34,9 @@ from dockerfile_parse import DockerfileParser
 from study_embed.migrate import Migrator
 from study_embed.settings import SETTINGS, Settings
 
-from .conftest import CLUSTER, drop_database, url_for
+from ..conftest import CLUSTER, drop_database, url_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE_FILE = DOCKER / "compose.yaml"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -331,7 +331,8 @@ def test_the_wheel_the_image_installs_migrates_a_database(tmp_path):
         z.extractall(site)
     assert "study_embed/db/queries.sql" in names
     assert any(n.startswith("study_embed/db/migrations/") for n in names)
-    assert not any(n.startswith(("tests/", "bench/")) for n in names)
+    assert not any(n.startswith(("tests/", "bench/", "study_embed_dev/")) for n in names)
+    assert "study_embed/localdb.py" not in names      # development tools stay in the checkout
     name = f"wheel_{uuid.uuid4().hex[:8]}"
     CLUSTER.create_database(name)
     try:
@@ -344,6 +345,12 @@ def test_the_wheel_the_image_installs_migrates_a_database(tmp_path):
                                 "print(s.sql_dir())"], env=env, capture_output=True, text=True,
                                cwd=tmp_path)
         assert where.stdout.strip() == str(site / "study_embed" / "db")
+        # without DATABASE_URL the installed command says so; it starts no cluster of its own
+        unset = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+        bare = subprocess.run([sys.executable, "-m", "study_embed.cli", "status"], env=unset,
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert bare.returncode == 2 and "DATABASE_URL is not set" in bare.stderr, bare.stderr
+        assert not (tmp_path / ".pgdata").exists()
         with psycopg.connect(url_for(name)) as conn:
             assert conn.execute("SELECT study_embed.embedding_dimension()").fetchone()[0] == 1024
     finally:

@@ -1,0 +1,67 @@
+"""Settings: one table, one set of defaults, clear errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from study_embed.settings import SETTINGS, ConfigError, Settings, add_arguments
+
+URL = {"DATABASE_URL": "postgresql:///x"}
+
+
+def test_every_setting_is_a_field_and_every_field_a_setting():
+    assert sorted(s.field for s in SETTINGS) == sorted(f.name for f in dataclasses.fields(Settings))
+
+
+def test_defaults_come_from_settings_alone():
+    s = Settings.resolve(None, "listen", URL)
+    assert s == Settings(database_url="postgresql:///x")
+    assert (s.batch_size, s.embedding_timeout, s.embedding_api) == (10, 15.0, "tei")
+
+
+def test_flag_wins_over_environment_and_values_are_parsed():
+    p = argparse.ArgumentParser()
+    add_arguments(p, "listen")
+    args = p.parse_args(["--batch-size", "7"])
+    s = Settings.resolve(args, "listen", {**URL, "BATCH_SIZE": "3", "LEASE_SECONDS": "2.5"})
+    assert s.batch_size == 7 and s.lease_seconds == 2.5
+
+
+def test_settings_of_other_commands_are_not_read():
+    s = Settings.resolve(None, "status", {**URL, "BATCH_SIZE": "not a number"})
+    assert s.batch_size == 10
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"EMBEDDING_API": "grpc"}, "EMBEDDING_API='grpc': must be one of tei, openai, ollama"),
+    ({"BATCH_SIZE": "0"}, "BATCH_SIZE='0': must be at least 1"),
+    ({"BATCH_SIZE": "2.5"}, "must be a whole number"),
+    ({"EMBEDDING_TIMEOUT": "soon"}, "EMBEDDING_TIMEOUT='soon': must be a number"),
+    ({"EMBEDDING_TIMEOUT": "inf"}, "must be greater than 0"),
+    ({"EMBEDDING_URL": "ftp://x"}, "must be an http(s) URL"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml'"),
+])
+def test_bad_values_name_the_setting(env, message):
+    with pytest.raises(ConfigError) as e:
+        Settings.resolve(None, "listen", {**URL, **env})
+    assert message in str(e.value)
+
+
+def test_cron_switch():
+    assert Settings.resolve(None, "migrate", {**URL, "STUDY_EMBED_CRON": "off"}).study_embed_cron \
+        is False
+    with pytest.raises(ConfigError, match="must be on or off"):
+        Settings.resolve(None, "migrate", {**URL, "STUDY_EMBED_CRON": "maybe"})
+
+
+def test_no_database_url_is_an_error_not_a_guess():
+    with pytest.raises(ConfigError, match="DATABASE_URL is not set"):
+        Settings.resolve(None, "status", {})
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().batch_size = 3  # type: ignore[misc]
