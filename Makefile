@@ -9,7 +9,7 @@ LOCALDB := $(PY) -m study_embed_dev.localdb
 WITH_DB := export DATABASE_URL="$${DATABASE_URL:-$$($(LOCALDB) url)}";
 
 .DEFAULT_GOAL := help
-.PHONY: help deps demo demo-down db-up db-down db-url migrate test listen drain status bench bench-full clean
+.PHONY: help deps demo demo-down db-up db-down db-url migrate test test-unit lint listen drain status bench bench-full clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,14 @@ migrate: $(STAMP) ## apply db/ to DATABASE_URL (local cluster when unset)
 
 test: $(STAMP) ## run the test suite (starts its own throwaway PostgreSQL)
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## only tests/unit: no database, no server, about a second
+	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff (lint and format) and mypy, as CI runs them
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy
 
 listen: migrate ## run the listener against DATABASE_URL
 	@$(WITH_DB) $(CLI) listen

@@ -27,16 +27,23 @@ FROM generate_series(1, %(n)s) g
 
 
 # The same text shapes spread over 1,000 users with 5 topics each (see add_users()).
-LOAD_MANY = LOAD.replace("SELECT %(uid)s, %(tid)s,", "SELECT 1 + g %% 1000, (1 + g %% 1000) * 5 - g %% 5,")
+LOAD_MANY = LOAD.replace(
+    "SELECT %(uid)s, %(tid)s,", "SELECT 1 + g %% 1000, (1 + g %% 1000) * 5 - g %% 5,"
+)
 
 
 def add_users(conn, users: int = 1000, topics_per_user: int = 5) -> None:
-    conn.execute("INSERT INTO users (id, email) SELECT g, 'user' || g || '@example.com'"
-                 " FROM generate_series(1, %s) g ON CONFLICT DO NOTHING", (users,))
-    conn.execute("INSERT INTO study_topics (id, user_id, name)"
-                 " SELECT t, (t + %s - 1) / %s, '주제 ' || t FROM generate_series(1, %s) t"
-                 " ON CONFLICT DO NOTHING", (topics_per_user, topics_per_user,
-                                             users * topics_per_user))
+    conn.execute(
+        "INSERT INTO users (id, email) SELECT g, 'user' || g || '@example.com'"
+        " FROM generate_series(1, %s) g ON CONFLICT DO NOTHING",
+        (users,),
+    )
+    conn.execute(
+        "INSERT INTO study_topics (id, user_id, name)"
+        " SELECT t, (t + %s - 1) / %s, '주제 ' || t FROM generate_series(1, %s) t"
+        " ON CONFLICT DO NOTHING",
+        (topics_per_user, topics_per_user, users * topics_per_user),
+    )
 
 
 def free_port() -> int:

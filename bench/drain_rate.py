@@ -18,7 +18,8 @@ import sys
 import time
 
 import psycopg
-from common import LOAD, scratch_database  # noqa: I001 - bench/ is the script's directory
+from common import LOAD, scratch_database
+
 from study_embed_dev.embed_server import EmbedServer
 
 
@@ -35,13 +36,23 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             if args.no_index:
                 conn.execute("DROP INDEX study_questions_embedding_hnsw")
-            uid = conn.execute("INSERT INTO users (email) VALUES ('b@x') RETURNING id").fetchone()[0]
-            tid = conn.execute("INSERT INTO study_topics (user_id, name) VALUES (%s, 't')"
-                               " RETURNING id", (uid,)).fetchone()[0]
-        env = {**os.environ, "DATABASE_URL": url, "EMBEDDING_URL": server.url,
-               "EMBEDDING_API": "tei", "LOG_LEVEL": "WARNING"}
-        print(f"drain of {args.rows} new rows, zero-cost embedder, HNSW index "
-              f"{'dropped' if args.no_index else 'in place'}, {os.cpu_count()} CPUs")
+            uid = conn.execute("INSERT INTO users (email) VALUES ('b@x') RETURNING id").fetchone()[
+                0
+            ]
+            tid = conn.execute(
+                "INSERT INTO study_topics (user_id, name) VALUES (%s, 't') RETURNING id", (uid,)
+            ).fetchone()[0]
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "EMBEDDING_URL": server.url,
+            "EMBEDDING_API": "tei",
+            "LOG_LEVEL": "WARNING",
+        }
+        print(
+            f"drain of {args.rows} new rows, zero-cost embedder, HNSW index "
+            f"{'dropped' if args.no_index else 'in place'}, {os.cpu_count()} CPUs"
+        )
         print(f"{'batch':>6} {'conc':>5} {'rows/s':>9} {'seconds':>8}")
         for cfg in args.configs.split(","):
             batch, conc = (int(x) for x in cfg.split("x"))
@@ -50,9 +61,12 @@ def main() -> None:
                 conn.execute(LOAD, {"uid": uid, "tid": tid, "n": args.rows})
                 conn.execute("VACUUM ANALYZE study_questions")
             t0 = time.monotonic()
-            r = subprocess.run([sys.executable, "-m", "study_embed.cli", "drain"], text=True,
-                               capture_output=True, env={**env, "BATCH_SIZE": str(batch),
-                                                         "CONCURRENCY": str(conc)})
+            r = subprocess.run(
+                [sys.executable, "-m", "study_embed.cli", "drain"],
+                text=True,
+                capture_output=True,
+                env={**env, "BATCH_SIZE": str(batch), "CONCURRENCY": str(conc)},
+            )
             wall = time.monotonic() - t0
             m = re.search(r"embedded (\d+) rows in ([\d.]+) s", r.stderr)
             if r.returncode != 0 or not m or int(m.group(1)) != args.rows:

@@ -24,37 +24,64 @@ import threading
 import time
 from pathlib import Path
 
+import faults as faults_bench
 import psycopg
 import search as search_bench
 import writers as writers_bench
-from common import LOAD_MANY, ROOT, add_users, scratch_database  # noqa: I001
+from common import LOAD_MANY, ROOT, add_users, scratch_database
+
 from study_embed_dev.embed_server import EmbedServer
 
-QUICK = {"drain_rows": 20_000, "drain_configs": [(10, 2), (100, 2), (100, 4)], "repeats": 2,
-         "indexed_rows": 4_000, "fresh_samples": 30, "load_seconds": 10,
-         "claim_sizes": [10_000, 100_000], "search_rows": 20_000, "search_queries": 50,
-         "scaling_drain": [10_000, 20_000], "writer_rounds": 2, "writer_seconds": 3,
-         "writer_clients": [1, 4, 8]}
-FULL = {"drain_rows": 20_000, "drain_configs": [(10, 1), (10, 2), (50, 2), (100, 2), (200, 2),
-                                                (100, 4)], "repeats": 3,
-        "indexed_rows": 20_000, "fresh_samples": 100, "load_seconds": 30,
-        "claim_sizes": [10_000, 100_000, 1_000_000], "search_rows": 100_000,
-        "search_queries": 100, "scaling_drain": [10_000, 100_000, 1_000_000],
-        "writer_rounds": 3, "writer_seconds": 5, "writer_clients": [1, 4, 8]}
+QUICK = {
+    "drain_rows": 20_000,
+    "drain_configs": [(10, 2), (100, 2), (100, 4)],
+    "repeats": 2,
+    "indexed_rows": 4_000,
+    "fresh_samples": 30,
+    "load_seconds": 10,
+    "claim_sizes": [10_000, 100_000],
+    "search_rows": 20_000,
+    "search_queries": 50,
+    "scaling_drain": [10_000, 20_000],
+    "writer_rounds": 2,
+    "writer_seconds": 3,
+    "writer_clients": [1, 4, 8],
+    "outage_s": 40,
+}
+FULL = {
+    "drain_rows": 20_000,
+    "drain_configs": [(10, 1), (10, 2), (50, 2), (100, 2), (200, 2), (100, 4)],
+    "repeats": 3,
+    "indexed_rows": 20_000,
+    "fresh_samples": 100,
+    "load_seconds": 30,
+    "claim_sizes": [10_000, 100_000, 1_000_000],
+    "search_rows": 100_000,
+    "search_queries": 100,
+    "scaling_drain": [10_000, 100_000, 1_000_000],
+    "writer_rounds": 3,
+    "writer_seconds": 5,
+    "writer_clients": [1, 4, 8],
+    "outage_s": 40,
+}
 
 CLK = os.sysconf("SC_CLK_TCK")
 
 
 def summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "runs": len(values)}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": len(values),
+    }
 
 
 def cluster_cpu_seconds(cluster) -> float:
     """CPU of the whole cluster so far: the postmaster and every backend it has reaped."""
     pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / CLK   # utime stime cutime cstime
+    return sum(int(x) for x in fields[11:15]) / CLK  # utime stime cutime cstime
 
 
 def load_new_rows(url: str, n: int) -> None:
@@ -66,13 +93,23 @@ def load_new_rows(url: str, n: int) -> None:
 
 
 def drain(cluster, url: str, server: EmbedServer, batch: int, conc: int, rows: int) -> dict:
-    env = {**os.environ, "DATABASE_URL": url, "EMBEDDING_URL": server.url,
-           "LOG_LEVEL": "WARNING", "BATCH_SIZE": str(batch), "CONCURRENCY": str(conc)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "EMBEDDING_URL": server.url,
+        "LOG_LEVEL": "WARNING",
+        "BATCH_SIZE": str(batch),
+        "CONCURRENCY": str(conc),
+    }
     pg0 = cluster_cpu_seconds(cluster)
     t0 = time.monotonic()
-    p = subprocess.Popen([sys.executable, "-m", "study_embed.cli", "drain"], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    rss: list[float] = []                  # the listener's RSS, MB, every 0.05 s
+    p = subprocess.Popen(
+        [sys.executable, "-m", "study_embed.cli", "drain"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    rss: list[float] = []  # the listener's RSS, MB, every 0.05 s
     sampler = threading.Thread(target=_sample_rss, args=(p, rss), daemon=True)
     sampler.start()
     _, status, usage = os.wait4(p.pid, 0)
@@ -82,17 +119,21 @@ def drain(cluster, url: str, server: EmbedServer, batch: int, conc: int, rows: i
     err = p.stderr.read().decode()
     if p.returncode != 0:
         sys.exit(f"drain failed ({p.returncode}):\n{err}")
-    time.sleep(0.3)                                  # let the postmaster reap the backends
+    time.sleep(0.3)  # let the postmaster reap the backends
     pg = cluster_cpu_seconds(cluster) - pg0
     listener = usage.ru_utime + usage.ru_stime
-    tenth = rss[len(rss) // 10: len(rss) // 10 + 20] or rss
-    return {"rows_per_s": rows / wall, "listener_cpu_ms_per_row": listener * 1000 / rows,
-            # sampled VmRSS, not ru_maxrss: a child's ru_maxrss counts the image of this
-            # (large) bench process it was forked from before exec
-            "pg_cpu_ms_per_row": pg * 1000 / rows, "peak_rss_mb": max(rss, default=0.0),
-            # RSS a tenth of the way in and at the end: equal when memory is flat in rows
-            "rss_mb_at_10pct": max(tenth, default=0.0),
-            "rss_mb_at_end": max(rss[-20:], default=0.0)}
+    tenth = rss[len(rss) // 10 : len(rss) // 10 + 20] or rss
+    return {
+        "rows_per_s": rows / wall,
+        "listener_cpu_ms_per_row": listener * 1000 / rows,
+        # sampled VmRSS, not ru_maxrss: a child's ru_maxrss counts the image of this
+        # (large) bench process it was forked from before exec
+        "pg_cpu_ms_per_row": pg * 1000 / rows,
+        "peak_rss_mb": max(rss, default=0.0),
+        # RSS a tenth of the way in and at the end: equal when memory is flat in rows
+        "rss_mb_at_10pct": max(tenth, default=0.0),
+        "rss_mb_at_end": max(rss[-20:], default=0.0),
+    }
 
 
 def _sample_rss(proc: subprocess.Popen, out: list[float]) -> None:
@@ -119,15 +160,19 @@ def bench_drains(p: dict, server: EmbedServer, log) -> dict:
                 runs.append(drain(cluster, url, server, batch, conc, p["drain_rows"]))
             key = f"{batch}x{conc}"
             out[key] = {k: summary([r[k] for r in runs]) for k in runs[0]}
-            log(f"drain {p['drain_rows']} rows, no vector index, batch {batch} x {conc}: "
-                f"{out[key]['rows_per_s']['median']:.0f} rows/s")
+            log(
+                f"drain {p['drain_rows']} rows, no vector index, batch {batch} x {conc}: "
+                f"{out[key]['rows_per_s']['median']:.0f} rows/s"
+            )
         for n in p["scaling_drain"]:
             load_new_rows(url, n)
             r = drain(cluster, url, server, 100, 4, n)
             out[f"scaling_{n}"] = r
-            log(f"scaling: drain {n} rows: {r['rows_per_s']:.0f} rows/s, "
+            log(
+                f"scaling: drain {n} rows: {r['rows_per_s']:.0f} rows/s, "
                 f"RSS {r['rss_mb_at_10pct']:.0f} MB a tenth of the way in, "
-                f"{r['rss_mb_at_end']:.0f} MB at the end, peak {r['peak_rss_mb']:.0f} MB")
+                f"{r['rss_mb_at_end']:.0f} MB at the end, peak {r['peak_rss_mb']:.0f} MB"
+            )
     return out
 
 
@@ -142,14 +187,20 @@ def bench_indexed(p: dict, server: EmbedServer, log) -> dict:
             load_new_rows(url, p["indexed_rows"])
             r = drain(cluster, url, server, batch, conc, p["indexed_rows"])
             out[f"indexed_{batch}x{conc}"] = r
-            log(f"drain {p['indexed_rows']} rows with the HNSW index, batch {batch} x {conc}: "
-                f"{r['rows_per_s']:.0f} rows/s")
+            log(
+                f"drain {p['indexed_rows']} rows with the HNSW index, batch {batch} x {conc}: "
+                f"{r['rows_per_s']:.0f} rows/s"
+            )
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE drained AS SELECT row_number() OVER (ORDER BY"
-                         " embedding_updated_at, id) AS i, embedding AS v FROM study_questions")
+            conn.execute(
+                "CREATE TABLE drained AS SELECT row_number() OVER (ORDER BY"
+                " embedding_updated_at, id) AS i, embedding AS v FROM study_questions"
+            )
             conn.execute("CREATE TABLE raw_insert (id bigserial PRIMARY KEY, v vector(1024))")
-            conn.execute("CREATE INDEX ON raw_insert USING hnsw (v vector_cosine_ops)"
-                         " WITH (m = 16, ef_construction = 64)")
+            conn.execute(
+                "CREATE INDEX ON raw_insert USING hnsw (v vector_cosine_ops)"
+                " WITH (m = 16, ef_construction = 64)"
+            )
         n = p["indexed_rows"]
         for backends in (1, 2):
             with psycopg.connect(url, autocommit=True) as conn:
@@ -157,19 +208,24 @@ def bench_indexed(p: dict, server: EmbedServer, log) -> dict:
 
             def insert(part: int, of: int) -> None:
                 with psycopg.connect(url, autocommit=True) as c:
-                    c.execute("INSERT INTO raw_insert (v) SELECT v FROM drained"
-                              " WHERE i <= %s AND i %% %s = %s ORDER BY i", (n, of, part))
+                    c.execute(
+                        "INSERT INTO raw_insert (v) SELECT v FROM drained"
+                        " WHERE i <= %s AND i %% %s = %s ORDER BY i",
+                        (n, of, part),
+                    )
+
             t0 = time.monotonic()
-            threads = [threading.Thread(target=insert, args=(k, backends))
-                       for k in range(backends)]
+            threads = [threading.Thread(target=insert, args=(k, backends)) for k in range(backends)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             rate = n / (time.monotonic() - t0)
             out[f"raw_indexed_insert_{backends}_backend_rows_per_s"] = rate
-            log(f"raw INSERT of the same vectors into an HNSW-indexed table, {backends} "
-                f"backend(s): {rate:.0f} rows/s")
+            log(
+                f"raw INSERT of the same vectors into an HNSW-indexed table, {backends} "
+                f"backend(s): {rate:.0f} rows/s"
+            )
         raw = out["raw_indexed_insert_2_backend_rows_per_s"]
         out["raw_indexed_insert_rows_per_s"] = raw
         for key in ("indexed_10x2", "indexed_100x2"):
@@ -182,13 +238,17 @@ def bench_indexed(p: dict, server: EmbedServer, log) -> dict:
         drain(cluster, url, server, 100, 4, p["indexed_rows"])
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("SET maintenance_work_mem = '1GB'")
-            conn.execute("CREATE INDEX study_questions_embedding_hnsw ON study_questions"
-                         " USING hnsw (embedding vector_cosine_ops)"
-                         " WHERE deleted_at IS NULL AND embedding IS NOT NULL")
+            conn.execute(
+                "CREATE INDEX study_questions_embedding_hnsw ON study_questions"
+                " USING hnsw (embedding vector_cosine_ops)"
+                " WHERE deleted_at IS NULL AND embedding IS NOT NULL"
+            )
         rate = p["indexed_rows"] / (time.monotonic() - t0)
         out["backfill_drop_drain_rebuild_rows_per_s"] = rate
-        log(f"backfill of {p['indexed_rows']} rows: drop index, drain, CREATE INDEX: "
-            f"{rate:.0f} rows/s ({rate / raw:.1f}x the raw indexed-insert rate)")
+        log(
+            f"backfill of {p['indexed_rows']} rows: drop index, drain, CREATE INDEX: "
+            f"{rate:.0f} rows/s ({rate / raw:.1f}x the raw indexed-insert rate)"
+        )
     return out
 
 
@@ -198,40 +258,53 @@ def bench_freshness(p: dict, server: EmbedServer, log) -> dict:
     with scratch_database() as (_, url):
         with psycopg.connect(url, autocommit=True) as conn:
             add_users(conn)
-        env = {**os.environ, "DATABASE_URL": url, "EMBEDDING_URL": server.url,
-               "LOG_LEVEL": "WARNING", "POLL_INTERVAL": "3600"}
-        listener = subprocess.Popen([sys.executable, "-m", "study_embed.cli", "listen"], env=env,
-                                    stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "EMBEDDING_URL": server.url,
+            "LOG_LEVEL": "WARNING",
+            "POLL_INTERVAL": "3600",
+        }
+        listener = subprocess.Popen(
+            [sys.executable, "-m", "study_embed.cli", "listen"], env=env, stderr=subprocess.DEVNULL
+        )
         try:
             time.sleep(3)
             with psycopg.connect(url, autocommit=True) as conn:
+
                 def insert_one(i: int) -> None:
-                    conn.execute(LOAD_MANY.replace("generate_series(1, %(n)s) g",
-                                                   "(SELECT %(n)s AS g) s"), {"n": i})
+                    conn.execute(
+                        LOAD_MANY.replace("generate_series(1, %(n)s) g", "(SELECT %(n)s AS g) s"),
+                        {"n": i},
+                    )
 
                 def latencies(kind: str) -> list[float]:
                     col = "created_at" if kind == "insert" else "updated_at"
                     rows = conn.execute(
-                        f"SELECT extract(epoch FROM embedding_updated_at - {col}) FROM"  # noqa: S608
+                        f"SELECT extract(epoch FROM embedding_updated_at - {col}) FROM"
                         " study_questions WHERE embedding_status = 'ready' AND"
-                        f" embedding_updated_at > {col}").fetchall()
+                        f" embedding_updated_at > {col}"
+                    ).fetchall()
                     return sorted(float(r[0]) for r in rows)
 
-                for i in range(p["fresh_samples"]):       # idle listener, one row at a time
+                for i in range(p["fresh_samples"]):  # idle listener, one row at a time
                     insert_one(i)
                     time.sleep(0.2)
                 time.sleep(1)
                 idle = latencies("insert")
                 for qid in [r[0] for r in conn.execute("SELECT id FROM study_questions")]:
-                    conn.execute("UPDATE study_questions SET question_text = question_text || '?',"
-                                 " updated_at = clock_timestamp() WHERE id = %s", (qid,))
-                    time.sleep(0.2)                       # one content edit at a time
+                    conn.execute(
+                        "UPDATE study_questions SET question_text = question_text || '?',"
+                        " updated_at = clock_timestamp() WHERE id = %s",
+                        (qid,),
+                    )
+                    time.sleep(0.2)  # one content edit at a time
                 time.sleep(1)
                 update = latencies("update")
                 conn.execute("TRUNCATE study_questions CASCADE")
                 t_end = time.monotonic() + p["load_seconds"]
                 i = 0
-                while time.monotonic() < t_end:           # 50 inserts a second
+                while time.monotonic() < t_end:  # 50 inserts a second
                     insert_one(i)
                     i += 1
                     time.sleep(max(0.0, 0.02 - 0.001))
@@ -240,11 +313,20 @@ def bench_freshness(p: dict, server: EmbedServer, log) -> dict:
         finally:
             listener.terminate()
             listener.wait(30)
-    for name, lat in (("idle_insert", idle), ("content_update", update), ("at_50_rows_per_s", load)):
-        out[name] = {"p50_s": lat[len(lat) // 2], "p99_s": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
-                     "samples": len(lat)}
-        log(f"freshness, {name}: p50 {out[name]['p50_s'] * 1000:.0f} ms, "
-            f"p99 {out[name]['p99_s'] * 1000:.0f} ms ({len(lat)} rows)")
+    for name, lat in (
+        ("idle_insert", idle),
+        ("content_update", update),
+        ("at_50_rows_per_s", load),
+    ):
+        out[name] = {
+            "p50_s": lat[len(lat) // 2],
+            "p99_s": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+            "samples": len(lat),
+        }
+        log(
+            f"freshness, {name}: p50 {out[name]['p50_s'] * 1000:.0f} ms, "
+            f"p99 {out[name]['p99_s'] * 1000:.0f} ms ({len(lat)} rows)"
+        )
     return out
 
 
@@ -259,7 +341,8 @@ def bench_claim(p: dict, log) -> dict:
                 conn.execute("DROP INDEX study_questions_embedding_hnsw")
                 with conn.transaction():
                     conn.execute("SET LOCAL session_replication_role = replica")
-                    conn.execute("""
+                    conn.execute(
+                        """
                         INSERT INTO study_questions (user_id, study_topic_id, question_text,
                             choice_1, choice_2, choice_3, choice_4, correct_choice, embedding,
                             embedding_status, embedding_model, embedding_source_sha256,
@@ -268,7 +351,9 @@ def bench_claim(p: dict, log) -> dict:
                                'd', 1, array_fill(1::real, ARRAY[8])::vector, 'ready', 'm',
                                study_embed.text_sha256(study_embed.render_question(
                                    'q' || g, 'a', 'b', 'c', 'd')), NULL, NULL
-                        FROM generate_series(1, %s) g""", (size - size // 1000,))
+                        FROM generate_series(1, %s) g""",
+                        (size - size // 1000,),
+                    )
                 conn.execute("SELECT study_embed.recount()")
                 conn.execute(LOAD_MANY, {"n": size // 1000})
                 conn.execute("VACUUM ANALYZE study_questions")
@@ -280,8 +365,10 @@ def bench_claim(p: dict, log) -> dict:
                         times.append((time.perf_counter() - t0) * 1000)
                         assert len(rows) == 10
         out[str(size)] = summary(times[50:])
-        log(f"claim(10) at {size} rows, {size // 1000} claimable: "
-            f"median {out[str(size)]['median']:.2f} ms")
+        log(
+            f"claim(10) at {size} rows, {size // 1000} claimable: "
+            f"median {out[str(size)]['median']:.2f} ms"
+        )
     sizes = p["claim_sizes"]
     out["ratio_largest_to_10k"] = out[str(sizes[-1])]["median"] / out[str(sizes[0])]["median"]
     return out
@@ -292,27 +379,39 @@ def bench_search(p: dict, log) -> dict:
     with scratch_database(search_bench.DIM, settings="-c shared_buffers=2GB") as (_, url):
         search_bench.load(url, p["search_rows"], big_user_rows=int(p["search_rows"] * 0.009))
         with psycopg.connect(url) as conn:
-            ids = [r[0] for r in conn.execute(
-                "SELECT id FROM study_questions WHERE user_id = 0 ORDER BY random() LIMIT %s",
-                (p["search_queries"],))]
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM study_questions WHERE user_id = 0 ORDER BY random() LIMIT %s",
+                    (p["search_queries"],),
+                )
+            ]
         for label, setup in list(search_bench.MODES.items())[:2]:
             search_bench.measure(url, ids[:10], setup)
             r = search_bench.measure(url, ids, setup)
             out[label] = r
-            log(f"search {p['search_rows']} x 1024, user owns 0.9 %, {label}: {r['path']}, "
+            log(
+                f"search {p['search_rows']} x 1024, user owns 0.9 %, {label}: {r['path']}, "
                 f"p50 {r['median_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
-                f"recall@10 {r['recall_at_10']:.3f}")
+                f"recall@10 {r['recall_at_10']:.3f}"
+            )
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="the full run (about 15 minutes)")
-    ap.add_argument("--json", default=None, help="where to write the figures "
-                    "(default bench/results/<mode>.json)")
-    ap.add_argument("--cost-ms-per-text", type=float, default=0.0,
-                    help="the embedding server's cost per text (default 0: the pipeline's "
-                    "ceiling)")
+    ap.add_argument(
+        "--json",
+        default=None,
+        help="where to write the figures (default bench/results/<mode>.json)",
+    )
+    ap.add_argument(
+        "--cost-ms-per-text",
+        type=float,
+        default=0.0,
+        help="the embedding server's cost per text (default 0: the pipeline's ceiling)",
+    )
     args = ap.parse_args()
     p = FULL if args.full else QUICK
     mode = "full" if args.full else "quick"
@@ -323,22 +422,32 @@ def main() -> None:
         with lock:
             print(f"[{time.monotonic() - started:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    machine = {"cpus": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(),
-               "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)}
+    machine = {
+        "cpus": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+    }
     log(f"make bench ({mode}) on {machine['cpus']} CPUs ({machine['cpu']})")
     server = EmbedServer(dim=1024)
-    server.constant = True                 # pre-encoded vectors: no server CPU to speak of
+    server.constant = True  # pre-encoded vectors: no server CPU to speak of
     server.cost_per_text = args.cost_ms_per_text / 1000
-    results = {"mode": mode, "machine": machine, "params": p,
-               "cost_ms_per_text": args.cost_ms_per_text}
+    results = {
+        "mode": mode,
+        "machine": machine,
+        "params": p,
+        "cost_ms_per_text": args.cost_ms_per_text,
+    }
     try:
-        results["writers"] = writers_bench.run(p["writer_rounds"], p["writer_seconds"],
-                                               p["writer_clients"], log)
+        results["writers"] = writers_bench.run(
+            p["writer_rounds"], p["writer_seconds"], p["writer_clients"], log
+        )
         results["drain"] = bench_drains(p, server, log)
         results["indexed"] = bench_indexed(p, server, log)
         results["freshness"] = bench_freshness(p, server, log)
         results["claim"] = bench_claim(p, log)
         results["search"] = bench_search(p, log)
+        results["faults"] = faults_bench.run(p["outage_s"], log)
     finally:
         server.stop()
     results["bench_cpu_s"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
@@ -356,9 +465,11 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-WRITER_TARGETS = {"insert": ("<= +25 %", "<= +11 %"),
-                  "update correct_choice": ("<= +25 %, >= 90 % HOT", "<= +11 %"),
-                  "update question_text": ("<= +100 %", "<= +11 %")}
+WRITER_TARGETS = {
+    "insert": ("<= +25 %", "<= +11 %"),
+    "update correct_choice": ("<= +25 %, >= 90 % HOT", "<= +11 %"),
+    "update question_text": ("<= +100 %", "<= +11 %"),
+}
 
 
 def writer_rows(wr: dict) -> list[tuple[str, str, str]]:
@@ -369,23 +480,58 @@ def writer_rows(wr: dict) -> list[tuple[str, str, str]]:
         name, clients = key.split(", ")
         single = clients.startswith("1 ")
         hot = v["ours"]["hot_share"]
-        rows.append((f"writers: {key}, seed / study-embed tps",
-                     f"{v['seed']['tps']:.0f} / {v['ours']['tps']:.0f} = {v['overhead']:+.0%}"
-                     + (f", HOT {hot:.0%} (seed {v['seed']['hot_share']:.0%})"
-                        if hot is not None else ""),
-                     WRITER_TARGETS[name][0 if single else 1]))
+        rows.append(
+            (
+                f"writers: {key}, seed / study-embed tps",
+                f"{v['seed']['tps']:.0f} / {v['ours']['tps']:.0f} = {v['overhead']:+.0%}"
+                + (
+                    f", HOT {hot:.0%} (seed {v['seed']['hot_share']:.0%})"
+                    if hot is not None
+                    else ""
+                ),
+                WRITER_TARGETS[name][0 if single else 1],
+            )
+        )
     for label, v in wr["graph_inserts"].items():
         rows.append((f"HNSW inserts per row: {label}", f"{v:.2f}", ""))
     for n, ms in wr["clusters_ms"].items():
-        rows.append((f"wrong_answer_clusters, {n} recent wrong answers, ms", f"{ms:.0f}",
-                     "<= 50" if n == "500" else ""))
+        rows.append(
+            (
+                f"wrong_answer_clusters, {n} recent wrong answers, ms",
+                f"{ms:.0f}",
+                "<= 50" if n == "500" else "",
+            )
+        )
     return rows
+
+
+def fault_rows(fa: dict) -> list[tuple[str, str, str]]:
+    """Seconds from the embedding server's return to ready rows; from SIGTERM to exit."""
+    rec, down = fa["recovery"], fa["shutdown"]
+
+    def s(x: float | None) -> str:
+        return "never (120 s)" if x is None else f"{x:.1f}"
+
+    return [
+        (
+            f"server back after a {rec['outage_s']:.0f} s outage: s to first / all ready",
+            f"{s(rec['first_ready_s'])} / {s(rec['all_ready_s'])}, "
+            f"attempts spent {rec['max_attempts_spent']}",
+            "a few s, 0 attempts",
+        ),
+        (
+            "SIGTERM, PostgreSQL down, SHUTDOWN_TIMEOUT=3: s to exit",
+            s(down["exit_after_s"]),
+            "<= 3 + 5",
+        ),
+    ]
 
 
 def table(r: dict) -> str:
     d, ix, fr, cl, se = r["drain"], r["indexed"], r["freshness"], r["claim"], r["search"]
-    best_key = max((k for k in d if not k.startswith("scaling")),
-                   key=lambda k: d[k]["rows_per_s"]["median"])
+    best_key = max(
+        (k for k in d if not k.startswith("scaling")), key=lambda k: d[k]["rows_per_s"]["median"]
+    )
     best = d[best_key]
     seed = d.get("10x2") or d.get("10x1")
     cpu_best = best["listener_cpu_ms_per_row"]["median"] + best["pg_cpu_ms_per_row"]["median"]
@@ -401,47 +547,85 @@ def table(r: dict) -> str:
         ("figure", "measured: median (min–max)", "target"),
         ("drain, no vector index, batch 10 (seed), rows/s", mm(seed["rows_per_s"]), ""),
         (f"drain, no vector index, best ({best_key}), rows/s", mm(best["rows_per_s"]), ">= 2,000"),
-        ("  CPU ms per row, listener + PostgreSQL",
-         f"{cpu_best:.3f} ({best['listener_cpu_ms_per_row']['median']:.3f} + "
-         f"{best['pg_cpu_ms_per_row']['median']:.3f})", "<= 0.5"),
-        (f"listener peak RSS, 20,000-row drain, batch 10 / {best_key}, MB",
-         f"{seed['peak_rss_mb']['median']:.0f} / {best['peak_rss_mb']['median']:.0f}",
-         "flat in rows"),
-        ("raw INSERT into HNSW-indexed table, 1 / 2 backends, rows/s",
-         f"{ix['raw_indexed_insert_1_backend_rows_per_s']:.0f} / {raw:.0f}", "(reference)"),
-        ("drain with the HNSW index, best (2 backends), rows/s",
-         f"{idx_best:.0f} = {idx_best / raw:.0%} of raw with 2", ">= 80 % of raw"),
-        ("backfill: drop index, drain, rebuild, rows/s",
-         f"{ix['backfill_drop_drain_rebuild_rows_per_s']:.0f}", "(recommended)"),
-        ("freshness, idle, p50 / p99",
-         f"{fr['idle_insert']['p50_s'] * 1000:.0f} / {fr['idle_insert']['p99_s'] * 1000:.0f} ms",
-         "<= 200 / 1000 ms"),
-        ("freshness, content update, p50 / p99",
-         f"{fr['content_update']['p50_s'] * 1000:.0f} / "
-         f"{fr['content_update']['p99_s'] * 1000:.0f} ms", "<= 200 / 1000 ms"),
-        ("freshness, 50 inserts/s, p50 / p99",
-         f"{fr['at_50_rows_per_s']['p50_s'] * 1000:.0f} / "
-         f"{fr['at_50_rows_per_s']['p99_s'] * 1000:.0f} ms", "<= 200 / 1000 ms"),
-        *[(f"claim(10), {int(s):,} rows, 0.1 % claimable, ms", mm(cl[s], "{:.2f}"), "<= 2")
-          for s in sizes],
-        (f"claim cost ratio {int(sizes[-1]):,} / {int(sizes[0]):,}",
-         f"{cl['ratio_largest_to_10k']:.2f}", "<= 1.5"),
-        (f"search {r['params']['search_rows']:,} x 1024, per-user filter, p50 / p95 ms",
-         f"{search['median_ms']:.1f} / {search['p95_ms']:.1f} ({search['path']})", "p50 <= 10"),
+        (
+            "  CPU ms per row, listener + PostgreSQL",
+            f"{cpu_best:.3f} ({best['listener_cpu_ms_per_row']['median']:.3f} + "
+            f"{best['pg_cpu_ms_per_row']['median']:.3f})",
+            "<= 0.5",
+        ),
+        (
+            f"listener peak RSS, 20,000-row drain, batch 10 / {best_key}, MB",
+            f"{seed['peak_rss_mb']['median']:.0f} / {best['peak_rss_mb']['median']:.0f}",
+            "flat in rows",
+        ),
+        (
+            "raw INSERT into HNSW-indexed table, 1 / 2 backends, rows/s",
+            f"{ix['raw_indexed_insert_1_backend_rows_per_s']:.0f} / {raw:.0f}",
+            "(reference)",
+        ),
+        (
+            "drain with the HNSW index, best (2 backends), rows/s",
+            f"{idx_best:.0f} = {idx_best / raw:.0%} of raw with 2",
+            ">= 80 % of raw",
+        ),
+        (
+            "backfill: drop index, drain, rebuild, rows/s",
+            f"{ix['backfill_drop_drain_rebuild_rows_per_s']:.0f}",
+            "(recommended)",
+        ),
+        (
+            "freshness, idle, p50 / p99",
+            f"{fr['idle_insert']['p50_s'] * 1000:.0f} / {fr['idle_insert']['p99_s'] * 1000:.0f} ms",
+            "<= 200 / 1000 ms",
+        ),
+        (
+            "freshness, content update, p50 / p99",
+            f"{fr['content_update']['p50_s'] * 1000:.0f} / "
+            f"{fr['content_update']['p99_s'] * 1000:.0f} ms",
+            "<= 200 / 1000 ms",
+        ),
+        (
+            "freshness, 50 inserts/s, p50 / p99",
+            f"{fr['at_50_rows_per_s']['p50_s'] * 1000:.0f} / "
+            f"{fr['at_50_rows_per_s']['p99_s'] * 1000:.0f} ms",
+            "<= 200 / 1000 ms",
+        ),
+        *[
+            (f"claim(10), {int(s):,} rows, 0.1 % claimable, ms", mm(cl[s], "{:.2f}"), "<= 2")
+            for s in sizes
+        ],
+        (
+            f"claim cost ratio {int(sizes[-1]):,} / {int(sizes[0]):,}",
+            f"{cl['ratio_largest_to_10k']:.2f}",
+            "<= 1.5",
+        ),
+        (
+            f"search {r['params']['search_rows']:,} x 1024, per-user filter, p50 / p95 ms",
+            f"{search['median_ms']:.1f} / {search['p95_ms']:.1f} ({search['path']})",
+            "p50 <= 10",
+        ),
         ("search recall@10", f"{search['recall_at_10']:.3f}", ">= 0.95"),
-        *[(f"scaling: drain {int(k.split('_')[1]):,} rows (100x4), rows/s; RSS at 10 % / end",
-           f"{d[k]['rows_per_s']:.0f}; {d[k]['rss_mb_at_10pct']:.0f} / "
-           f"{d[k]['rss_mb_at_end']:.0f} MB", "RSS flat")
-          for k in d if k.startswith("scaling")],
+        *[
+            (
+                f"scaling: drain {int(k.split('_')[1]):,} rows (100x4), rows/s; RSS at 10 % / end",
+                f"{d[k]['rows_per_s']:.0f}; {d[k]['rss_mb_at_10pct']:.0f} / "
+                f"{d[k]['rss_mb_at_end']:.0f} MB",
+                "RSS flat",
+            )
+            for k in d
+            if k.startswith("scaling")
+        ],
     ]
     rows += writer_rows(r["writers"])
+    rows += fault_rows(r["faults"])
     w = [max(len(str(row[i])) for row in rows) for i in range(3)]
     lines = [f"| {a:<{w[0]}} | {b:<{w[1]}} | {c:<{w[2]}} |" for a, b, c in rows]
     lines.insert(1, f"|{'-' * (w[0] + 2)}|{'-' * (w[1] + 2)}|{'-' * (w[2] + 2)}|")
-    return (f"\nmake bench ({r['mode']}), {r['machine']['cpus']} CPUs ({r['machine']['cpu']}), "
-            "PostgreSQL and the listener on the same machine, embedder cost "
-            f"{r['cost_ms_per_text']:g} ms per text\n\n"
-            + "\n".join(lines))
+    return (
+        f"\nmake bench ({r['mode']}), {r['machine']['cpus']} CPUs ({r['machine']['cpu']}), "
+        "PostgreSQL and the listener on the same machine, embedder cost "
+        f"{r['cost_ms_per_text']:g} ms per text\n\n" + "\n".join(lines)
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 import psycopg
-from common import add_users, scratch_database  # noqa: I001
+from common import add_users, scratch_database
+
 from study_embed_dev.localdb import pg_bindir
 
 ROWS = 5_000
@@ -120,9 +121,23 @@ TABLES = {"seed": "seed.study_questions", "ours": "public.study_questions"}
 def pgbench(url: str, script: Path, clients: int, seconds: float) -> float:
     """Transactions per second of one pgbench run (excluding connection time)."""
     r = subprocess.run(
-        [str(pg_bindir() / "pgbench"), "-n", "-f", str(script), "-c", str(clients),
-         "-j", str(min(clients, 2)), "-T", str(max(1, round(seconds))), "-d", url],
-        capture_output=True, text=True)
+        [
+            str(pg_bindir() / "pgbench"),
+            "-n",
+            "-f",
+            str(script),
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, 2)),
+            "-T",
+            str(max(1, round(seconds))),
+            "-d",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         sys.exit(f"pgbench failed:\n{r.stderr}")
     for line in r.stdout.splitlines():
@@ -134,9 +149,11 @@ def pgbench(url: str, script: Path, clients: int, seconds: float) -> float:
 def table_counters(url: str, schema: str) -> tuple[int, int]:
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("SELECT pg_stat_clear_snapshot()")
-        return c.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
-                         " WHERE schemaname = %s AND relname = 'study_questions'",
-                         (schema,)).fetchone()
+        return c.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+            " WHERE schemaname = %s AND relname = 'study_questions'",
+            (schema,),
+        ).fetchone()
 
 
 def reset_rows(url: str) -> None:
@@ -152,8 +169,9 @@ def reset_rows(url: str) -> None:
         c.execute("VACUUM (INDEX_CLEANUP OFF) public.study_questions, seed.study_questions")
 
 
-def bench_statements(url: str, rounds: int, seconds: float, clients_list: list[int],
-                     scripts: Path, log) -> dict:
+def bench_statements(
+    url: str, rounds: int, seconds: float, clients_list: list[int], scripts: Path, log
+) -> dict:
     out: dict = {}
     for name in STATEMENTS:
         for clients in clients_list:
@@ -166,33 +184,45 @@ def bench_statements(url: str, rounds: int, seconds: float, clients_list: list[i
                         reset_rows(url)
                     schema = TABLES[which].split(".")[0]
                     before = table_counters(url, schema)
-                    runs[which].append(pgbench(url, scripts / f"{name}-{which}.sql", clients,
-                                               seconds))
+                    runs[which].append(
+                        pgbench(url, scripts / f"{name}-{which}.sql", clients, seconds)
+                    )
                     after = table_counters(url, schema)
                     hot[which][0] += after[0] - before[0]
                     hot[which][1] += after[1] - before[1]
             key = f"{name}, {clients} client(s)"
-            out[key] = {w: {"tps": statistics.median(runs[w]), "runs": runs[w],
-                            "hot_share": (hot[w][1] / hot[w][0]) if hot[w][0] else None}
-                        for w in runs}
+            out[key] = {
+                w: {
+                    "tps": statistics.median(runs[w]),
+                    "runs": runs[w],
+                    "hot_share": (hot[w][1] / hot[w][0]) if hot[w][0] else None,
+                }
+                for w in runs
+            }
             seed, ours = out[key]["seed"]["tps"], out[key]["ours"]["tps"]
             out[key]["overhead"] = seed / ours - 1
-            log(f"writers: {key}: seed {seed:.0f} tps, study-embed {ours:.0f} tps "
+            log(
+                f"writers: {key}: seed {seed:.0f} tps, study-embed {ours:.0f} tps "
                 f"({out[key]['overhead']:+.0%} time per statement)"
-                + (f", HOT {out[key]['ours']['hot_share']:.0%} vs "
-                   f"{out[key]['seed']['hot_share']:.0%}" if out[key]["ours"]["hot_share"]
-                   is not None else ""))
-        if name == "insert":        # the other statements work on the 5,000 rows
+                + (
+                    f", HOT {out[key]['ours']['hot_share']:.0%} vs "
+                    f"{out[key]['seed']['hot_share']:.0%}"
+                    if out[key]["ours"]["hot_share"] is not None
+                    else ""
+                )
+            )
+        if name == "insert":  # the other statements work on the 5,000 rows
             with psycopg.connect(url, autocommit=True) as c:
                 for table in TABLES.values():
-                    c.execute(f"DELETE FROM {table} WHERE id > %s", (ROWS,))  # noqa: S608
-                c.execute("VACUUM (INDEX_CLEANUP OFF) public.study_questions,"
-                          " seed.study_questions")
+                    c.execute(f"DELETE FROM {table} WHERE id > %s", (ROWS,))
+                c.execute("VACUUM (INDEX_CLEANUP OFF) public.study_questions, seed.study_questions")
     return out
 
 
-COUNTERS = ("SELECT pg_stat_get_xact_tuples_updated('public.study_questions'::regclass),"
-            " pg_stat_get_xact_tuples_hot_updated('public.study_questions'::regclass)")
+COUNTERS = (
+    "SELECT pg_stat_get_xact_tuples_updated('public.study_questions'::regclass),"
+    " pg_stat_get_xact_tuples_hot_updated('public.study_questions'::regclass)"
+)
 
 
 # complete() with each row's vector from the seed's table (NULL for rows it lacks: those are
@@ -200,7 +230,8 @@ COUNTERS = ("SELECT pg_stat_get_xact_tuples_updated('public.study_questions'::re
 COMPLETE_WITH_SEED_VECTORS = (
     "SELECT * FROM study_embed.complete(%s, %s, (SELECT array_agg(q.embedding ORDER BY u.i)"
     " FROM unnest(%s::bigint[]) WITH ORDINALITY u(id, i)"
-    " LEFT JOIN seed.study_questions q ON q.id = u.id), 'BAAI/bge-m3')")
+    " LEFT JOIN seed.study_questions q ON q.id = u.id), 'BAAI/bge-m3')"
+)
 
 
 def complete_params(claimed: list[tuple]) -> tuple:
@@ -229,29 +260,44 @@ def bench_graph_inserts(url: str, log) -> dict:
     reset_rows(url)
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("VACUUM public.study_questions")
-        ids = [r[0] for r in c.execute("SELECT id FROM public.study_questions WHERE id %% 20 = 0"
-                                       " ORDER BY id LIMIT %s", (n,))]
+        ids = [
+            r[0]
+            for r in c.execute(
+                "SELECT id FROM public.study_questions WHERE id %% 20 = 0 ORDER BY id LIMIT %s",
+                (n,),
+            )
+        ]
 
         def per_row(label: str, statement: str) -> None:
             out[label] = sum(non_hot(c, statement, (i,))[0] for i in ids) / n
 
-        per_row("unrelated-column update of a ready row",
-                "UPDATE public.study_questions SET correct_choice = 1 + id %% 4,"
-                " explanation = 'x', updated_at = now() WHERE id = %s")
-        per_row("text edit of a ready row",
-                "UPDATE public.study_questions SET question_text = question_text || '?'"
-                " WHERE id = %s")
-        per_row("text edit of a row already waiting",
-                "UPDATE public.study_questions SET question_text = question_text || '!'"
-                " WHERE id = %s")
+        per_row(
+            "unrelated-column update of a ready row",
+            "UPDATE public.study_questions SET correct_choice = 1 + id %% 4,"
+            " explanation = 'x', updated_at = now() WHERE id = %s",
+        )
+        per_row(
+            "text edit of a ready row",
+            "UPDATE public.study_questions SET question_text = question_text || '?' WHERE id = %s",
+        )
+        per_row(
+            "text edit of a row already waiting",
+            "UPDATE public.study_questions SET question_text = question_text || '!' WHERE id = %s",
+        )
         k, claimed = non_hot(c, "SELECT id, claim_token FROM study_embed.claim(%s)", (n,))
         out["claim"] = k / len(claimed)
-        half = claimed[: n // 2], claimed[n // 2:]
-        k, _ = non_hot(c, "SELECT * FROM study_embed.release(%s, %s)",
-                       ([r[0] for r in half[0]], [r[1] for r in half[0]]))
+        half = claimed[: n // 2], claimed[n // 2 :]
+        k, _ = non_hot(
+            c,
+            "SELECT * FROM study_embed.release(%s, %s)",
+            ([r[0] for r in half[0]], [r[1] for r in half[0]]),
+        )
         out["release"] = k / len(half[0])
-        k, _ = non_hot(c, "SELECT * FROM study_embed.fail(%s, %s, %s, true)",
-                       ([r[0] for r in half[1]], [r[1] for r in half[1]], ["e"] * len(half[1])))
+        k, _ = non_hot(
+            c,
+            "SELECT * FROM study_embed.fail(%s, %s, %s, true)",
+            ([r[0] for r in half[1]], [r[1] for r in half[1]], ["e"] * len(half[1])),
+        )
         out["fail (retryable)"] = k / len(half[1])
         k, _ = non_hot(c, "SELECT study_embed.retry_failed()")
         out["retry_failed"] = k / len(half[1])
@@ -259,10 +305,12 @@ def bench_graph_inserts(url: str, log) -> dict:
         k, _ = non_hot(c, COMPLETE_WITH_SEED_VECTORS, complete_params(claimed))
         out["complete (the new vector)"] = k / len(claimed)
         out["re-embed after a text edit (edit + claim + complete)"] = (
-            out["text edit of a ready row"] + out["claim"] + out["complete (the new vector)"])
+            out["text edit of a ready row"] + out["claim"] + out["complete (the new vector)"]
+        )
         c.execute("VACUUM public.study_questions")
-        k, _ = non_hot(c, "SELECT * FROM study_embed.requeue_model('another-model', 0, %s)",
-                       (ROWS,))
+        k, _ = non_hot(
+            c, "SELECT * FROM study_embed.requeue_model('another-model', 0, %s)", (ROWS,)
+        )
         out["requeue_model (the row joins the queue index)"] = k / ROWS
         c.execute("VACUUM public.study_questions")
         k, claimed = non_hot(c, "SELECT id, claim_token FROM study_embed.claim(%s)", (n,))
@@ -279,20 +327,28 @@ def bench_clusters(url: str, log) -> dict:
         reset_rows(url)
         for recent in (100, 250, 500):
             c.execute("DELETE FROM study_question_attempts")
-            c.execute("UPDATE public.study_questions SET user_id = 1, study_topic_id = 5"
-                      " WHERE id <= %s", (recent,))
-            c.execute("INSERT INTO study_question_attempts (user_id, study_question_id,"
-                      " study_topic_id, selected_choice, correct_choice, is_correct)"
-                      " SELECT 1, id, 5, 1 + (correct_choice %% 4), correct_choice, false"
-                      " FROM public.study_questions WHERE id <= %s", (recent,))
+            c.execute(
+                "UPDATE public.study_questions SET user_id = 1, study_topic_id = 5 WHERE id <= %s",
+                (recent,),
+            )
+            c.execute(
+                "INSERT INTO study_question_attempts (user_id, study_question_id,"
+                " study_topic_id, selected_choice, correct_choice, is_correct)"
+                " SELECT 1, id, 5, 1 + (correct_choice %% 4), correct_choice, false"
+                " FROM public.study_questions WHERE id <= %s",
+                (recent,),
+            )
             times = []
             for _ in range(3):
                 t0 = time.perf_counter()
-                c.execute("SELECT count(*) FROM study_embed.wrong_answer_clusters(1, %s)",
-                          (recent,)).fetchone()
+                c.execute(
+                    "SELECT count(*) FROM study_embed.wrong_answer_clusters(1, %s)", (recent,)
+                ).fetchone()
                 times.append((time.perf_counter() - t0) * 1000)
             out[str(recent)] = statistics.median(times)
-            log(f"wrong_answer_clusters at {recent} recent wrong answers: {out[str(recent)]:.0f} ms")
+            log(
+                f"wrong_answer_clusters at {recent} recent wrong answers: {out[str(recent)]:.0f} ms"
+            )
     return out
 
 
@@ -310,8 +366,7 @@ def run(rounds: int, seconds: float, clients_list: list[int], log) -> dict:
         for name, body in STATEMENTS.items():
             for which, table in TABLES.items():
                 (scripts / f"{name}-{which}.sql").write_text(body.format(t=table, rows=ROWS))
-        results = {"statements": bench_statements(url, rounds, seconds, clients_list, scripts,
-                                                  log)}
+        results = {"statements": bench_statements(url, rounds, seconds, clients_list, scripts, log)}
         results["graph_inserts"] = bench_graph_inserts(url, log)
         results["clusters_ms"] = bench_clusters(url, log)
     return results
@@ -324,8 +379,12 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,8")
     args = ap.parse_args()
     t0 = time.monotonic()
-    run(args.rounds, args.seconds, [int(x) for x in args.clients.split(",")],
-        lambda m: print(f"[{time.monotonic() - t0:6.0f}s] {m}", flush=True))
+    run(
+        args.rounds,
+        args.seconds,
+        [int(x) for x in args.clients.split(",")],
+        lambda m: print(f"[{time.monotonic() - t0:6.0f}s] {m}", flush=True),
+    )
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ else
   [ -x "$venv/bin/python" ] || { log "creating $venv"; "$py" -m venv "$venv"; }
   log "installing Python dependencies into $venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -e "$here[test]"
+  "$venv/bin/python" -m pip install -q -e "$here[test,lint]"
   echo "$want" >"$stamp"
 fi
 touch "$stamp"  # make's freshness check

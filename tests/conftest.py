@@ -25,6 +25,7 @@ import pytest
 from pgvector.psycopg import register_vector
 from psycopg import sql
 from pytest_postgresql import factories
+
 from study_embed.migrate import Migrator
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.localdb import Cluster
@@ -64,8 +65,11 @@ def fresh_database(name: str, embedding_dim: int | None = None) -> str:
 
 def drop_database(name: str) -> None:
     with psycopg.connect(url_for("postgres"), autocommit=True) as c:
-        c.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            psycopg.sql.Identifier(name)))
+        c.execute(
+            psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                psycopg.sql.Identifier(name)
+            )
+        )
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +87,12 @@ def _load_schema(host, port, user, dbname, password=None, **kwargs):
 
 
 pg_noproc = factories.postgresql_noproc(
-    host=str(CLUSTER.sockdir), port=CLUSTER.port, user="postgres", dbname=TEMPLATE_DB,
-    load=[_load_schema])
+    host=str(CLUSTER.sockdir),
+    port=CLUSTER.port,
+    user="postgres",
+    dbname=TEMPLATE_DB,
+    load=[_load_schema],
+)
 postgresql = factories.postgresql("pg_noproc")
 
 
@@ -131,14 +139,18 @@ def _ensure_login(name: str, *member_of: str) -> None:
         if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
             admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
         for group in member_of:
-            admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group),
-                                                          sql.Identifier(name)))
+            admin.execute(
+                sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name))
+            )
 
 
 def _grant_dml(db: psycopg.Connection, role: str) -> None:
     for table in APP_TABLES:
-        db.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
-            sql.Identifier(table), sql.Identifier(role)))
+        db.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+                sql.Identifier(table), sql.Identifier(role)
+            )
+        )
 
 
 @pytest.fixture
@@ -162,6 +174,7 @@ def login(db):
 
 # ------------------------------------------------------------------------------ processes
 
+
 @pytest.fixture
 def server():
     s = EmbedServer(dim=1024)
@@ -183,8 +196,13 @@ def spawn():
     procs: list[subprocess.Popen] = []
 
     def _spawn(*args, env: dict) -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-m", "study_embed.cli", *args], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "study_embed.cli", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         procs.append(p)
         return p
 

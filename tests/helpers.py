@@ -12,11 +12,23 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
+
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.vectors import DIM, render, vector_for
 
-__all__ = ["DIM", "render", "vector_for", "Claimed", "QuestionBank", "nested_plans",
-           "listener_env", "run_cli", "wait_until", "statuses", "assert_ready_with_current_text"]
+__all__ = [
+    "DIM",
+    "render",
+    "vector_for",
+    "Claimed",
+    "QuestionBank",
+    "nested_plans",
+    "listener_env",
+    "run_cli",
+    "wait_until",
+    "statuses",
+    "assert_ready_with_current_text",
+]
 
 _counter = itertools.count()
 
@@ -46,24 +58,43 @@ class QuestionBank:
         ).fetchone()[0]
         return uid, tid
 
-    def insert(self, question: str | None = None, choices=None, *, user: tuple[int, int] | None = None,
-               correct: int = 1, **extra) -> int:
+    def insert(
+        self,
+        question: str | None = None,
+        choices=None,
+        *,
+        user: tuple[int, int] | None = None,
+        correct: int = 1,
+        **extra,
+    ) -> int:
         n = next(_counter)
         question = question if question is not None else f"question {n}?"
         choices = choices or (f"a{n}", f"b{n}", f"c{n}", f"d{n}")
         uid, tid = user or (self.user_id, self.topic_id)
-        cols = ["user_id", "study_topic_id", "question_text", "choice_1", "choice_2", "choice_3",
-                "choice_4", "correct_choice", *extra]
+        cols = [
+            "user_id",
+            "study_topic_id",
+            "question_text",
+            "choice_1",
+            "choice_2",
+            "choice_3",
+            "choice_4",
+            "correct_choice",
+            *extra,
+        ]
         vals = [uid, tid, question, *choices, correct, *extra.values()]
         q = psycopg.sql.SQL("INSERT INTO study_questions ({}) VALUES ({}) RETURNING id").format(
             psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, cols)),
-            psycopg.sql.SQL(", ").join(psycopg.sql.Placeholder() * len(vals)))
+            psycopg.sql.SQL(", ").join(psycopg.sql.Placeholder() * len(vals)),
+        )
         return self.conn.execute(q, vals).fetchone()[0]
 
     def update(self, qid: int, **cols) -> None:
         q = psycopg.sql.SQL("UPDATE study_questions SET {} WHERE id = %s").format(
             psycopg.sql.SQL(", ").join(
-                psycopg.sql.SQL("{} = %s").format(psycopg.sql.Identifier(c)) for c in cols))
+                psycopg.sql.SQL("{} = %s").format(psycopg.sql.Identifier(c)) for c in cols
+            )
+        )
         self.conn.execute(q, [*cols.values(), qid])
 
     def row(self, qid: int) -> dict:
@@ -75,40 +106,63 @@ class QuestionBank:
 
     def text(self, qid: int) -> str:
         r = self.row(qid)
-        return render(r["question_text"], r["choice_1"], r["choice_2"], r["choice_3"], r["choice_4"])
+        return render(
+            r["question_text"], r["choice_1"], r["choice_2"], r["choice_3"], r["choice_4"]
+        )
 
     # -- the queue API, as a listener calls it ---------------------------------------------------
 
     def claim(self, n: int = 10, lease: str = "2 minutes", conn=None) -> list[Claimed]:
-        rows = (conn or self.conn).execute(
-            "SELECT id, claim_token, body FROM study_embed.claim(%s, %s::interval)", (n, lease)
-        ).fetchall()
+        rows = (
+            (conn or self.conn)
+            .execute(
+                "SELECT id, claim_token, body FROM study_embed.claim(%s, %s::interval)", (n, lease)
+            )
+            .fetchall()
+        )
         return [Claimed(*r) for r in rows]
 
-    def complete(self, claimed: list[Claimed], model: str = "test-model", vectors=None,
-                 conn=None) -> set[int]:
+    def complete(
+        self, claimed: list[Claimed], model: str = "test-model", vectors=None, conn=None
+    ) -> set[int]:
         vectors = vectors or [vector_for(c.body) for c in claimed]
-        rows = (conn or self.conn).execute(
-            "SELECT * FROM study_embed.complete(%s, %s, %s, %s)",
-            ([c.id for c in claimed], [c.token for c in claimed], vectors, model)).fetchall()
+        rows = (
+            (conn or self.conn)
+            .execute(
+                "SELECT * FROM study_embed.complete(%s, %s, %s, %s)",
+                ([c.id for c in claimed], [c.token for c in claimed], vectors, model),
+            )
+            .fetchall()
+        )
         return {r[0] for r in rows}
 
     def fail(self, claimed: list[Claimed], error: str = "boom", retryable: bool = True) -> set[int]:
         rows = self.conn.execute(
             "SELECT * FROM study_embed.fail(%s, %s, %s, %s)",
-            ([c.id for c in claimed], [c.token for c in claimed], [error] * len(claimed),
-             retryable)).fetchall()
+            (
+                [c.id for c in claimed],
+                [c.token for c in claimed],
+                [error] * len(claimed),
+                retryable,
+            ),
+        ).fetchall()
         return {r[0] for r in rows}
 
     def release(self, claimed: list[Claimed], retry_in: str = "0 seconds") -> set[int]:
         rows = self.conn.execute(
             "SELECT * FROM study_embed.release(%s, %s, %s::interval)",
-            ([c.id for c in claimed], [c.token for c in claimed], retry_in)).fetchall()
+            ([c.id for c in claimed], [c.token for c in claimed], retry_in),
+        ).fetchall()
         return {r[0] for r in rows}
 
 
-def nested_plans(url: str, statement: str, params=None, expect_rows: int | None = None,
-                 setup: tuple[str, ...] = ()) -> list[str]:
+def nested_plans(
+    url: str,
+    statement: str,
+    params=None,
+    expect_rows: int | None = None,
+    setup: tuple[str, ...] = (),
+) -> list[str]:
     """EXPLAIN ANALYZE of every statement `statement` runs, functions' inner ones included
     (auto_explain, reported to this client as NOTICEs), in a transaction that is rolled back
     (after the `setup` statements)."""
@@ -116,10 +170,14 @@ def nested_plans(url: str, statement: str, params=None, expect_rows: int | None 
     with psycopg.connect(url, autocommit=True) as c:
         register_vector(c)
         c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
-        for setting in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
-                        "SET auto_explain.log_nested_statements = on",
-                        "SET auto_explain.log_analyze = on", "SET auto_explain.log_buffers = on",
-                        "SET auto_explain.log_level = notice"):
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET auto_explain.log_min_duration = 0",
+            "SET auto_explain.log_nested_statements = on",
+            "SET auto_explain.log_analyze = on",
+            "SET auto_explain.log_buffers = on",
+            "SET auto_explain.log_level = notice",
+        ):
             c.execute(setting)
         with c.transaction(force_rollback=True):
             for stmt in setup:
@@ -133,16 +191,28 @@ def nested_plans(url: str, statement: str, params=None, expect_rows: int | None 
 
 # -- running the command line against the test database ----------------------------------------
 
+
 def listener_env(db_url: str, server: EmbedServer, **extra) -> dict:
-    env = {**os.environ, "DATABASE_URL": db_url, "EMBEDDING_URL": server.url,
-           "EMBEDDING_API": "tei", "EMBEDDING_MODEL": "test-model", "LOG_LEVEL": "INFO"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "EMBEDDING_URL": server.url,
+        "EMBEDDING_API": "tei",
+        "EMBEDDING_MODEL": "test-model",
+        "LOG_LEVEL": "INFO",
+    }
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
 def run_cli(*args, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "study_embed.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "study_embed.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def wait_until(pred, timeout: float = 30, every: float = 0.1, what: str = "condition"):
@@ -155,13 +225,16 @@ def wait_until(pred, timeout: float = 30, every: float = 0.1, what: str = "condi
 
 
 def statuses(db) -> dict[str, int]:
-    return dict(db.execute("SELECT embedding_status, count(*) FROM study_questions"
-                           " GROUP BY 1").fetchall())
+    return dict(
+        db.execute("SELECT embedding_status, count(*) FROM study_questions GROUP BY 1").fetchall()
+    )
 
 
 def assert_ready_with_current_text(db, ids=None):
-    rows = db.execute("SELECT id, question_text, choice_1, choice_2, choice_3, choice_4, embedding,"
-                      " embedding_status FROM study_questions ORDER BY id").fetchall()
+    rows = db.execute(
+        "SELECT id, question_text, choice_1, choice_2, choice_3, choice_4, embedding,"
+        " embedding_status FROM study_questions ORDER BY id"
+    ).fetchall()
     for qid, q, c1, c2, c3, c4, emb, status in rows:
         if ids is not None and qid not in ids:
             continue

@@ -132,9 +132,18 @@ COMMENT ON FUNCTION study_embed.claim(integer, interval) IS
     'Claim up to batch_size claimable questions for embedding; returns id, claim token and the '
     'rendered text.  Costs what the queue holds, not what the table holds.';
 
+-- The claim a queue call presents is still the row's current one: the row is pending under
+-- that token.  An edit of the text, a takeover after the lease expired, or an earlier outcome
+-- voids it.  complete(), fail() and release() act only on rows for which this holds.
+CREATE OR REPLACE FUNCTION study_embed._claim_is_current(status text, current_token uuid,
+                                                         presented_token uuid)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN status = 'pending' AND current_token = presented_token;
+
 -- Store the embeddings of a claimed batch in one call.  A row becomes ready only if its claim is
 -- still the current one (so its text has not changed since the claim); the others are left as
--- they are.  The rows written are queued for near-duplicate detection (035_search.sql).
+-- they are.  The rows written are queued for near-duplicate detection (036_duplicates.sql).
 -- Returns the ids written.
 CREATE OR REPLACE FUNCTION study_embed.complete(ids bigint[], claim_tokens uuid[],
                                                 embeddings :"vector_schema".vector[], model text)
@@ -168,8 +177,8 @@ BEGIN
             embedding_last_error = NULL
         FROM unnest(ids, claim_tokens, embeddings) AS c(id, claim_token, embedding)
         WHERE q.id = c.id
-          AND q.embedding_status = 'pending'
-          AND q.embedding_claim_token = c.claim_token
+          AND study_embed._claim_is_current(q.embedding_status, q.embedding_claim_token,
+                                            c.claim_token)
           AND c.embedding IS NOT NULL
         RETURNING q.id, q.deleted_at IS NOT NULL AS deleted
     )
@@ -226,8 +235,8 @@ BEGIN
             embedding_last_error = left(coalesce(nullif(c.error, ''), 'unknown error'), 2000)
         FROM unnest(ids, claim_tokens, errors) AS c(id, claim_token, error)
         WHERE q.id = c.id
-          AND q.embedding_status = 'pending'
-          AND q.embedding_claim_token = c.claim_token
+          AND study_embed._claim_is_current(q.embedding_status, q.embedding_claim_token,
+                                            c.claim_token)
         RETURNING q.id, q.deleted_at IS NOT NULL AS deleted
     )
     SELECT array_agg(x.id), array_agg(x.deleted) INTO done, deleted FROM failed x;
@@ -271,8 +280,8 @@ BEGIN
                 ELSE q.embedding_last_error END
         FROM unnest(ids, claim_tokens) AS c(id, claim_token)
         WHERE q.id = c.id
-          AND q.embedding_status = 'pending'
-          AND q.embedding_claim_token = c.claim_token
+          AND study_embed._claim_is_current(q.embedding_status, q.embedding_claim_token,
+                                            c.claim_token)
         RETURNING q.id, q.embedding_status, q.deleted_at IS NOT NULL AS deleted
     )
     SELECT array_agg(r.id), array_agg(r.embedding_status::text), array_agg(r.deleted)
@@ -470,28 +479,6 @@ END;
 $$;
 COMMENT ON FUNCTION study_embed.listener_wake() IS
     'Give back the sleep lock (writers stop sending NOTIFY).';
-
--- What pg_cron runs every minute: the safety net under NOTIFY.  Folds the status-count deltas,
--- runs the near-duplicate pass, and wakes the listeners when anything is claimable.
-CREATE OR REPLACE FUNCTION study_embed.tick()
-RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    claimable boolean;
-BEGIN
-    PERFORM study_embed.compact_counts();
-    PERFORM study_embed.detect_duplicates();
-    claimable := study_embed._claimable();
-    IF claimable THEN
-        PERFORM pg_notify(study_embed.channel(), 'tick');
-    END IF;
-    RETURN claimable;
-END;
-$$;
-COMMENT ON FUNCTION study_embed.tick() IS
-    'Run by pg_cron every minute: NOTIFY the listeners if anything is claimable.';
 
 -- The embedding column's declared dimension, from the catalog.
 CREATE OR REPLACE FUNCTION study_embed.embedding_dimension()

@@ -54,6 +54,7 @@ GRANT EXECUTE ON FUNCTION
     study_embed._set_actor(text),
     study_embed._check_batch(text, text[], integer[]),
     study_embed._check_batch_size(text, integer, integer),
+    study_embed._claim_is_current(text, uuid, uuid),
     study_embed.compact_counts(),
     study_embed._tune_hnsw_scan(integer),
     study_embed._record_duplicates(bigint[]),

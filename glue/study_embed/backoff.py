@@ -54,8 +54,9 @@ class Breaker:
     the server did answer (overloaded, erroring, unusable replies), it is left alone for the
     whole backoff.  Only a batch that succeeds closes the breaker and resets the backoff."""
 
-    def __init__(self, backoff: Backoff, probe: Callable[[], Awaitable[bool]],
-                 probe_every: float = 1.0) -> None:
+    def __init__(
+        self, backoff: Backoff, probe: Callable[[], Awaitable[bool]], probe_every: float = 1.0
+    ) -> None:
         self.backoff = backoff
         self.probe = probe
         self.probe_every = probe_every

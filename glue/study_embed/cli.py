@@ -23,12 +23,16 @@ T = TypeVar("T")
 
 # -- migrate ---------------------------------------------------------------------------------------
 
+
 def _cmd_migrate(cfg: Settings, args: argparse.Namespace) -> int:
     from .migrate import MigrationError, Migrator
 
     try:
-        report = Migrator(cfg.database_url, embedding_dim=cfg.embedding_dim,
-                          cron=cfg.study_embed_cron and not args.no_cron).run(force=args.force)
+        report = Migrator(
+            cfg.database_url,
+            embedding_dim=cfg.embedding_dim,
+            cron=cfg.study_embed_cron and not args.no_cron,
+        ).run(force=args.force)
     except MigrationError as e:
         print(f"migrate: {e}", file=sys.stderr)
         return 1
@@ -38,13 +42,20 @@ def _cmd_migrate(cfg: Settings, args: argparse.Namespace) -> int:
 
 # -- listen / drain --------------------------------------------------------------------------------
 
+
 def _client(cfg: Settings):
     from .embedders import ClientConfig, make_client
 
-    return make_client(ClientConfig(
-        api=cfg.embedding_api, url=cfg.embedding_url, model=cfg.embedding_model,
-        api_key=cfg.embedding_api_key, timeout=cfg.embedding_timeout,
-        max_inputs=cfg.embedding_max_inputs))
+    return make_client(
+        ClientConfig(
+            api=cfg.embedding_api,
+            url=cfg.embedding_url,
+            model=cfg.embedding_model,
+            api_key=cfg.embedding_api_key,
+            timeout=cfg.embedding_timeout,
+            max_inputs=cfg.embedding_max_inputs,
+        )
+    )
 
 
 def _queue(cfg: Settings, app: str, max_size: int = 1):
@@ -71,8 +82,10 @@ class Progress:
         eta = f"{int(left / rate // 60)}:{int(left / rate % 60):02d}" if rate > 0 else "--:--"
         frac = done / total if total else 1.0
         bar = "#" * int(frac * 30) + "." * (30 - int(frac * 30))
-        return (f"[{bar}] {done}/{total} done, {left} waiting, {st.failed_total} failed, "
-                f"{rate:.0f} rows/s, ETA {eta}")
+        return (
+            f"[{bar}] {done}/{total} done, {left} waiting, {st.failed_total} failed, "
+            f"{rate:.0f} rows/s, ETA {eta}"
+        )
 
     async def run(self) -> None:
         period = 0.2 if self.tty else 5.0
@@ -105,13 +118,21 @@ async def _run_worker(cfg: Settings, mode: str) -> int:
         if mode == "drain":
             progress = Progress(worker, await worker.queue.waiting())
             progress_task = asyncio.create_task(progress.run())
-        task = asyncio.create_task(worker.listen(stop) if mode == "listen"
-                                   else worker.drain(stop, give_up=True))
+        task = asyncio.create_task(
+            worker.listen(stop) if mode == "listen" else worker.drain(stop, give_up=True)
+        )
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
-            log.info("stopping: finishing in-flight batches", extra={"fields": {
-                "timeout_s": cfg.shutdown_timeout, "in_flight_rows": worker.in_flight_rows}})
+            log.info(
+                "stopping: finishing in-flight batches",
+                extra={
+                    "fields": {
+                        "timeout_s": cfg.shutdown_timeout,
+                        "in_flight_rows": worker.in_flight_rows,
+                    }
+                },
+            )
             done, _ = await asyncio.wait({task}, timeout=cfg.shutdown_timeout)
             if not done:
                 task.cancel()
@@ -123,8 +144,9 @@ async def _run_worker(cfg: Settings, mode: str) -> int:
             progress_task.cancel()
             progress.show(final=True)
         if mode == "drain" and not stop.is_set():
-            left_failed = next((r.live for r in await worker.queue.status()
-                                if r.status == "failed"), 0)
+            left_failed = next(
+                (r.live for r in await worker.queue.status() if r.status == "failed"), 0
+            )
     except StartupError as e:
         log.error(str(e))
         return EXIT_CONFIG if e.config else 1
@@ -134,8 +156,10 @@ async def _run_worker(cfg: Settings, mode: str) -> int:
         await worker.close()
     if mode == "drain":
         return _drain_summary(worker, interrupted=stop.is_set(), left_failed=left_failed)
-    log.info("listener stopped", extra={"fields": {
-        "embedded": worker.stats.embedded, "failed": worker.stats.failed_total}})
+    log.info(
+        "listener stopped",
+        extra={"fields": {"embedded": worker.stats.embedded, "failed": worker.stats.failed_total}},
+    )
     return 0
 
 
@@ -143,18 +167,25 @@ def _drain_summary(worker, interrupted: bool, left_failed: int) -> int:
     st = worker.stats
     elapsed = time.monotonic() - st.started
     rate = st.embedded / elapsed if elapsed > 0 else 0.0
-    print(f"drain: embedded {st.embedded} rows in {elapsed:.1f} s ({rate:.0f} rows/s); "
-          f"failed {st.failed_total}; superseded by edits {st.superseded}; "
-          f"given back {st.released}" + ("; interrupted" if interrupted else ""), file=sys.stderr)
+    print(
+        f"drain: embedded {st.embedded} rows in {elapsed:.1f} s ({rate:.0f} rows/s); "
+        f"failed {st.failed_total}; superseded by edits {st.superseded}; "
+        f"given back {st.released}" + ("; interrupted" if interrupted else ""),
+        file=sys.stderr,
+    )
     for reason, n in st.failed.most_common(10):
         print(f"  failed x{n}: {reason}", file=sys.stderr)
     if worker.gave_up:
-        print(f"drain: stopped: the embedding server failed {worker.breaker.failures} times in "
-              "a row; the rows it did not embed are waiting (given back, no attempt spent)",
-              file=sys.stderr)
+        print(
+            f"drain: stopped: the embedding server failed {worker.breaker.failures} times in "
+            "a row; the rows it did not embed are waiting (given back, no attempt spent)",
+            file=sys.stderr,
+        )
     if left_failed:
-        print(f"drain: {left_failed} row(s) are left failed: see `study-embed status`",
-              file=sys.stderr)
+        print(
+            f"drain: {left_failed} row(s) are left failed: see `study-embed status`",
+            file=sys.stderr,
+        )
     return 1 if left_failed or interrupted or worker.gave_up else 0
 
 
@@ -186,6 +217,7 @@ async def _with_queue(cfg: Settings, app: str, work: Callable[..., Awaitable[T]]
 
 # -- status / reembed ------------------------------------------------------------------------------
 
+
 def _fmt_age(td) -> str:
     if td is None:
         return "-"
@@ -205,8 +237,11 @@ def _cmd_status(cfg: Settings, args: argparse.Namespace) -> int:
         print(f"\nfailed rows (up to {args.errors}):")
         print(f"{'id':>10} {'attempts':>8}  {'next retry':<20} last error")
         for f in failures:
-            when = ("after an edit" if f.waiting_for_edit or f.next_retry_at is None
-                    else f.next_retry_at.strftime("%Y-%m-%d %H:%M:%S"))
+            when = (
+                "after an edit"
+                if f.waiting_for_edit or f.next_retry_at is None
+                else f.next_retry_at.strftime("%Y-%m-%d %H:%M:%S")
+            )
             print(f"{f.id:>10} {f.attempts:>8}  {when:<20} {(f.last_error or '')[:100]}")
     return 0
 
@@ -219,20 +254,27 @@ def _cmd_reembed(cfg: Settings, args: argparse.Namespace) -> int:
             n, after = await queue.requeue_model(cfg.embedding_model, after)
             total += n
             if after is not None and sys.stderr.isatty():
-                print(f"\rreembed: {total} row(s) queued, up to id {after}", end="",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"\rreembed: {total} row(s) queued, up to id {after}",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return total
 
     total = asyncio.run(_with_queue(cfg, "reembed", requeue))
     if sys.stderr.isatty():
         print(file=sys.stderr)
-    print(f"reembed: queued {total} row(s) embedded by another model than "
-          f"{cfg.embedding_model}; they keep their old vector until the listener replaces it",
-          file=sys.stderr)
+    print(
+        f"reembed: queued {total} row(s) embedded by another model than "
+        f"{cfg.embedding_model}; they keep their old vector until the listener replaces it",
+        file=sys.stderr,
+    )
     return 0
 
 
 # -- search / check-duplicate ---------------------------------------------------------------------
+
 
 async def _embed_text(cfg: Settings, text: str):
     """One text through the configured embedding server."""
@@ -262,8 +304,7 @@ def _print_hits(hits, empty: str) -> None:
 
 def _cmd_search(cfg: Settings, args: argparse.Namespace) -> int:
     async def search(queue):
-        return await queue.search(args.user, await _embed_text(cfg, args.text), args.k,
-                                  args.topic)
+        return await queue.search(args.user, await _embed_text(cfg, args.text), args.k, args.topic)
 
     hits = asyncio.run(_with_queue(cfg, "search", search))
     _print_hits(hits, f"no embedded questions of user {args.user}")
@@ -272,9 +313,8 @@ def _cmd_search(cfg: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_check_duplicate(cfg: Settings, args: argparse.Namespace) -> int:
     async def check(queue):
-        text = await queue.render(args.question, args.choices)   # the pipeline's own renderer
-        return await queue.find_duplicates(args.user, await _embed_text(cfg, text),
-                                           args.threshold)
+        text = await queue.render(args.question, args.choices)  # the pipeline's own renderer
+        return await queue.find_duplicates(args.user, await _embed_text(cfg, text), args.threshold)
 
     hits = asyncio.run(_with_queue(cfg, "check-duplicate", check))
     _print_hits(hits, f"no near-duplicates among user {args.user}'s questions")
@@ -288,8 +328,10 @@ COMMANDS = {
     "status": (_cmd_status, "show the embedding queue: counts, oldest waiting, recent errors"),
     "reembed": (_cmd_reembed, "queue every row embedded by another model than EMBEDDING_MODEL"),
     "search": (_cmd_search, "free-text search in one user's questions"),
-    "check-duplicate": (_cmd_check_duplicate,
-                        "before inserting a question: its near-duplicates in the user's bank"),
+    "check-duplicate": (
+        _cmd_check_duplicate,
+        "before inserting a question: its near-duplicates in the user's bank",
+    ),
 }
 
 
@@ -300,34 +342,61 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep bge-m3 embeddings of study_questions correct inside PostgreSQL.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="settings (environment variable, flag; `study-embed COMMAND --help` shows the "
-               "defaults and which apply):\n" + settings)
+        "defaults and which apply):\n" + settings,
+    )
     parser.add_argument("--version", action="version", version=f"study-embed {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p, name)
         if name == "migrate":
-            p.add_argument("--no-cron", action="store_true",
-                           help="do not schedule the pg_cron tick (same as STUDY_EMBED_CRON=off)")
-            p.add_argument("--force", action="store_true",
-                           help="re-apply functions, triggers and views even if unchanged")
+            p.add_argument(
+                "--no-cron",
+                action="store_true",
+                help="do not schedule the pg_cron tick (same as STUDY_EMBED_CRON=off)",
+            )
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="re-apply functions, triggers and views even if unchanged",
+            )
         if name == "status":
-            p.add_argument("--errors", type=int, default=10, metavar="N",
-                           help="show up to N failed rows (default 10)")
+            p.add_argument(
+                "--errors",
+                type=int,
+                default=10,
+                metavar="N",
+                help="show up to N failed rows (default 10)",
+            )
         if name in ("search", "check-duplicate"):
-            p.add_argument("--user", type=int, required=True, metavar="ID",
-                           help="the user whose questions are searched (no other user's ever are)")
+            p.add_argument(
+                "--user",
+                type=int,
+                required=True,
+                metavar="ID",
+                help="the user whose questions are searched (no other user's ever are)",
+            )
         if name == "search":
             p.add_argument("text", help="what to look for")
             p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
-            p.add_argument("--topic", type=int, default=None, metavar="ID",
-                           help="only this study topic")
+            p.add_argument(
+                "--topic", type=int, default=None, metavar="ID", help="only this study topic"
+            )
         if name == "check-duplicate":
             p.add_argument("--question", required=True, help="the question text")
-            p.add_argument("--choices", nargs=4, required=True, metavar="CHOICE",
-                           help="the four choices, in order")
-            p.add_argument("--threshold", type=float, default=None,
-                           help="cosine similarity (default: settings.duplicate_threshold)")
+            p.add_argument(
+                "--choices",
+                nargs=4,
+                required=True,
+                metavar="CHOICE",
+                help="the four choices, in order",
+            )
+            p.add_argument(
+                "--threshold",
+                type=float,
+                default=None,
+                help="cosine similarity (default: settings.duplicate_threshold)",
+            )
     return parser
 
 
@@ -343,8 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study-embed {args.command}: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except NotMigrated:
-        print(f"{args.command}: the study_embed schema is missing: run `make migrate`",
-              file=sys.stderr)
+        print(
+            f"{args.command}: the study_embed schema is missing: run `make migrate`",
+            file=sys.stderr,
+        )
         return 1
     except psycopg.OperationalError as e:
         print(f"{args.command}: cannot connect to the database: {e}", file=sys.stderr)

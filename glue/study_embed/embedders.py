@@ -55,6 +55,7 @@ class EmbeddingError(Exception):
 @dataclass(frozen=True)
 class RowFailure:
     """This row's vector cannot be stored; `retryable`: it may work another time."""
+
     message: str
     retryable: bool = True
 
@@ -75,7 +76,8 @@ def _snippet(body: str, limit: int = 300) -> str:
 
 
 def _error_message(resp: httpx.Response) -> str:
-    """The server's own words: TEI {error, error_type}, OpenAI {error: {message}}, Ollama {error}."""
+    """The server's own words: TEI {error, error_type}, OpenAI {error: {message}},
+    Ollama {error}."""
     try:
         data = resp.json()
     except ValueError:
@@ -103,8 +105,9 @@ def _parse_json(resp: httpx.Response) -> Any:
         return json.loads(resp.content)
     except ValueError:
         ctype = resp.headers.get("content-type", "?")
-        raise _unusable(f"reply is not JSON (content-type {ctype}): "
-                        f"{_snippet(resp.text, 120)!r}") from None
+        raise _unusable(
+            f"reply is not JSON (content-type {ctype}): {_snippet(resp.text, 120)!r}"
+        ) from None
 
 
 class EmbeddingClient:
@@ -118,9 +121,11 @@ class EmbeddingClient:
         self.config = config
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self.http = http or httpx.AsyncClient(
-            base_url=config.url.rstrip("/"), headers=headers,
+            base_url=config.url.rstrip("/"),
+            headers=headers,
             timeout=httpx.Timeout(config.timeout),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+        )
 
     def payload(self, texts: list[str]) -> dict[str, Any]:
         raise NotImplementedError
@@ -137,9 +142,11 @@ class EmbeddingClient:
         if status in (401, 403):
             return EmbeddingError(msg + " — check EMBEDDING_API_KEY", Disposition.BACK_OFF)
         if status == 404:
-            return EmbeddingError(msg + " — check EMBEDDING_URL, EMBEDDING_API and "
-                                  "EMBEDDING_MODEL", Disposition.BACK_OFF)
-        return EmbeddingError(msg, Disposition.BACK_OFF)   # 408, 425, 429, 5xx, anything else
+            return EmbeddingError(
+                msg + " — check EMBEDDING_URL, EMBEDDING_API and EMBEDDING_MODEL",
+                Disposition.BACK_OFF,
+            )
+        return EmbeddingError(msg, Disposition.BACK_OFF)  # 408, 425, 429, 5xx, anything else
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -153,32 +160,39 @@ class EmbeddingClient:
             return False
         return resp.status_code < 500
 
-    async def embed(self, texts: list[str], dim: int | None = None) -> list[np.ndarray | RowFailure]:
+    async def embed(
+        self, texts: list[str], dim: int | None = None
+    ) -> list[np.ndarray | RowFailure]:
         """Embed texts in requests of at most max_inputs; one result per text, in order.
         With `dim`, vectors of another dimension make the reply unusable."""
         out: list[np.ndarray | RowFailure] = []
         step = self.config.max_inputs
         for i in range(0, len(texts), step):
-            out += check_vectors(await self._embed_request(texts[i:i + step]), dim)
+            out += check_vectors(await self._embed_request(texts[i : i + step]), dim)
         return out
 
     async def _embed_request(self, texts: list[str]) -> list[np.ndarray]:
         try:
             resp = await self.http.post(self.path, json=self.payload(texts))
         except httpx.TimeoutException as e:
-            raise EmbeddingError(f"timed out after {self.config.timeout:g} s "
-                                 f"({type(e).__name__})", Disposition.UNREACHABLE) from e
+            raise EmbeddingError(
+                f"timed out after {self.config.timeout:g} s ({type(e).__name__})",
+                Disposition.UNREACHABLE,
+            ) from e
         except httpx.HTTPError as e:
-            raise EmbeddingError(f"{type(e).__name__}: {e or 'connection failed'}",
-                                 Disposition.UNREACHABLE) from e
+            raise EmbeddingError(
+                f"{type(e).__name__}: {e or 'connection failed'}", Disposition.UNREACHABLE
+            ) from e
         if resp.status_code >= 300:
             raise self.classify(resp)
         data = _parse_json(resp)
         try:
             raw = self.vectors(data)
         except (KeyError, TypeError, IndexError, ValueError) as e:
-            raise _unusable(f"reply has no embeddings where {self.config.api} puts them: "
-                            f"{type(e).__name__}: {e}") from None
+            raise _unusable(
+                f"reply has no embeddings where {self.config.api} puts them: "
+                f"{type(e).__name__}: {e}"
+            ) from None
         if not isinstance(raw, list) or len(raw) != len(texts):
             got = len(raw) if isinstance(raw, list) else type(raw).__name__
             raise _unusable(f"asked for {len(texts)} embeddings, got {got}")
@@ -186,8 +200,9 @@ class EmbeddingClient:
 
 
 def _unusable(message: str) -> EmbeddingError:
-    return EmbeddingError(f"unusable reply from the embedding server: {message}",
-                          Disposition.BACK_OFF)
+    return EmbeddingError(
+        f"unusable reply from the embedding server: {message}", Disposition.BACK_OFF
+    )
 
 
 _NUMBER = {float, int}
@@ -205,7 +220,7 @@ def parse_vectors(raw: list[Any]) -> list[np.ndarray]:
             raise _unusable(f"an embedding holds {', '.join(odd)} values, not only numbers")
     if len({len(v) for v in raw}) == 1:
         return list(np.asarray(raw, dtype=np.float32))
-    return [np.asarray(v, dtype=np.float32) for v in raw]      # ragged: checked per row
+    return [np.asarray(v, dtype=np.float32) for v in raw]  # ragged: checked per row
 
 
 class TEIClient(EmbeddingClient):
@@ -221,9 +236,11 @@ class TEIClient(EmbeddingClient):
         return data
 
     def classify(self, resp):
-        if resp.status_code == 424:   # the backend failed on this input; may pass another time
-            return EmbeddingError(f"HTTP 424 from {resp.request.url.path}: "
-                                  f"{_error_message(resp)}", Disposition.RETRY_LATER)
+        if resp.status_code == 424:  # the backend failed on this input; may pass another time
+            return EmbeddingError(
+                f"HTTP 424 from {resp.request.url.path}: {_error_message(resp)}",
+                Disposition.RETRY_LATER,
+            )
         return super().classify(resp)
 
 
@@ -253,15 +270,22 @@ class OllamaClient(EmbeddingClient):
     health_path = "/api/version"
 
     def payload(self, texts):
-        return {"model": self.config.model, "input": texts, "truncate": False,
-                "options": {"num_ctx": 8192}}
+        return {
+            "model": self.config.model,
+            "input": texts,
+            "truncate": False,
+            "options": {"num_ctx": 8192},
+        }
 
     def vectors(self, data):
         return data["embeddings"]
 
 
 CLIENTS: dict[str, type[EmbeddingClient]] = {
-    "tei": TEIClient, "openai": OpenAIClient, "ollama": OllamaClient}
+    "tei": TEIClient,
+    "openai": OpenAIClient,
+    "ollama": OllamaClient,
+}
 
 
 def make_client(config: ClientConfig) -> EmbeddingClient:
@@ -272,8 +296,10 @@ def check_vectors(vectors: list[np.ndarray], dim: int | None) -> list[np.ndarray
     """Per vector: itself when it can be stored, else why not.  A dimension other than the
     column's in every vector is the server's (another model), in some of them a broken reply."""
     if dim is not None and vectors and all(v.shape != (dim,) for v in vectors):
-        raise _unusable(f"embeddings have {vectors[0].shape[0]} dimensions, the column has "
-                        f"{dim} (is EMBEDDING_MODEL the model the column was made for?)")
+        raise _unusable(
+            f"embeddings have {vectors[0].shape[0]} dimensions, the column has "
+            f"{dim} (is EMBEDDING_MODEL the model the column was made for?)"
+        )
     out: list[np.ndarray | RowFailure] = []
     for v in vectors:
         if dim is not None and v.shape != (dim,):

@@ -37,9 +37,9 @@ from .sqlfiles import queries, sql_dir
 LOCK_KEY = 0x5354_5544_5945_4D42 & 0x7FFF_FFFF_FFFF_FFFF  # "STUDYEMB"
 IDEMPOTENT_LEDGER_NAME = "idempotent/*"
 MIN_PGVECTOR = (0, 5, 0)  # HNSW
-LOCK_TIMEOUT = "1s"       # longest a migration statement queues other sessions behind itself
-LOCK_TRIES = 30           # transactions tried before migrate gives up on a busy table
-_LOCK_NOT_AVAILABLE = re.compile(r"ERROR:\s+55P03:")     # psql's VERBOSITY=verbose
+LOCK_TIMEOUT = "1s"  # longest a migration statement queues other sessions behind itself
+LOCK_TRIES = 30  # transactions tried before migrate gives up on a busy table
+_LOCK_NOT_AVAILABLE = re.compile(r"ERROR:\s+55P03:")  # psql's VERBOSITY=verbose
 _SERIALIZATION = re.compile(r"ERROR:\s+40001:")
 
 
@@ -56,9 +56,12 @@ class Report:
     def summary(self) -> str:
         if not self.applied and not self.idempotent and self.cron in ("up to date", "skipped"):
             return "migrate: nothing to apply, the database is up to date" + (
-                "" if self.cron == "up to date" else " (pg_cron tick not managed: --no-cron)")
-        parts = [f"applied {len(self.applied)} migration(s)" + (
-            f": {', '.join(self.applied)}" if self.applied else "")]
+                "" if self.cron == "up to date" else " (pg_cron tick not managed: --no-cron)"
+            )
+        parts = [
+            f"applied {len(self.applied)} migration(s)"
+            + (f": {', '.join(self.applied)}" if self.applied else "")
+        ]
         parts.append("functions/triggers/views " + ("applied" if self.idempotent else "up to date"))
         parts.append(f"pg_cron tick {self.cron}")
         return "migrate: " + "; ".join(parts)
@@ -73,27 +76,51 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 
 
 class Migrator:
-    def __init__(self, url: str, *, embedding_dim: int | None = None, cron: bool = True,
-                 db_dir: Path | None = None, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        embedding_dim: int | None = None,
+        cron: bool = True,
+        db_dir: Path | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         self.url = url
         self.embedding_dim = embedding_dim
         self.cron = cron
         self.db_dir = db_dir or sql_dir()
         self.q = queries()
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
-        self.psql = shutil.which("psql")
-        if not self.psql:
+        psql = shutil.which("psql")
+        if not psql:
             raise MigrationError("psql is not installed: install postgresql-client (make deps)")
+        self.psql = psql
 
     # -- psql ------------------------------------------------------------------------------------
 
-    def _psql(self, script: str, variables: dict[str, str], url: str | None = None, *,
-              what: str = "the migration", isolation: str | None = None) -> None:
+    def _psql(
+        self,
+        script: str,
+        variables: dict[str, str],
+        url: str | None = None,
+        *,
+        what: str = "the migration",
+        isolation: str | None = None,
+    ) -> None:
         """Run `script` in one transaction, with a short lock_timeout; a lock that is not
         granted in time (or, at REPEATABLE READ, a serialization failure) rolls the whole
         transaction back, and it is tried again after a pause."""
-        cmd = [self.psql, url or self.url, "--no-psqlrc", "--quiet", "--single-transaction",
-               "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose"]
+        cmd = [
+            self.psql,
+            url or self.url,
+            "--no-psqlrc",
+            "--quiet",
+            "--single-transaction",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+        ]
         for k, v in variables.items():
             cmd += ["-v", f"{k}={v}"]
         head = f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';\n"
@@ -101,22 +128,31 @@ class Migrator:
             head = f"SET TRANSACTION ISOLATION LEVEL {isolation};\n" + head
         backoff = Backoff(base=0.5, cap=5.0)
         for attempt in range(1, LOCK_TRIES + 1):
-            r = subprocess.run(cmd, input=head + script, text=True, capture_output=True,
-                               env={**os.environ, "PGOPTIONS": "-c client_min_messages=warning"})
+            r = subprocess.run(
+                cmd,
+                input=head + script,
+                text=True,
+                capture_output=True,
+                env={**os.environ, "PGOPTIONS": "-c client_min_messages=warning"},
+            )
             if r.returncode == 0:
                 return
             busy = _LOCK_NOT_AVAILABLE.search(r.stderr) or (
-                isolation and _SERIALIZATION.search(r.stderr))
+                isolation and _SERIALIZATION.search(r.stderr)
+            )
             if not busy or attempt == LOCK_TRIES:
                 if busy:
                     raise MigrationError(
                         f"{what}: a table stayed locked by other sessions through {LOCK_TRIES} "
                         f"tries (lock_timeout {LOCK_TIMEOUT} each); nothing was applied. Find "
-                        "the long transaction in pg_stat_activity and run migrate again.")
+                        "the long transaction in pg_stat_activity and run migrate again."
+                    )
                 raise MigrationError(r.stderr.strip() or f"psql exited with {r.returncode}")
             delay = backoff.next_delay()
-            self.log(f"migrate: {what} waits for a lock held by another session; rolled back, "
-                     f"trying again in {delay:.1f} s ({attempt}/{LOCK_TRIES})")
+            self.log(
+                f"migrate: {what} waits for a lock held by another session; rolled back, "
+                f"trying again in {delay:.1f} s ({attempt}/{LOCK_TRIES})"
+            )
             time.sleep(delay)
 
     # -- checks ----------------------------------------------------------------------------------
@@ -127,7 +163,8 @@ class Migrator:
             raise MigrationError(
                 "pgvector is not installed on this PostgreSQL server. On Debian run `make deps`; "
                 "on a managed service enable the `vector` extension (RDS, Cloud SQL, Azure, "
-                "Supabase and Neon all offer it).")
+                "Supabase and Neon all offer it)."
+            )
         version = row[1] or row[0]
         if _version_tuple(version) < MIN_PGVECTOR:
             raise MigrationError(f"pgvector {version} is too old: HNSW needs 0.5.0 or newer")
@@ -140,7 +177,8 @@ class Migrator:
                     "pg_cron is not preloaded: add shared_preload_libraries = 'pg_cron' (and "
                     "cron.database_name) to postgresql.conf and restart PostgreSQL, or enable "
                     "pg_cron in your provider's parameter group. To migrate without the pg_cron "
-                    "tick (listeners then poll), pass --no-cron or set STUDY_EMBED_CRON=off.")
+                    "tick (listeners then poll), pass --no-cron or set STUDY_EMBED_CRON=off."
+                )
         dbname = conn.info.dbname
         existing = conn.execute(self.q["migrate_embedding_dimension"]).fetchone()
         dim = self.embedding_dim
@@ -149,7 +187,8 @@ class Migrator:
                 raise MigrationError(
                     f"study_questions.embedding is vector({existing[0]}) but EMBEDDING_DIM={dim}. "
                     "Changing the dimension means a new model: re-create the column and re-embed "
-                    "every row; migrate does not do that by itself.")
+                    "every row; migrate does not do that by itself."
+                )
             dim = existing[0]
         dim = dim or 1024
         if not 1 <= dim <= 16000:
@@ -173,11 +212,13 @@ class Migrator:
                 "may create objects (CREATE for PUBLIC, the default before PostgreSQL 15). "
                 "study-embed's functions never resolve a name there, but any other code whose "
                 f"search_path includes {schema!r} can be hijacked by a function another role "
-                f"creates in it. Fix: REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC.")
+                f"creates in it. Fix: REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC."
+            )
         return schema
 
-    def _apply_migrations(self, ledger: dict[str, str], variables: dict[str, str],
-                          report: Report) -> None:
+    def _apply_migrations(
+        self, ledger: dict[str, str], variables: dict[str, str], report: Report
+    ) -> None:
         files = sorted((self.db_dir / "migrations").glob("*.sql"))
         for path in files:
             rel = f"migrations/{path.name}"
@@ -187,18 +228,25 @@ class Migrator:
                     raise MigrationError(
                         f"db/{rel} was edited after it was applied (applied sha256 "
                         f"{ledger[rel][:12]}…, file now {digest[:12]}…). Applied migrations are "
-                        "immutable: restore the file and put the change in a new migration.")
+                        "immutable: restore the file and put the change in a new migration."
+                    )
                 continue
             self.log(f"migrate: applying db/{rel}")
-            script = (f"\\i {_quote_psql(path)}\n"
-                      "INSERT INTO study_embed.schema_migrations (filename, sha256)"
-                      " VALUES (:'migration_file', :'migration_sha256');\n")
-            self._psql(script, {**variables, "migration_file": rel, "migration_sha256": digest},
-                       what=f"db/{rel}")
+            script = (
+                f"\\i {_quote_psql(path)}\n"
+                "INSERT INTO study_embed.schema_migrations (filename, sha256)"
+                " VALUES (:'migration_file', :'migration_sha256');\n"
+            )
+            self._psql(
+                script,
+                {**variables, "migration_file": rel, "migration_sha256": digest},
+                what=f"db/{rel}",
+            )
             report.applied.append(path.name)
 
-    def _apply_idempotent(self, ledger: dict[str, str], variables: dict[str, str],
-                          report: Report, force: bool) -> None:
+    def _apply_idempotent(
+        self, ledger: dict[str, str], variables: dict[str, str], report: Report, force: bool
+    ) -> None:
         files = sorted((self.db_dir / "idempotent").glob("*.sql"))
         h = hashlib.sha256()
         for path in files:
@@ -215,13 +263,16 @@ class Migrator:
         self._psql(script, variables, what="db/idempotent")
         # the counts, outside the DDL transaction: REPEATABLE READ blocks no writer (see
         # study_embed.recount); the ledger row goes with them, so a failure here is redone
-        self._psql("SELECT study_embed.recount();\n"
-                   "INSERT INTO study_embed.schema_migrations (filename, sha256)"
-                   " VALUES (:'migration_file', :'migration_sha256')"
-                   " ON CONFLICT (filename) DO UPDATE"
-                   " SET sha256 = excluded.sha256, applied_at = now();\n",
-                   {"migration_file": IDEMPOTENT_LEDGER_NAME, "migration_sha256": digest},
-                   what="the status recount", isolation="REPEATABLE READ")
+        self._psql(
+            "SELECT study_embed.recount();\n"
+            "INSERT INTO study_embed.schema_migrations (filename, sha256)"
+            " VALUES (:'migration_file', :'migration_sha256')"
+            " ON CONFLICT (filename) DO UPDATE"
+            " SET sha256 = excluded.sha256, applied_at = now();\n",
+            {"migration_file": IDEMPOTENT_LEDGER_NAME, "migration_sha256": digest},
+            what="the status recount",
+            isolation="REPEATABLE READ",
+        )
         report.idempotent = True
 
     def _schedule_cron(self, variables: dict[str, str], report: Report) -> None:
@@ -232,8 +283,9 @@ class Migrator:
             with psycopg.connect(cron_url, autocommit=True) as cconn:
                 has_ext = cconn.execute(self.q["migrate_has_pg_cron"]).fetchone()
                 if has_ext:
-                    row = cconn.execute(self.q["migrate_tick_scheduled"],
-                                        {"job": job, "app_db": app_db}).fetchone()
+                    row = cconn.execute(
+                        self.q["migrate_tick_scheduled"], {"job": job, "app_db": app_db}
+                    ).fetchone()
                     if row:
                         report.cron = "up to date"
                         return
@@ -241,21 +293,29 @@ class Migrator:
             raise MigrationError(
                 f"pg_cron lives in database {cron_db!r} (cron.database_name) and migrate could not "
                 f"connect to it to schedule the tick: {e}. Grant this user access to it, or pass "
-                "--no-cron and schedule `SELECT study_embed.tick()` every minute yourself.") from e
+                "--no-cron and schedule `SELECT study_embed.tick()` every minute yourself."
+            ) from e
         self.log(f"migrate: scheduling {job} in pg_cron (database {cron_db})")
-        self._psql((self.db_dir / "cron.sql").read_text(), {"app_db": app_db}, url=cron_url,
-                   what="the pg_cron schedule")
+        self._psql(
+            (self.db_dir / "cron.sql").read_text(),
+            {"app_db": app_db},
+            url=cron_url,
+            what="the pg_cron schedule",
+        )
         report.cron = "scheduled"
 
     def run(self, *, force: bool = False) -> Report:
         report = Report()
         try:
-            conn = psycopg.connect(self.url, autocommit=True, application_name="study-embed migrate")
+            conn = psycopg.connect(
+                self.url, autocommit=True, application_name="study-embed migrate"
+            )
         except psycopg.OperationalError as e:
             raise MigrationError(f"cannot connect to the database: {e}".strip()) from e
         with conn:
             lock = {"key": LOCK_KEY}
-            if not conn.execute(self.q["migrate_try_lock"], lock).fetchone()[0]:
+            got = conn.execute(self.q["migrate_try_lock"], lock).fetchone()
+            if not (got and got[0]):
                 self.log("migrate: another migrator holds the lock; waiting for it")
                 conn.execute(self.q["migrate_lock"], lock)
             try:
@@ -279,7 +339,7 @@ def _with_dbname(url: str, dbname: str) -> str:
     """The same connection parameters, another database."""
     params = psycopg.conninfo.conninfo_to_dict(url)
     params["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo(**params)
+    return psycopg.conninfo.make_conninfo("", **params)
 
 
 __all__ = ["Migrator", "MigrationError", "Report"]

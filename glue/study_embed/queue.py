@@ -33,9 +33,9 @@ from .sqlfiles import queries
 
 log = logging.getLogger("study_embed.queue")
 APP_NAME = "study-embed listener"
-CONFLICT_RETRIES = 3        # deadlock / serialization failure: tries before giving up
-CONNECT_TIMEOUT = 10.0      # seconds to wait for a pooled connection before trying again
-MESSAGE_LIMIT = 2000        # characters of an error message kept in the row
+CONFLICT_RETRIES = 3  # deadlock / serialization failure: tries before giving up
+CONNECT_TIMEOUT = 10.0  # seconds to wait for a pooled connection before trying again
+MESSAGE_LIMIT = 2000  # characters of an error message kept in the row
 
 
 class DatabaseUnavailable(Exception):
@@ -113,10 +113,15 @@ class QueueClient:
         self.closing = False
         self.q = queries()
         self.pool = AsyncConnectionPool(
-            url, min_size=1, max_size=max_size, open=False,
+            url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
             kwargs={"autocommit": True, "application_name": app_name},
-            configure=register_vector_async, check=AsyncConnectionPool.check_connection,
-            name="study-embed")
+            configure=register_vector_async,
+            check=AsyncConnectionPool.check_connection,
+            name="study-embed",
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -129,13 +134,15 @@ class QueueClient:
 
     # -- the one way a statement runs ------------------------------------------------------------
 
-    async def _call(self, name: str, params: dict[str, Any] | None = None,
-                    retry: bool = True) -> list[tuple]:
+    async def _call(
+        self, name: str, params: dict[str, Any] | None = None, retry: bool = True
+    ) -> list[tuple]:
         backoff = Backoff(base=0.5, cap=10.0)
         conflicts = 0
         while True:
             try:
-                async with self.pool.connection(timeout=CONNECT_TIMEOUT) as conn:
+                wait = CONNECT_TIMEOUT if retry and not self.closing else 1.0
+                async with self.pool.connection(timeout=wait) as conn:
                     cur = await conn.execute(self.q[name], params or {})
                     return await cur.fetchall() if cur.description else []
             except Exception as e:
@@ -143,8 +150,16 @@ class QueueClient:
                     if self.closing or not retry:
                         raise DatabaseUnavailable(first_line(e)) from e
                     delay = backoff.next_delay()
-                    log.warning("database unavailable; retrying", extra={"fields": {
-                        "query": name, "error": first_line(e), "retry_in_s": round(delay, 1)}})
+                    log.warning(
+                        "database unavailable; retrying",
+                        extra={
+                            "fields": {
+                                "query": name,
+                                "error": first_line(e),
+                                "retry_in_s": round(delay, 1),
+                            }
+                        },
+                    )
                     await asyncio.sleep(delay)
                 elif is_conflict(e) and conflicts < CONFLICT_RETRIES:
                     conflicts += 1
@@ -159,33 +174,51 @@ class QueueClient:
     # -- the queue API ---------------------------------------------------------------------------
 
     async def claim(self, batch_size: int, lease_seconds: float) -> list[Claim]:
-        rows = await self._call("claim", {"batch_size": batch_size,
-                                          "lease_seconds": lease_seconds})
+        rows = await self._call("claim", {"batch_size": batch_size, "lease_seconds": lease_seconds})
         return [Claim(*r) for r in rows]
 
     async def complete(self, done: Sequence[tuple[Claim, np.ndarray]], model: str) -> set[int]:
         """Store the vectors of still-current claims; returns the ids written."""
         if not done:
             return set()
-        rows = await self._call("complete", {
-            "ids": [c.id for c, _ in done], "claim_tokens": [c.token for c, _ in done],
-            "embeddings": [v for _, v in done], "model": model})
+        rows = await self._call(
+            "complete",
+            {
+                "ids": [c.id for c, _ in done],
+                "claim_tokens": [c.token for c, _ in done],
+                "embeddings": [v for _, v in done],
+                "model": model,
+            },
+        )
         return {r[0] for r in rows}
 
     async def fail(self, failures: Sequence[Failure]) -> None:
         for retryable in (True, False):
             part = [f for f in failures if f.retryable is retryable]
             if part:
-                await self._call("fail", {
-                    "ids": [f.claim.id for f in part],
-                    "claim_tokens": [f.claim.token for f in part],
-                    "errors": [clean_text(f.error) for f in part], "retryable": retryable})
+                await self._call(
+                    "fail",
+                    {
+                        "ids": [f.claim.id for f in part],
+                        "claim_tokens": [f.claim.token for f in part],
+                        "errors": [clean_text(f.error) for f in part],
+                        "retryable": retryable,
+                    },
+                )
 
-    async def release(self, claims: Sequence[Claim], retry_in: float, reason: str,
-                      retry: bool = True) -> None:
-        await self._call("release", {
-            "ids": [c.id for c in claims], "claim_tokens": [c.token for c in claims],
-            "retry_in_seconds": retry_in, "reason": clean_text(reason)}, retry=retry)
+    async def release(
+        self, claims: Sequence[Claim], retry_in: float, reason: str, retry: bool = True
+    ) -> None:
+        await self._call(
+            "release",
+            {
+                "ids": [c.id for c in claims],
+                "claim_tokens": [c.token for c in claims],
+                "retry_in_seconds": retry_in,
+                "reason": clean_text(reason),
+            },
+            retry=retry,
+        )
 
     async def detect_duplicates(self, budget_seconds: float) -> int:
         return await self._scalar("detect_duplicates", {"budget_seconds": budget_seconds}) or 0
@@ -203,7 +236,8 @@ class QueueClient:
         """(pgvector's type exists, the queue API exists), on a connection of its own: at
         start-up a database that cannot be reached is an error, not something to wait for."""
         async with await psycopg.AsyncConnection.connect(
-                self.url, application_name=self.app_name) as conn:
+            self.url, application_name=self.app_name
+        ) as conn:
             cur = await conn.execute(self.q["schema_ready"])
             row = await cur.fetchone()
         assert row is not None
@@ -227,19 +261,31 @@ class QueueClient:
 
     async def render(self, question: str, choices: Sequence[str]) -> str:
         c1, c2, c3, c4 = choices
-        return await self._scalar("render", {"question_text": question, "choice_1": c1,
-                                             "choice_2": c2, "choice_3": c3, "choice_4": c4})
+        return await self._scalar(
+            "render",
+            {
+                "question_text": question,
+                "choice_1": c1,
+                "choice_2": c2,
+                "choice_3": c3,
+                "choice_4": c4,
+            },
+        )
 
-    async def search(self, user_id: int, query: np.ndarray, k: int,
-                     topic_id: int | None) -> list[Hit]:
-        rows = await self._call("search", {"user_id": user_id, "query": query, "k": k,
-                                           "topic_id": topic_id})
+    async def search(
+        self, user_id: int, query: np.ndarray, k: int, topic_id: int | None
+    ) -> list[Hit]:
+        rows = await self._call(
+            "search", {"user_id": user_id, "query": query, "k": k, "topic_id": topic_id}
+        )
         return [Hit(*r) for r in rows]
 
-    async def find_duplicates(self, user_id: int, query: np.ndarray,
-                              threshold: float | None) -> list[Hit]:
-        rows = await self._call("find_duplicates", {"user_id": user_id, "query": query,
-                                                    "threshold": threshold})
+    async def find_duplicates(
+        self, user_id: int, query: np.ndarray, threshold: float | None
+    ) -> list[Hit]:
+        rows = await self._call(
+            "find_duplicates", {"user_id": user_id, "query": query, "threshold": threshold}
+        )
         return [Hit(*r) for r in rows]
 
     # -- LISTEN ----------------------------------------------------------------------------------
@@ -249,7 +295,8 @@ class QueueClient:
         """A connection of its own that LISTENs on `channel` (connection errors propagate:
         the caller reconnects)."""
         async with await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, application_name=self.app_name + " (LISTEN)") as conn:
+            self.url, autocommit=True, application_name=self.app_name + " (LISTEN)"
+        ) as conn:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             yield Listening(conn, self.q)
 

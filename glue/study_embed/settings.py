@@ -41,8 +41,9 @@ class Settings:
     study_embed_cron: bool = True
 
     @classmethod
-    def resolve(cls, args: argparse.Namespace | None, command: str,
-                environ: dict[str, str] | None = None) -> Settings:
+    def resolve(
+        cls, args: argparse.Namespace | None, command: str, environ: dict[str, str] | None = None
+    ) -> Settings:
         """Flag, else environment, else default; parsed and validated.  Settings that do not
         apply to `command` keep their defaults."""
         env = os.environ if environ is None else environ
@@ -66,7 +67,8 @@ class Settings:
             raise ConfigError(
                 "DATABASE_URL is not set: point it at the app's PostgreSQL, for example "
                 "postgresql://study_embed@db/app (on a checkout, `make db-up` starts a local "
-                "cluster and `make db-url` prints its URL)")
+                "cluster and `make db-url` prints its URL)"
+            )
         return cls(**values)
 
 
@@ -137,33 +139,67 @@ EMBED = ("listen", "drain", "search", "check-duplicate")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", "PostgreSQL connection URL (required)", commands=DB),
-    Setting("EMBEDDING_API", "embedding server protocol", choices=("tei", "openai", "ollama"),
-            commands=EMBED),
+    Setting(
+        "EMBEDDING_API",
+        "embedding server protocol",
+        choices=("tei", "openai", "ollama"),
+        commands=EMBED,
+    ),
     Setting("EMBEDDING_URL", "embedding server base URL", _http_url, commands=EMBED),
-    Setting("EMBEDDING_MODEL", "model name sent to the server and stored in embedding_model",
-            commands=(*EMBED, "reembed")),
-    Setting("EMBEDDING_API_KEY", "bearer token for the embedding server (optional)",
-            commands=EMBED),
-    Setting("EMBEDDING_TIMEOUT", "seconds to wait for one embedding request", _positive_float,
-            commands=EMBED),
-    Setting("EMBEDDING_MAX_INPUTS", "most texts per HTTP request (TEI's default "
-            "max_client_batch_size is 32); larger batches are split", _positive_int,
-            commands=EMBED),
+    Setting(
+        "EMBEDDING_MODEL",
+        "model name sent to the server and stored in embedding_model",
+        commands=(*EMBED, "reembed"),
+    ),
+    Setting(
+        "EMBEDDING_API_KEY", "bearer token for the embedding server (optional)", commands=EMBED
+    ),
+    Setting(
+        "EMBEDDING_TIMEOUT",
+        "seconds to wait for one embedding request",
+        _positive_float,
+        commands=EMBED,
+    ),
+    Setting(
+        "EMBEDDING_MAX_INPUTS",
+        "most texts per HTTP request (TEI's default "
+        "max_client_batch_size is 32); larger batches are split",
+        _positive_int,
+        commands=EMBED,
+    ),
     Setting("BATCH_SIZE", "rows claimed per batch", _positive_int),
     Setting("CONCURRENCY", "batches in flight at once", _positive_int),
-    Setting("LEASE_SECONDS", "how long a claim is held before another listener may take the row "
-            "over", _positive_float),
-    Setting("POLL_INTERVAL", "seconds between scans when no NOTIFY arrives (the fallback for "
-            "databases without pg_cron)", _positive_float, commands=("listen",)),
-    Setting("SHUTDOWN_TIMEOUT", "seconds to finish in-flight batches on SIGTERM/SIGINT before "
-            "releasing them", _positive_float),
+    Setting(
+        "LEASE_SECONDS",
+        "how long a claim is held before another listener may take the row over",
+        _positive_float,
+    ),
+    Setting(
+        "POLL_INTERVAL",
+        "seconds between scans when no NOTIFY arrives (the fallback for databases without pg_cron)",
+        _positive_float,
+        commands=("listen",),
+    ),
+    Setting(
+        "SHUTDOWN_TIMEOUT",
+        "seconds to finish in-flight batches on SIGTERM/SIGINT before releasing them",
+        _positive_float,
+    ),
     Setting("LOG_FORMAT", "log format", choices=("text", "json"), commands=ALL),
-    Setting("LOG_LEVEL", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-            commands=ALL),
-    Setting("EMBEDDING_DIM", "embedding dimension for a new schema (default 1024, bge-m3); an "
-            "existing column keeps its own", _positive_int, commands=("migrate",)),
-    Setting("STUDY_EMBED_CRON", "schedule the pg_cron tick (off for databases without pg_cron)",
-            _on_off, commands=("migrate",)),
+    Setting("LOG_LEVEL", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), commands=ALL),
+    Setting(
+        "EMBEDDING_DIM",
+        "embedding dimension for a new schema (default 1024, bge-m3); an "
+        "existing column keeps its own",
+        _positive_int,
+        commands=("migrate",),
+    ),
+    Setting(
+        "STUDY_EMBED_CRON",
+        "schedule the pg_cron tick (off for databases without pg_cron)",
+        _on_off,
+        commands=("migrate",),
+    ),
 )
 
 
@@ -173,8 +209,16 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         if command not in s.commands:
             continue
         default = s.default
-        shown = ("on" if default else "off") if isinstance(default, bool) else (
-            "unset" if default in (None, "") else default)
-        group.add_argument(s.flag, dest=s.field, metavar=s.env, default=None,
-                           help=f"{s.help}; env {s.env}, default {shown}"
-                           + (f" ({' | '.join(s.choices)})" if s.choices else ""))
+        shown = (
+            ("on" if default else "off")
+            if isinstance(default, bool)
+            else ("unset" if default in (None, "") else default)
+        )
+        group.add_argument(
+            s.flag,
+            dest=s.field,
+            metavar=s.env,
+            default=None,
+            help=f"{s.help}; env {s.env}, default {shown}"
+            + (f" ({' | '.join(s.choices)})" if s.choices else ""),
+        )

@@ -39,12 +39,12 @@ from .settings import Settings
 
 log = logging.getLogger("study_embed.worker")
 PROBE_TEXT = "문제: dimension probe"
-SLEEP_LOCK_WAIT_MS = 50    # how long a listener waits for committing writers before it sleeps
+SLEEP_LOCK_WAIT_MS = 50  # how long a listener waits for committing writers before it sleeps
 #                            (writers that come meanwhile NOTIFY: keep it short)
-FOLD_EVERY = 10.0          # seconds between two foldings of the status counts by an idle listener
-DUPLICATE_BUDGET = 0.5     # seconds of near-duplicate work between two drains
-GIVE_BACK_TIMEOUT = 5.0    # seconds a shutdown spends giving back unfinished rows
-DRAIN_GIVE_UP = 5          # `drain` stops after this many server failures in a row
+FOLD_EVERY = 10.0  # seconds between two foldings of the status counts by an idle listener
+DUPLICATE_BUDGET = 0.5  # seconds of near-duplicate work between two drains
+GIVE_BACK_TIMEOUT = 5.0  # seconds a shutdown spends giving back unfinished rows
+DRAIN_GIVE_UP = 5  # `drain` stops after this many server failures in a row
 
 
 class StartupError(Exception):
@@ -58,9 +58,9 @@ class StartupError(Exception):
 @dataclass
 class Stats:
     embedded: int = 0
-    failed: Counter[str] = field(default_factory=Counter)   # reason -> rows
+    failed: Counter[str] = field(default_factory=Counter)  # reason -> rows
     released: int = 0
-    superseded: int = 0                                      # claim voided by an edit meanwhile
+    superseded: int = 0  # claim voided by an edit meanwhile
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -94,11 +94,14 @@ class Worker:
         except psycopg.OperationalError as e:
             raise StartupError(f"cannot connect to the database: {e}".strip()) from None
         if not (has_vector and has_api):
-            raise StartupError("the database is not migrated (no pgvector type or no "
-                               "study_embed schema): run `make migrate`", config=True)
+            raise StartupError(
+                "the database is not migrated (no pgvector type or no "
+                "study_embed schema): run `make migrate`",
+                config=True,
+            )
         try:
             await self.queue.open()
-        except psycopg.Error as e:   # PoolTimeout is one
+        except psycopg.Error as e:  # PoolTimeout is one
             raise StartupError(f"cannot connect to the database: {e}") from None
 
     async def close(self) -> None:
@@ -110,14 +113,18 @@ class Worker:
         try:
             dim = await self.queue.embedding_dimension()
         except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName):
-            raise StartupError("the study_embed schema is missing: run `make migrate`",
-                               config=True) from None
+            raise StartupError(
+                "the study_embed schema is missing: run `make migrate`", config=True
+            ) from None
         except psycopg.errors.InsufficientPrivilege:
-            raise StartupError("this database role may not run the queue: "
-                               "GRANT study_embed_listener TO it", config=True) from None
+            raise StartupError(
+                "this database role may not run the queue: GRANT study_embed_listener TO it",
+                config=True,
+            ) from None
         if dim is None or dim < 1:
-            raise StartupError("study_questions.embedding is missing: run `make migrate`",
-                               config=True)
+            raise StartupError(
+                "study_questions.embedding is missing: run `make migrate`", config=True
+            )
         self.dim = dim
         backoff = Backoff(base=1.0, cap=30.0)
         cfg = self.client.config
@@ -126,7 +133,9 @@ class Worker:
                 [probe] = await self.client.embed([PROBE_TEXT])
                 break
             except EmbeddingError as e:
-                msg = f"the embedding server at {cfg.url} ({cfg.api}) does not answer correctly: {e}"
+                msg = (
+                    f"the embedding server at {cfg.url} ({cfg.api}) does not answer correctly: {e}"
+                )
                 if not wait_for_server or not e.server_side:
                     raise StartupError(msg) from None
                 delay = backoff.next_delay()
@@ -134,21 +143,35 @@ class Worker:
                 if not await sleep_unless(stop, delay):
                     raise StartupError("stopped while waiting for the embedding server") from None
         if isinstance(probe, RowFailure):
-            raise StartupError(f"the embedding server at {cfg.url} ({cfg.api}) does not answer "
-                               f"correctly: {probe.message}")
+            raise StartupError(
+                f"the embedding server at {cfg.url} ({cfg.api}) does not answer "
+                f"correctly: {probe.message}"
+            )
         if probe.shape[0] != dim:
             raise StartupError(
                 f"dimension mismatch: the embedding server returns {probe.shape[0]}-dimensional "
                 f"vectors ({cfg.model}) but study_questions.embedding is vector({dim}). Point "
                 f"EMBEDDING_URL/EMBEDDING_MODEL at a {dim}-dimensional model or migrate with "
-                f"EMBEDDING_DIM={probe.shape[0]}.", config=True)
-        log.info("embedding server ok", extra={"fields": {
-            "api": cfg.api, "url": cfg.url, "model": self.s.embedding_model, "dim": dim}})
+                f"EMBEDDING_DIM={probe.shape[0]}.",
+                config=True,
+            )
+        log.info(
+            "embedding server ok",
+            extra={
+                "fields": {
+                    "api": cfg.api,
+                    "url": cfg.url,
+                    "model": self.s.embedding_model,
+                    "dim": dim,
+                }
+            },
+        )
 
     # -- one batch -------------------------------------------------------------------------------
 
-    async def embed_rows(self, claims: list[Claim]) -> tuple[list[tuple[Claim, np.ndarray]],
-                                                             list[Failure]]:
+    async def embed_rows(
+        self, claims: list[Claim]
+    ) -> tuple[list[tuple[Claim, np.ndarray]], list[Failure]]:
         """Vectors and row failures; a rejected request is halved until the rejected rows are
         alone.  A server-side EmbeddingError escapes: the whole batch goes back."""
         try:
@@ -157,8 +180,13 @@ class Worker:
             if e.server_side:
                 raise
             if len(claims) == 1:
-                return [], [Failure(claims[0], f"rejected by the embedding server: {e}",
-                                    retryable=e.disposition is Disposition.RETRY_LATER)]
+                return [], [
+                    Failure(
+                        claims[0],
+                        f"rejected by the embedding server: {e}",
+                        retryable=e.disposition is Disposition.RETRY_LATER,
+                    )
+                ]
             mid = len(claims) // 2
             done_a, failed_a = await self.embed_rows(claims[:mid])
             done_b, failed_b = await self.embed_rows(claims[mid:])
@@ -167,8 +195,13 @@ class Worker:
         failed: list[Failure] = []
         for claim, result in zip(claims, results, strict=True):
             if isinstance(result, RowFailure):
-                failed.append(Failure(claim, "malformed reply from the embedding server: "
-                                      + result.message, result.retryable))
+                failed.append(
+                    Failure(
+                        claim,
+                        "malformed reply from the embedding server: " + result.message,
+                        result.retryable,
+                    )
+                )
             else:
                 done.append((claim, result))
         return done, failed
@@ -179,9 +212,14 @@ class Worker:
             done, failed = await self.embed_rows(claims)
         except EmbeddingError as e:
             delay = self.breaker.record_failure(
-                unreachable=e.disposition is Disposition.UNREACHABLE)
-            log.warning("embedding server unavailable; batch given back", extra={"fields": {
-                "rows": len(claims), "error": str(e), "retry_in_s": round(delay, 1)}})
+                unreachable=e.disposition is Disposition.UNREACHABLE
+            )
+            log.warning(
+                "embedding server unavailable; batch given back",
+                extra={
+                    "fields": {"rows": len(claims), "error": str(e), "retry_in_s": round(delay, 1)}
+                },
+            )
             # due at once: the breaker, not the row, decides when the server is asked again
             await self.queue.release(claims, 0, f"embedding server unavailable: {e}")
             self.stats.released += len(claims)
@@ -197,13 +235,24 @@ class Worker:
         self.stats.superseded += len(done) - len(written)
         for f in failed:
             self.stats.failed[f.error[:160]] += 1
-        log.info("batch", extra={"fields": {
-            "rows": len(claims), "embedded": len(written), "failed": len(failed),
-            "superseded": len(done) - len(written), "embed_ms": round(embed_ms, 1),
-            "total_ms": round((time.monotonic() - t0) * 1000, 1)}})
+        log.info(
+            "batch",
+            extra={
+                "fields": {
+                    "rows": len(claims),
+                    "embedded": len(written),
+                    "failed": len(failed),
+                    "superseded": len(done) - len(written),
+                    "embed_ms": round(embed_ms, 1),
+                    "total_ms": round((time.monotonic() - t0) * 1000, 1),
+                }
+            },
+        )
         for f in failed:
-            log.warning("row failed", extra={"fields": {"id": f.claim.id, "error": f.error,
-                                                        "retryable": f.retryable}})
+            log.warning(
+                "row failed",
+                extra={"fields": {"id": f.claim.id, "error": f.error, "retryable": f.retryable}},
+            )
 
     # -- the loops -------------------------------------------------------------------------------
 
@@ -224,7 +273,7 @@ class Worker:
                         break
                     claims = await self.queue.claim(self.s.batch_size, self.s.lease_seconds)
                     if not claims:
-                        if self._held:         # a batch in flight may yet be given back
+                        if self._held:  # a batch in flight may yet be given back
                             await asyncio.sleep(0.05)
                             continue
                         break
@@ -242,11 +291,15 @@ class Worker:
                     await self.process(key, claims)
                 except Exception as e:
                     if is_connection_error(e) or isinstance(e, DatabaseUnavailable):
-                        raise          # the rows stay held: given back below, or by the lease
+                        raise  # the rows stay held: given back below, or by the lease
                     # a bug, or a database error writing the outcome: fail the batch, go on
                     log.exception("batch failed inside the listener")
-                    await self.queue.fail([Failure(c, f"listener error: {type(e).__name__}: "
-                                                   f"{first_line(e)}", True) for c in claims])
+                    await self.queue.fail(
+                        [
+                            Failure(c, f"listener error: {type(e).__name__}: {first_line(e)}", True)
+                            for c in claims
+                        ]
+                    )
                     self._held.pop(key, None)
 
         tasks = [asyncio.create_task(producer())]
@@ -269,12 +322,15 @@ class Worker:
             return
         log.info("giving back unfinished rows", extra={"fields": {"rows": len(held)}})
         try:
-            await asyncio.wait_for(self.queue.release(held, 0, reason, retry=False),
-                                   GIVE_BACK_TIMEOUT)
+            await asyncio.wait_for(
+                self.queue.release(held, 0, reason, retry=False), GIVE_BACK_TIMEOUT
+            )
             self.stats.released += len(held)
         except Exception as e:
-            log.warning("could not give back rows; they return when their lease expires",
-                        extra={"fields": {"rows": len(held), "error": first_line(e)}})
+            log.warning(
+                "could not give back rows; they return when their lease expires",
+                extra={"fields": {"rows": len(held), "error": first_line(e)}},
+            )
 
     async def _optional(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
         """A pass the listener can do without (the pg_cron tick does it too): a database error
@@ -321,9 +377,11 @@ class Worker:
                         # 'other': another listener holds the lock, and the NOTIFY that wakes
                         # it wakes this one too; look again now and then in case it went away.
                         # 'busy': writers are committing; drain again after a breath.
-                        timeout = {"asleep": self.s.poll_interval,
-                                   "other": min(self.s.poll_interval, 5.0),
-                                   "busy": 0.05}[state]
+                        timeout = {
+                            "asleep": self.s.poll_interval,
+                            "other": min(self.s.poll_interval, 5.0),
+                            "busy": 0.05,
+                        }[state]
                         woke = await ln.wait(stop, timeout)
                         if state == "asleep":
                             await ln.wake()
@@ -331,9 +389,13 @@ class Worker:
             except (psycopg.Error, DatabaseUnavailable) as e:
                 if stop.is_set():
                     break
-                what = ("lost the database connection; reconnecting" if is_connection_error(e)
-                        else "database error; trying again")
+                what = (
+                    "lost the database connection; reconnecting"
+                    if is_connection_error(e)
+                    else "database error; trying again"
+                )
                 delay = reconnect.next_delay()
-                log.warning(what, extra={"fields": {"error": first_line(e),
-                                                    "retry_in_s": round(delay, 1)}})
+                log.warning(
+                    what, extra={"fields": {"error": first_line(e), "retry_in_s": round(delay, 1)}}
+                )
                 await sleep_unless(stop, delay)

@@ -17,27 +17,28 @@ import time
 import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from .vectors import vector_for
 
-PROBE = "문제: dimension probe"   # what the listener embeds at start-up
+PROBE = "문제: dimension probe"  # what the listener embeds at start-up
 TEI_ERRORS = {422: "Validation", 424: "Backend", 429: "Overloaded", 503: "Unhealthy", 400: "Empty"}
 
 
 class EmbedServer:
     def __init__(self, dim: int = 1024, port: int = 0) -> None:
         self.dim = dim
-        self.delay = 0.0               # seconds before answering
-        self.cost_per_text = 0.0       # and this many more per text (a model's cost)
+        self.delay = 0.0  # seconds before answering
+        self.cost_per_text = 0.0  # and this many more per text (a model's cost)
         self.mode: str | int | None = None  # None, an HTTP status, or a misbehaviour name
         self.poison: set[str] = set()  # texts containing one of these get 422
         self.poison_message = "Input validation error: input is too long"
-        self.spare_probe = True        # the listener's start-up probe is answered correctly
-        self.constant = False          # benchmarks: pre-encoded vectors, next to no server cost
-        self.requests: list[tuple[str, list[str]]] = []   # (path, texts)
+        self.spare_probe = True  # the listener's start-up probe is answered correctly
+        self.constant = False  # benchmarks: pre-encoded vectors, next to no server cost
+        self.requests: list[tuple[str, list[str]]] = []  # (path, texts)
         self.health_checks = 0
         self.lock = threading.Lock()
-        self._open: set[socket.socket] = set()   # live connections, cut by stop()
+        self._open: set[socket.socket] = set()  # live connections, cut by stop()
         self._port = port
         self._httpd: ThreadingHTTPServer | None = None
         self.start()
@@ -72,9 +73,10 @@ class EmbedServer:
                 # /api/version; a 5xx mode makes the server unhealthy too
                 with server.lock:
                     server.health_checks += 1
-                down = isinstance(server.mode, int) and server.mode >= 500
+                mode = server.mode
+                status = mode if isinstance(mode, int) and mode >= 500 else 200
                 if self.path in ("/health", "/v1/models", "/api/version"):
-                    self._send(server.mode if down else 200, b"{}")
+                    self._send(status, b"{}")
                 else:
                     self._send(404, b'{"error": "not found"}')
 
@@ -148,18 +150,24 @@ class EmbedServer:
             vectors[-1][0] = float("nan")
         elif mode == "zero":
             vectors[-1] = [0.0] * self.dim
-        elif mode == "strings":          # a number as a JSON string: "0.1"
+        elif mode == "strings":  # a number as a JSON string: "0.1"
             vectors[-1][0] = str(vectors[-1][0])
-        elif mode == "bools":            # JSON true where a number belongs
+        elif mode == "bools":  # JSON true where a number belongs
             vectors[-1][1] = True
+        payload: Any
         if path == "/embed":
             payload = vectors
         elif path == "/v1/embeddings":
             # OpenAI-compatible servers may answer in any order: reversed, to be sure
-            payload = {"object": "list", "model": body.get("model"),
-                       "data": [{"object": "embedding", "index": i, "embedding": v}
-                                for i, v in reversed(list(enumerate(vectors)))],
-                       "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+            payload = {
+                "object": "list",
+                "model": body.get("model"),
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": v}
+                    for i, v in reversed(list(enumerate(vectors)))
+                ],
+                "usage": {"prompt_tokens": 0, "total_tokens": 0},
+            }
         else:
             payload = {"model": body.get("model"), "embeddings": vectors}
         h._send(200, json.dumps(payload).encode())
@@ -169,8 +177,9 @@ class EmbedServer:
         enough for an HNSW index to do its real work, cheap enough to measure the pipeline."""
         pool = getattr(self, "_pool", None)
         if pool is None:
-            pool = self._pool = [json.dumps(vector_for(f"pool {i}", self.dim).tolist())
-                                 for i in range(4096)]
+            pool = self._pool = [
+                json.dumps(vector_for(f"pool {i}", self.dim).tolist()) for i in range(4096)
+            ]
         vs = [pool[zlib.crc32(t.encode()) % len(pool)] for t in texts]
         if path == "/embed":
             return ("[" + ",".join(vs) + "]").encode()
@@ -181,11 +190,13 @@ class EmbedServer:
 
     @staticmethod
     def _error(h, path: str, status: int, message: str) -> None:
+        payload: dict[str, Any]
         if path == "/embed":
             payload = {"error": message, "error_type": TEI_ERRORS.get(status, "Backend")}
         elif path == "/v1/embeddings":
-            payload = {"error": {"message": message, "type": "invalid_request_error",
-                                 "code": status}}
+            payload = {
+                "error": {"message": message, "type": "invalid_request_error", "code": status}
+            }
         else:
             payload = {"error": message}
         h._send(status, json.dumps(payload).encode())

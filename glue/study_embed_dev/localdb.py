@@ -57,7 +57,10 @@ def _run_user_cmd(cmd: list[str]) -> list[str]:
 def _accessible_by_run_user(path: Path) -> bool:
     if not _as_root():
         return True
-    return subprocess.run(_run_user_cmd(["test", "-x", str(path)]), capture_output=True).returncode == 0
+    return (
+        subprocess.run(_run_user_cmd(["test", "-x", str(path)]), capture_output=True).returncode
+        == 0
+    )
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,21 @@ class Cluster:
             self._chown(d)
         os.chmod(self.datadir, 0o700)
         subprocess.run(
-            _run_user_cmd([
-                str(pg_bindir() / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER,
-                "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync",
-            ]),
-            check=True, stdout=subprocess.DEVNULL,
+            _run_user_cmd(
+                [
+                    str(pg_bindir() / "initdb"),
+                    "-D",
+                    str(self.datadir),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         with open(self.datadir / "postgresql.auto.conf", "a") as conf:
             conf.write(
@@ -135,11 +148,24 @@ class Cluster:
         self._chown(self.logfile)
         opts = f"-p {self.port} {extra_options}".strip()
         r = subprocess.run(
-            _run_user_cmd([
-                str(pg_bindir() / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
-                "-o", opts, "-w", "-t", "60", "start",
-            ]),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            _run_user_cmd(
+                [
+                    str(pg_bindir() / "pg_ctl"),
+                    "-D",
+                    str(self.datadir),
+                    "-l",
+                    str(self.logfile),
+                    "-o",
+                    opts,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         if r.returncode != 0:
             tail = self.logfile.read_text(errors="replace").splitlines()[-15:]
@@ -152,18 +178,21 @@ class Cluster:
         if not self.is_running():
             return
         subprocess.run(
-            _run_user_cmd([str(pg_bindir() / "pg_ctl"), "-D", str(self.datadir), "-m", mode,
-                           "-w", "stop"]),
-            check=True, stdout=subprocess.DEVNULL,
+            _run_user_cmd(
+                [str(pg_bindir() / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
 
     def create_database(self, dbname: str) -> bool:
         import psycopg
+        from psycopg import sql
 
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
                 return False
-            conn.execute(f'CREATE DATABASE "{dbname}"')  # name is ours, never user input
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
             return True
 
     def destroy(self) -> None:
@@ -202,8 +231,11 @@ def _cmd_up(_: argparse.Namespace) -> None:
         print(f"initialised a local cluster in {c.datadir}", file=sys.stderr)
     c.start()
     created = c.create_database(DEFAULT_DBNAME)
-    print(f"local PostgreSQL is up on port {c.port} (socket {c.sockdir})"
-          f"{'; created database ' + DEFAULT_DBNAME if created else ''}", file=sys.stderr)
+    print(
+        f"local PostgreSQL is up on port {c.port} (socket {c.sockdir})"
+        f"{'; created database ' + DEFAULT_DBNAME if created else ''}",
+        file=sys.stderr,
+    )
     print(f"DATABASE_URL={c.url()}", file=sys.stderr)
 
 
@@ -218,8 +250,10 @@ def _cmd_url(_: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m study_embed_dev.localdb",
-                                description="Start, stop or locate the project-local cluster.")
+    p = argparse.ArgumentParser(
+        prog="python -m study_embed_dev.localdb",
+        description="Start, stop or locate the project-local cluster.",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="initialise (once) and start the cluster").set_defaults(fn=_cmd_up)
     sub.add_parser("down", help="stop the cluster").set_defaults(fn=_cmd_down)

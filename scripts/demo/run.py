@@ -22,17 +22,18 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bank  # noqa: E402
-import server  # noqa: E402
-from study_embed.migrate import Migrator  # noqa: E402
-from study_embed_dev.localdb import default_cluster  # noqa: E402
+import bank
+import server
+
+from study_embed.migrate import Migrator
+from study_embed_dev.localdb import default_cluster
 
 DBNAME = "study_embed_demo"
 CLI = Path(sys.executable).with_name("study-embed")
@@ -49,18 +50,26 @@ def database(served: server.Served) -> str:
     url = cluster.url(DBNAME)
     if not cluster.create_database(DBNAME):
         with psycopg.connect(url) as conn:
-            row = conn.execute("SELECT to_regprocedure('study_embed.embedding_dimension()')"
-                               " IS NOT NULL").fetchone()
-            dim = conn.execute("SELECT study_embed.embedding_dimension()").fetchone()[0] \
-                if row[0] else None
+            row = conn.execute(
+                "SELECT to_regprocedure('study_embed.embedding_dimension()') IS NOT NULL"
+            ).fetchone()
+            dim = (
+                conn.execute("SELECT study_embed.embedding_dimension()").fetchone()[0]
+                if row[0]
+                else None
+            )
         if dim not in (None, served.dim):
-            say(f"database {DBNAME} holds {dim}-dim embeddings, the model gives {served.dim}: "
-                "making it again")
+            say(
+                f"database {DBNAME} holds {dim}-dim embeddings, the model gives {served.dim}: "
+                "making it again"
+            )
             with psycopg.connect(cluster.url("postgres"), autocommit=True) as admin:
-                admin.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s",
-                              (DBNAME,))
-                admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
-                    sql.Identifier(DBNAME)))
+                admin.execute(
+                    "SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s", (DBNAME,)
+                )
+                admin.execute(
+                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(DBNAME))
+                )
             cluster.create_database(DBNAME)
     say(f"migrating {DBNAME} (embedding dimension {served.dim})")
     Migrator(url, embedding_dim=served.dim, log=lambda m: print("    " + m, flush=True)).run()
@@ -74,51 +83,87 @@ def load_bank(url: str) -> None:
         if have:
             say(f"sample bank already loaded ({have} questions)")
             return
-        say("loading the sample bank: "
-            + ", ".join(f"{u.email.split('@')[0]} ({len(u.questions)})" for u in users))
+        say(
+            "loading the sample bank: "
+            + ", ".join(f"{u.email.split('@')[0]} ({len(u.questions)})" for u in users)
+        )
         rng = random.Random(7)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         n_attempts = 0
         for user in users:
-            uid = conn.execute("INSERT INTO users (email) VALUES (%s) RETURNING id",
-                               (user.email,)).fetchone()[0]
+            uid = conn.execute(
+                "INSERT INTO users (email) VALUES (%s) RETURNING id", (user.email,)
+            ).fetchone()[0]
             topics: dict[str, int] = {}
             qids = []
             for q in user.questions:
                 if q.subject not in topics:
                     topics[q.subject] = conn.execute(
                         "INSERT INTO study_topics (user_id, name) VALUES (%s, %s) RETURNING id",
-                        (uid, q.subject)).fetchone()[0]
-                qids.append(conn.execute(
-                    "INSERT INTO study_questions (user_id, study_topic_id, question_text,"
-                    " choice_1, choice_2, choice_3, choice_4, correct_choice, subject, scope,"
-                    " explanation) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                    " RETURNING id",
-                    (uid, topics[q.subject], q.text, *q.choices, q.correct, q.subject, q.scope,
-                     q.explanation)).fetchone()[0])
+                        (uid, q.subject),
+                    ).fetchone()[0]
+                qids.append(
+                    conn.execute(
+                        "INSERT INTO study_questions (user_id, study_topic_id, question_text,"
+                        " choice_1, choice_2, choice_3, choice_4, correct_choice, subject, scope,"
+                        " explanation) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                        " RETURNING id",
+                        (
+                            uid,
+                            topics[q.subject],
+                            q.text,
+                            *q.choices,
+                            q.correct,
+                            q.subject,
+                            q.scope,
+                            q.explanation,
+                        ),
+                    ).fetchone()[0]
+                )
             rows = []
             for i, selected, days_ago in bank.attempts(user, rng):
                 q = user.questions[i]
-                rows.append((uid, qids[i], topics[q.subject], selected, q.correct,
-                             selected == q.correct, now - timedelta(days=days_ago,
-                                                                    minutes=rng.randint(0, 600))))
+                rows.append(
+                    (
+                        uid,
+                        qids[i],
+                        topics[q.subject],
+                        selected,
+                        q.correct,
+                        selected == q.correct,
+                        now - timedelta(days=days_ago, minutes=rng.randint(0, 600)),
+                    )
+                )
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO study_question_attempts (user_id, study_question_id,"
                     " study_topic_id, selected_choice, correct_choice, is_correct, answered_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    rows,
+                )
             n_attempts += len(rows)
         total = sum(len(u.questions) for u in users)
-        print(f"    {total} questions, {n_attempts} attempts; every new row starts as 'none'",
-              flush=True)
+        print(
+            f"    {total} questions, {n_attempts} attempts; every new row starts as 'none'",
+            flush=True,
+        )
 
 
 def drain(url: str, served: server.Served) -> None:
-    say(f"study-embed drain  (EMBEDDING_API=openai, EMBEDDING_URL={served.url.removesuffix('/v1')})")
-    env = {**os.environ, "DATABASE_URL": url, "EMBEDDING_API": "openai",
-           "EMBEDDING_URL": served.url.removesuffix("/v1"), "EMBEDDING_MODEL": served.model,
-           "BATCH_SIZE": "32", "CONCURRENCY": "2", "EMBEDDING_TIMEOUT": "60",
-           "LOG_LEVEL": "WARNING"}
+    say(
+        f"study-embed drain  (EMBEDDING_API=openai, EMBEDDING_URL={served.url.removesuffix('/v1')})"
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "EMBEDDING_API": "openai",
+        "EMBEDDING_URL": served.url.removesuffix("/v1"),
+        "EMBEDDING_MODEL": served.model,
+        "BATCH_SIZE": "32",
+        "CONCURRENCY": "2",
+        "EMBEDDING_TIMEOUT": "60",
+        "LOG_LEVEL": "WARNING",
+    }
     r = subprocess.run([str(CLI), "drain"], env=env)
     if r.returncode != 0:
         sys.exit(f"drain failed (exit {r.returncode}): see `study-embed status`")
@@ -130,45 +175,63 @@ def report(url: str, served: server.Served) -> None:
         examined = 0
         while n := conn.execute("SELECT study_embed.detect_duplicates()").fetchone()[0]:
             examined += n
-        say(f"near-duplicate pass: {examined} newly embedded questions compared with their "
-            f"owner's bank in {time.monotonic() - t0:.1f} s")
+        say(
+            f"near-duplicate pass: {examined} newly embedded questions compared with their "
+            f"owner's bank in {time.monotonic() - t0:.1f} s"
+        )
         counts = dict(conn.execute("SELECT status, live FROM study_embed.status").fetchall())
         users = dict(conn.execute("SELECT split_part(email, '@', 1), id FROM users").fetchall())
         print()
         print(f"Model: {served.model} ({served.dim} dimensions).")
         print(textwrap.fill(served.note, 96))
-        print(f"Queue: {counts.get('ready', 0)} ready, {counts.get('none', 0)} none, "
-              f"{counts.get('pending', 0)} pending, {counts.get('failed', 0)} failed, "
-              f"{counts.get('stale', 0)} stale.")
+        print(
+            f"Queue: {counts.get('ready', 0)} ready, {counts.get('none', 0)} none, "
+            f"{counts.get('pending', 0)} pending, {counts.get('failed', 0)} failed, "
+            f"{counts.get('stale', 0)} stale."
+        )
 
         _title("Similar questions (study_embed.similar_questions, same user only)")
-        for who, text in [("alex", "What is the capital of Kenya?"),
-                          ("sam", "What is the SI unit of force?"),
-                          ("alex", "Which data structure works last in, first out?"),
-                          ("minji", "광합성이 일어나는 세포 소기관은?")]:
-            qid = conn.execute("SELECT id FROM study_questions WHERE user_id = %s AND"
-                               " question_text = %s", (users[who], text)).fetchone()[0]
+        for who, text in [
+            ("alex", "What is the capital of Kenya?"),
+            ("sam", "What is the SI unit of force?"),
+            ("alex", "Which data structure works last in, first out?"),
+            ("minji", "광합성이 일어나는 세포 소기관은?"),
+        ]:
+            qid = conn.execute(
+                "SELECT id FROM study_questions WHERE user_id = %s AND question_text = %s",
+                (users[who], text),
+            ).fetchone()[0]
             print(f"\n  {who}: {text}")
             for _, sim, _, qtext in conn.execute(
-                    "SELECT * FROM study_embed.similar_questions(%s, %s, 3)", (users[who], qid)):
+                "SELECT * FROM study_embed.similar_questions(%s, %s, 3)", (users[who], qid)
+            ):
                 print(f"    {sim:.3f}  {qtext}")
 
-        threshold = conn.execute("SELECT duplicate_threshold FROM study_embed.settings"
-                                 ).fetchone()[0]
+        threshold = conn.execute("SELECT duplicate_threshold FROM study_embed.settings").fetchone()[
+            0
+        ]
         twins = {(u.email, q.text): q.twin for u in bank.users() for q in u.questions if q.twin}
         pairs = conn.execute(
             "SELECT u.email, p.similarity, p.question_text, p.duplicate_text"
             " FROM study_embed.duplicate_pairs p JOIN users u ON u.id = p.user_id"
-            " ORDER BY p.similarity DESC").fetchall()
-        found = [(e, sim, a, b) for e, sim, a, b in pairs
-                 if twins.get((e, a)) is not None and twins.get((e, a)) == twins.get((e, b))]
+            " ORDER BY p.similarity DESC"
+        ).fetchall()
+        found = [
+            (e, sim, a, b)
+            for e, sim, a, b in pairs
+            if twins.get((e, a)) is not None and twins.get((e, a)) == twins.get((e, b))
+        ]
         other = [x for x in pairs if x not in found]
         n_twins = len({(e, t) for (e, _), t in twins.items()})
-        _title(f"Near-duplicate pairs (study_embed.duplicate_pairs: cosine similarity >= "
-               f"{threshold:g}, same user)")
-        print(f"  The bank holds {n_twins} questions that a user typed twice in other words; "
-              f"the pass flagged {len(pairs)} pairs:\n  {len(found)} of those {n_twins}, and "
-              f"{len(other)} pairs of different questions that read alike.")
+        _title(
+            f"Near-duplicate pairs (study_embed.duplicate_pairs: cosine similarity >= "
+            f"{threshold:g}, same user)"
+        )
+        print(
+            f"  The bank holds {n_twins} questions that a user typed twice in other words; "
+            f"the pass flagged {len(pairs)} pairs:\n  {len(found)} of those {n_twins}, and "
+            f"{len(other)} pairs of different questions that read alike."
+        )
         print("\n  rephrased questions found:")
         for e, sim, a, b in found:
             _pair(e, sim, a, b)
@@ -180,16 +243,22 @@ def report(url: str, served: server.Served) -> None:
             " WHERE (u.email, a.question_text) IN (SELECT * FROM t)"
             " AND (u.email, b.question_text) IN (SELECT * FROM t)"
             " ORDER BY 2 DESC",
-            {"emails": [e for e, _ in twins], "texts": [t for _, t in twins]}).fetchall()
-        missed = [(e, sim, a, b) for e, sim, a, b in missed
-                  if twins[(e, a)] == twins[(e, b)] and sim < threshold]
+            {"emails": [e for e, _ in twins], "texts": [t for _, t in twins]},
+        ).fetchall()
+        missed = [
+            (e, sim, a, b)
+            for e, sim, a, b in missed
+            if twins[(e, a)] == twins[(e, b)] and sim < threshold
+        ]
         if missed:
             print("\n  rephrased questions below the threshold:")
             for e, sim, a, b in missed:
                 _pair(e, sim, a, b)
         if other:
-            print("\n  different questions that read alike (the most similar "
-                  f"{min(len(other), 6)} of {len(other)}; a person dismisses these):")
+            print(
+                "\n  different questions that read alike (the most similar "
+                f"{min(len(other), 6)} of {len(other)}; a person dismisses these):"
+            )
             for e, sim, a, b in other[:6]:
                 _pair(e, sim, a, b)
 
@@ -197,9 +266,12 @@ def report(url: str, served: server.Served) -> None:
         clusters = conn.execute(
             "SELECT cluster, similarity, question_text FROM"
             " study_embed.wrong_answer_clusters(%s, 50, 0.75) ORDER BY cluster, similarity DESC",
-            (users[who],)).fetchall()
-        _title(f"{who}'s wrong-answer clusters (study_embed.wrong_answer_clusters: the questions "
-               "last answered wrongly, grouped)")
+            (users[who],),
+        ).fetchall()
+        _title(
+            f"{who}'s wrong-answer clusters (study_embed.wrong_answer_clusters: the questions "
+            "last answered wrongly, grouped)"
+        )
         by_cluster: dict[int, list] = {}
         for c, sim, text in clusters:
             by_cluster.setdefault(c, []).append((sim, text))
@@ -212,9 +284,11 @@ def report(url: str, served: server.Served) -> None:
                 if len(members) > 6:
                     print(f"    ... and {len(members) - 6} more")
         if singles:
-            print(f"\n  and {len(singles)} wrongly answered question(s) with no close neighbour: "
-                  + "; ".join(_cut(m[0][1], 40) for m in singles[:4])
-                  + ("; ..." if len(singles) > 4 else ""))
+            print(
+                f"\n  and {len(singles)} wrongly answered question(s) with no close neighbour: "
+                + "; ".join(_cut(m[0][1], 40) for m in singles[:4])
+                + ("; ..." if len(singles) > 4 else "")
+            )
 
 
 def _title(text: str) -> None:
@@ -226,7 +300,7 @@ def _pair(email: str, sim: float, a: str, b: str) -> None:
 
 
 def _cut(text: str, width: int = 72) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def main() -> None:
@@ -236,8 +310,10 @@ def main() -> None:
     load_bank(url)
     drain(url, served)
     report(url, served)
-    print(f"\nmake demo took {time.monotonic() - started:.0f} s.  The database: "
-          f"DATABASE_URL={url}\n`make demo-down` stops the embedding server and PostgreSQL.")
+    print(
+        f"\nmake demo took {time.monotonic() - started:.0f} s.  The database: "
+        f"DATABASE_URL={url}\n`make demo-down` stops the embedding server and PostgreSQL."
+    )
 
 
 if __name__ == "__main__":

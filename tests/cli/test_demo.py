@@ -16,14 +16,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from study_embed_dev.embed_server import EmbedServer
 
 from ..conftest import drop_database, fresh_database
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "demo"))
-import bank  # noqa: E402
-import run as demo  # noqa: E402
-import server as demo_server  # noqa: E402
+import bank
+import run as demo
+import server as demo_server
 
 HANGUL = re.compile("[\uac00-\ud7a3]")
 
@@ -54,7 +55,7 @@ def test_attempts_make_weak_questions_wrong_last():
         assert set(history) == set(range(len(user.questions)))
         for i, tries in history.items():
             q = user.questions[i]
-            last = min(tries)[1]                     # the most recent attempt
+            last = min(tries)[1]  # the most recent attempt
             assert (last != q.correct) == q.weak, (user.email, q.text)
 
 
@@ -69,28 +70,36 @@ def demo_db():
 @pytest.fixture
 def loopback():
     s = EmbedServer(dim=1024)
-    yield demo_server.Served(pid=0, url=f"{s.url}/v1", model="test-model", dim=1024,
-                             note="a loopback test server")
+    yield demo_server.Served(
+        pid=0, url=f"{s.url}/v1", model="test-model", dim=1024, note="a loopback test server"
+    )
     s.stop()
 
 
 def test_load_drain_report_and_a_second_run_reuses_it(demo_db, loopback, capsys):
     demo.load_bank(demo_db)
-    demo.load_bank(demo_db)                          # the second run loads nothing more
+    demo.load_bank(demo_db)  # the second run loads nothing more
     n = sum(len(u.questions) for u in bank.users())
     with psycopg.connect(demo_db) as conn:
         assert conn.execute("SELECT count(*) FROM study_questions").fetchone()[0] == n
-        assert conn.execute("SELECT count(*) FROM study_questions WHERE embedding_status"
-                            " = 'none'").fetchone()[0] == n
-        wrong = conn.execute("SELECT count(*) FROM study_question_attempts WHERE NOT is_correct"
-                             ).fetchone()[0]
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM study_questions WHERE embedding_status = 'none'"
+            ).fetchone()[0]
+            == n
+        )
+        wrong = conn.execute(
+            "SELECT count(*) FROM study_question_attempts WHERE NOT is_correct"
+        ).fetchone()[0]
         assert wrong > 50
     demo.drain(demo_db, loopback)
     with psycopg.connect(demo_db) as conn:
-        assert conn.execute("SELECT embedding_status, count(*) FROM study_questions GROUP BY 1"
-                            ).fetchall() == [("ready", n)]
-        assert conn.execute("SELECT DISTINCT embedding_model FROM study_questions"
-                            ).fetchall() == [("test-model",)]
+        assert conn.execute(
+            "SELECT embedding_status, count(*) FROM study_questions GROUP BY 1"
+        ).fetchall() == [("ready", n)]
+        assert conn.execute("SELECT DISTINCT embedding_model FROM study_questions").fetchall() == [
+            ("test-model",)
+        ]
     capsys.readouterr()
     demo.report(demo_db, loopback)
     out = capsys.readouterr().out

@@ -31,6 +31,7 @@ import pytest
 import yaml
 from compose_spec import PyCompose
 from dockerfile_parse import DockerfileParser
+
 from study_embed.migrate import Migrator
 from study_embed.settings import SETTINGS, Settings
 
@@ -89,8 +90,11 @@ def env_of(service: dict) -> dict[str, str]:
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, value) of a Dockerfile, continuation lines joined (dockerfile-parse)."""
-    return [(i["instruction"], i["value"]) for i in DockerfileParser(path=str(path)).structure
-            if i["instruction"] != "COMMENT"]
+    return [
+        (i["instruction"], i["value"])
+        for i in DockerfileParser(path=str(path)).structure
+        if i["instruction"] != "COMMENT"
+    ]
 
 
 def listener_settings(command: str) -> set[str]:
@@ -102,12 +106,14 @@ def listener_settings(command: str) -> set[str]:
 
 def test_compose_file_is_valid_against_the_compose_specification():
     doc = compose()
-    spec = PyCompose.from_json(json.dumps(doc))          # the compose_spec parser: raises on any invalid key
+    spec = PyCompose.from_json(
+        json.dumps(doc)
+    )  # the compose_spec parser: raises on any invalid key
     assert set(spec.service_names()) == set(doc["services"])
     assert {"postgres", "migrate", "tei", "tei-gpu", "ollama", "listener"} <= set(doc["services"])
     for name, svc in doc["services"].items():
         assert "image" in svc or "build" in svc, name
-        for vol in svc.get("volumes", []):   # named volumes are declared
+        for vol in svc.get("volumes", []):  # named volumes are declared
             source = vol.split(":", 1)[0]
             if not source.startswith((".", "/")):
                 assert source in doc["volumes"], (name, source)
@@ -155,8 +161,9 @@ def test_every_referenced_file_exists():
 def test_images_are_pinned():
     images = [svc["image"] for svc in compose()["services"].values() if "image" in svc]
     for dockerfile in DOCKER.rglob("Dockerfile"):
-        images += [rest.split()[0] for op, rest in dockerfile_instructions(dockerfile)
-                   if op == "FROM"]
+        images += [
+            rest.split()[0] for op, rest in dockerfile_instructions(dockerfile) if op == "FROM"
+        ]
     for image in images:
         name, _, tag = image.rpartition(":")
         assert name and "/" not in tag and tag not in ("", "latest"), image
@@ -173,7 +180,7 @@ def test_listener_gets_every_setting_and_nothing_else(monkeypatch):
     resolved = Settings.resolve(argparse.Namespace(), "listen")
     assert resolved.embedding_api == "tei"
     assert resolved.embedding_model == "BAAI/bge-m3"
-    assert resolved.embedding_timeout == 15.0          # the listener's own default comes through
+    assert resolved.embedding_timeout == 15.0  # the listener's own default comes through
 
 
 def test_a_setting_given_to_compose_reaches_the_listener():
@@ -185,7 +192,7 @@ def test_the_listener_depends_on_what_it_needs():
     services = compose()["services"]
     listener = services["listener"]
     deps = listener["depends_on"]
-    for dep, spec in deps.items():
+    for dep in deps:
         assert dep in services, dep
     assert deps["migrate"] == {"condition": "service_completed_successfully"}
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -205,12 +212,18 @@ def test_the_listener_depends_on_what_it_needs():
     # and the listener waits for it to be healthy (or its model pulled)
     def serving(profile: str, env: dict[str, str]) -> None:
         doc = compose({"COMPOSE_PROFILES": profile, **env})
-        running = {n: s for n, s in doc["services"].items()
-                   if not s.get("profiles") or profile in s["profiles"]}
+        running = {
+            n: s
+            for n, s in doc["services"].items()
+            if not s.get("profiles") or profile in s["profiles"]
+        }
         lenv = env_of(doc["services"]["listener"])
         host = urlsplit(lenv["EMBEDDING_URL"]).hostname
-        names = {n for n, s in running.items()
-                 for n in [n, *s.get("networks", {}).get("default", {}).get("aliases", [])]}
+        names = {
+            n
+            for n, s in running.items()
+            for n in [n, *s.get("networks", {}).get("default", {}).get("aliases", [])]
+        }
         assert host in names, (profile, host)
         waited = [d for d in deps if d in running and d not in ("migrate", "postgres")]
         assert waited, profile
@@ -219,8 +232,14 @@ def test_the_listener_depends_on_what_it_needs():
 
     serving("cpu", {})
     serving("gpu", {})
-    serving("ollama", {"EMBEDDING_API": "ollama", "EMBEDDING_URL": "http://ollama:11434",
-                       "EMBEDDING_MODEL": "bge-m3"})
+    serving(
+        "ollama",
+        {
+            "EMBEDDING_API": "ollama",
+            "EMBEDDING_URL": "http://ollama:11434",
+            "EMBEDDING_MODEL": "bge-m3",
+        },
+    )
     gpu = services["tei-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert "cpu" in services["tei"]["image"].rsplit(":", 1)[1]
@@ -298,8 +317,10 @@ def test_listener_image_installs_the_project_from_pyproject_as_non_root():
     for dep in PYPROJECT["project"]["dependencies"]:
         assert _requirement_name(dep) not in runs.lower(), f"{dep} listed by hand"
     # the package data the code reads at run time (db/) goes into the wheel
-    assert PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]["db"] \
+    assert (
+        PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]["db"]
         == "study_embed/db"
+    )
     # `study-embed migrate` runs psql
     assert "postgresql-client" in runs
     user = [rest for op, rest in ins if op == "USER"][-1]
@@ -320,9 +341,21 @@ def test_listener_image_installs_the_project_from_pyproject_as_non_root():
 def test_the_wheel_the_image_installs_migrates_a_database(tmp_path):
     """`pip install .` in the image installs a wheel, not this checkout: build it, and run its
     `study-embed migrate` (SQL from inside the wheel) against a new database."""
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                        "--wheel-dir", str(tmp_path / "dist"), str(ROOT)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     wheel = next((tmp_path / "dist").glob("study_embed-*.whl"))
     site = tmp_path / "site"
@@ -332,23 +365,41 @@ def test_the_wheel_the_image_installs_migrates_a_database(tmp_path):
     assert "study_embed/db/queries.sql" in names
     assert any(n.startswith("study_embed/db/migrations/") for n in names)
     assert not any(n.startswith(("tests/", "bench/", "study_embed_dev/")) for n in names)
-    assert "study_embed/localdb.py" not in names      # development tools stay in the checkout
+    assert "study_embed/localdb.py" not in names  # development tools stay in the checkout
     name = f"wheel_{uuid.uuid4().hex[:8]}"
     CLUSTER.create_database(name)
     try:
-        env = {**os.environ, "PYTHONPATH": str(site), "DATABASE_URL": url_for(name),
-               "STUDY_EMBED_CRON": "off"}
-        run = subprocess.run([sys.executable, "-m", "study_embed.cli", "migrate"], env=env,
-                             capture_output=True, text=True, cwd=tmp_path)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(site),
+            "DATABASE_URL": url_for(name),
+            "STUDY_EMBED_CRON": "off",
+        }
+        run = subprocess.run(
+            [sys.executable, "-m", "study_embed.cli", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
         assert run.returncode == 0, run.stderr
-        where = subprocess.run([sys.executable, "-c", "import study_embed.sqlfiles as s;"
-                                "print(s.sql_dir())"], env=env, capture_output=True, text=True,
-                               cwd=tmp_path)
+        where = subprocess.run(
+            [sys.executable, "-c", "import study_embed.sqlfiles as s;print(s.sql_dir())"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
         assert where.stdout.strip() == str(site / "study_embed" / "db")
         # without DATABASE_URL the installed command says so; it starts no cluster of its own
         unset = {k: v for k, v in env.items() if k != "DATABASE_URL"}
-        bare = subprocess.run([sys.executable, "-m", "study_embed.cli", "status"], env=unset,
-                              capture_output=True, text=True, cwd=tmp_path)
+        bare = subprocess.run(
+            [sys.executable, "-m", "study_embed.cli", "status"],
+            env=unset,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
         assert bare.returncode == 2 and "DATABASE_URL is not set" in bare.stderr, bare.stderr
         assert not (tmp_path / ".pgdata").exists()
         with psycopg.connect(url_for(name)) as conn:
@@ -365,22 +416,32 @@ def test_init_script_makes_a_listener_login_that_can_run_the_queue_and_nothing_e
     name = f"initdb_{uuid.uuid4().hex[:8]}"
     login = f"worker_{uuid.uuid4().hex[:8]}"
     CLUSTER.create_database(name)
-    env = {**os.environ, "PGHOST": str(CLUSTER.sockdir), "PGPORT": str(CLUSTER.port),
-           "POSTGRES_USER": "postgres", "POSTGRES_DB": name, "LISTENER_DB_USER": login,
-           "LISTENER_DB_PASSWORD": "it's a 'secret'"}
+    env = {
+        **os.environ,
+        "PGHOST": str(CLUSTER.sockdir),
+        "PGPORT": str(CLUSTER.port),
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_DB": name,
+        "LISTENER_DB_USER": login,
+        "LISTENER_DB_PASSWORD": "it's a 'secret'",
+    }
     try:
-        missing = subprocess.run(["bash", str(script)], capture_output=True, text=True,
-                                 env={**env, "LISTENER_DB_PASSWORD": ""})
+        missing = subprocess.run(
+            ["bash", str(script)],
+            capture_output=True,
+            text=True,
+            env={**env, "LISTENER_DB_PASSWORD": ""},
+        )
         assert missing.returncode != 0 and "LISTENER_DB_PASSWORD" in missing.stderr
-        for _ in range(2):                       # a second run (re-used volume) is harmless
+        for _ in range(2):  # a second run (re-used volume) is harmless
             r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
             assert r.returncode == 0, r.stderr
         # as in the stack: the init script first, then `study-embed migrate`
         Migrator(url_for(name), cron=False, log=lambda _msg: None).run()
         with psycopg.connect(url_for("postgres")) as admin:
             can_login, password = admin.execute(
-                "SELECT rolcanlogin, rolpassword FROM pg_authid WHERE rolname = %s",
-                (login,)).fetchone()
+                "SELECT rolcanlogin, rolpassword FROM pg_authid WHERE rolname = %s", (login,)
+            ).fetchone()
             assert can_login and password.startswith("SCRAM-SHA-256$")
         with psycopg.connect(url_for(name, user=login), autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM study_embed.claim(10)").fetchone()[0] == 0
@@ -389,5 +450,6 @@ def test_init_script_makes_a_listener_login_that_can_run_the_queue_and_nothing_e
     finally:
         drop_database(name)
         with psycopg.connect(url_for("postgres"), autocommit=True) as admin:
-            admin.execute(psycopg.sql.SQL("DROP ROLE IF EXISTS {}").format(
-                psycopg.sql.Identifier(login)))
+            admin.execute(
+                psycopg.sql.SQL("DROP ROLE IF EXISTS {}").format(psycopg.sql.Identifier(login))
+            )

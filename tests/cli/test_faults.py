@@ -15,6 +15,7 @@ import time
 import psycopg
 import pytest
 from psycopg import sql
+
 from study_embed.migrate import Migrator
 from study_embed.sqlfiles import sql_dir
 from study_embed_dev.embed_server import PROBE, EmbedServer
@@ -38,20 +39,24 @@ def _batches(server: EmbedServer) -> int:
 
 # -- 1. a statement_timeout on the listener's role ---------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_statement_timeout_does_not_wedge_the_listener(bank, db, server, spawn, login, connect):
     """The near-duplicate pass times out on every try (its table is locked by someone else):
     the listener logs it and goes on embedding; it does not retry the pass forever."""
     login("se_listener_timeout", "study_embed_listener")
-    db.execute(sql.SQL("ALTER ROLE se_listener_timeout IN DATABASE {} SET statement_timeout = "
-                       "'300ms'").format(sql.Identifier(db.info.dbname)))
+    db.execute(
+        sql.SQL(
+            "ALTER ROLE se_listener_timeout IN DATABASE {} SET statement_timeout = '300ms'"
+        ).format(sql.Identifier(db.info.dbname))
+    )
     blocker = connect(autocommit=False)
     blocker.execute("LOCK TABLE study_embed.duplicate_candidates IN ACCESS EXCLUSIVE MODE")
     url = url_for(db.info.dbname, user="se_listener_timeout")
     p = spawn("listen", env=listener_env(url, server, POLL_INTERVAL=3600))
     first = bank.insert("first")
     wait_until(lambda: bank.status(first) == "ready", what="the first row")
-    time.sleep(1.5)                               # its near-duplicate pass has timed out by now
+    time.sleep(1.5)  # its near-duplicate pass has timed out by now
     second = bank.insert("second")
     wait_until(lambda: bank.status(second) == "ready", timeout=15, what="the second row")
     blocker.rollback()
@@ -62,6 +67,7 @@ def test_a_statement_timeout_does_not_wedge_the_listener(bank, db, server, spawn
 
 # -- 3. SIGTERM while PostgreSQL is down -------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_sigterm_with_the_database_down_ends_within_the_shutdown_timeout(server):
     cluster = Cluster(datadir=scratch_dir() / "down" / "data", port=_free_port())
@@ -71,13 +77,16 @@ def test_sigterm_with_the_database_down_ends_within_the_shutdown_timeout(server)
         cluster.create_database("app")
         url = cluster.url("app")
         Migrator(url, cron=False, log=lambda m: None).run()
-        p = subprocess.Popen([sys.executable, "-m", "study_embed.cli", "listen"],
-                             env=listener_env(url, server, SHUTDOWN_TIMEOUT=3, BATCH_SIZE=5,
-                                              CONCURRENCY=1),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "study_embed.cli", "listen"],
+            env=listener_env(url, server, SHUTDOWN_TIMEOUT=3, BATCH_SIZE=5, CONCURRENCY=1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             wait_until(lambda: len(server.requests) >= 1, what="the start-up probe")
-            server.delay = 60                       # the next batch stays in flight
+            server.delay = 60  # the next batch stays in flight
             with psycopg.connect(url, autocommit=True) as conn:
                 bank = QuestionBank(conn)
                 for _ in range(10):
@@ -85,7 +94,7 @@ def test_sigterm_with_the_database_down_ends_within_the_shutdown_timeout(server)
             wait_until(lambda: _batches(server) >= 1, what="a batch in flight")
             cluster.stop("immediate")
             p.send_signal(signal.SIGTERM)
-            _, err = p.communicate(timeout=30)     # 3 s, then the give-back is bounded too
+            _, err = p.communicate(timeout=30)  # 3 s, then the give-back is bounded too
         finally:
             if p.poll() is None:
                 p.kill()
@@ -97,6 +106,7 @@ def test_sigterm_with_the_database_down_ends_within_the_shutdown_timeout(server)
 
 
 # -- 5. recovery after an outage of the embedding server --------------------------------------
+
 
 @pytest.mark.slow
 def test_work_resumes_within_seconds_of_the_servers_return(bank, db, db_url, server, spawn):
@@ -118,10 +128,12 @@ def test_work_resumes_within_seconds_of_the_servers_return(bank, db, db_url, ser
 
 # -- 6. replies that are not what was asked for -------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["html", "bools"])
-def test_unusable_replies_open_the_breaker_and_spend_no_attempt(bank, db, db_url, server, spawn,
-                                                                mode):
+def test_unusable_replies_open_the_breaker_and_spend_no_attempt(
+    bank, db, db_url, server, spawn, mode
+):
     """A proxy answering 200 with an HTML page, or a server sending `true` where a number
     belongs: the batch is given back (no attempt counted, nothing stored), the listener backs
     off as in an outage, and everything is embedded once the server answers properly."""
@@ -155,6 +167,7 @@ def test_a_nul_in_the_servers_error_message_is_recorded_without_it(bank, db_url,
 
 # -- 7. migrate next to open transactions ------------------------------------------------------
 
+
 def _changed_db_dir(tmp_path):
     """db/ with one byte changed in an idempotent file: migrate re-applies them all."""
     copy = tmp_path / "db"
@@ -168,17 +181,21 @@ def _changed_db_dir(tmp_path):
 def test_migrate_behind_an_open_reader_never_blocks_reads(bank, db, db_url, tmp_path, connect):
     qid = bank.insert()
     reader = connect(autocommit=False)
-    reader.execute("SELECT count(*) FROM study_questions")      # holds ACCESS SHARE
+    reader.execute("SELECT count(*) FROM study_questions")  # holds ACCESS SHARE
     done: list[object] = []
-    t = threading.Thread(target=lambda: done.append(
-        Migrator(db_url, cron=False, db_dir=_changed_db_dir(tmp_path), log=lambda m: None).run()))
+    t = threading.Thread(
+        target=lambda: done.append(
+            Migrator(db_url, cron=False, db_dir=_changed_db_dir(tmp_path), log=lambda m: None).run()
+        )
+    )
     t.start()
     try:
         probe = connect()
         probe.execute("SET statement_timeout = '5s'")
-        for _ in range(10):                  # while migrate runs: reads and writes go through
-            assert probe.execute("SELECT id FROM study_questions WHERE id = %s",
-                                 (qid,)).fetchone() == (qid,)
+        for _ in range(10):  # while migrate runs: reads and writes go through
+            assert probe.execute(
+                "SELECT id FROM study_questions WHERE id = %s", (qid,)
+            ).fetchone() == (qid,)
             probe.execute("UPDATE study_questions SET explanation = 'x' WHERE id = %s", (qid,))
             time.sleep(0.2)
     finally:
@@ -196,16 +213,22 @@ def test_migrate_behind_an_open_writer_waits_in_short_tries(bank, db, db_url, tm
     writer.execute("UPDATE study_questions SET explanation = 'open' WHERE id = %s", (qid,))
     logs: list[str] = []
     done: list[object] = []
-    t = threading.Thread(target=lambda: done.append(
-        Migrator(db_url, cron=False, db_dir=_changed_db_dir(tmp_path), log=logs.append).run()))
+    t = threading.Thread(
+        target=lambda: done.append(
+            Migrator(db_url, cron=False, db_dir=_changed_db_dir(tmp_path), log=logs.append).run()
+        )
+    )
     t.start()
     probe = connect()
     probe.execute("SET statement_timeout = '5s'")
     deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:     # other writers are never stuck behind migrate
-        probe.execute("INSERT INTO study_questions (user_id, study_topic_id, question_text,"
-                      " choice_1, choice_2, choice_3, choice_4, correct_choice)"
-                      " VALUES (%s, %s, 'q', 'a', 'b', 'c', 'd', 1)", bank.new_user())
+    while time.monotonic() < deadline:  # other writers are never stuck behind migrate
+        probe.execute(
+            "INSERT INTO study_questions (user_id, study_topic_id, question_text,"
+            " choice_1, choice_2, choice_3, choice_4, correct_choice)"
+            " VALUES (%s, %s, 'q', 'a', 'b', 'c', 'd', 1)",
+            bank.new_user(),
+        )
         time.sleep(0.2)
     writer.commit()
     t.join(60)
@@ -217,12 +240,19 @@ def test_migrate_behind_an_open_writer_waits_in_short_tries(bank, db, db_url, tm
 
 # -- 8. no DATABASE_URL in the installed package -----------------------------------------------
 
+
 def test_an_unset_database_url_is_a_configuration_error(tmp_path):
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    r = subprocess.run([sys.executable, "-m", "study_embed.cli", "status"], env=env,
-                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "study_embed.cli", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert r.returncode == 2, r.stderr
     assert "DATABASE_URL is not set" in r.stderr
-    assert list(tmp_path.iterdir()) == []                       # nothing created here
+    assert list(tmp_path.iterdir()) == []  # nothing created here

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +13,7 @@ import time
 import psycopg
 import pytest
 from pgvector.psycopg import register_vector
+
 from study_embed.migrate import Migrator
 from study_embed_dev.embed_server import PROBE, EmbedServer
 from study_embed_dev.localdb import Cluster
@@ -30,19 +31,25 @@ from ..helpers import (
 
 # -- the basics ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("api", ["tei", "openai", "ollama"])
 def test_drain_embeds_the_exact_rendered_text_with_each_protocol(bank, db, db_url, server, api):
-    ids = [bank.insert(f"질문 {i}?", (f"가{i}", "나", "다", "라"), subject="ignored",
-                       scope="ignored") for i in range(25)]
+    ids = [
+        bank.insert(f"질문 {i}?", (f"가{i}", "나", "다", "라"), subject="ignored", scope="ignored")
+        for i in range(25)
+    ]
     r = run_cli("drain", env=listener_env(db_url, server, EMBEDDING_API=api, BATCH_SIZE=7))
     assert r.returncode == 0, r.stderr
     assert "drain: embedded 25 rows" in r.stderr
     sent = [t for t in server.texts() if t != PROBE]
-    assert sorted(sent) == sorted(render(f"질문 {i}?", f"가{i}", "나", "다", "라") for i in range(25))
+    assert sorted(sent) == sorted(
+        render(f"질문 {i}?", f"가{i}", "나", "다", "라") for i in range(25)
+    )
     assert all("ignored" not in t for t in sent)
     assert_ready_with_current_text(db, set(ids))
-    assert {p for p, _ in server.requests} == {{"tei": "/embed", "openai": "/v1/embeddings",
-                                               "ollama": "/api/embed"}[api]}
+    assert {p for p, _ in server.requests} == {
+        {"tei": "/embed", "openai": "/v1/embeddings", "ollama": "/api/embed"}[api]
+    }
     model = db.execute("SELECT DISTINCT embedding_model FROM study_questions").fetchall()
     assert model == [("test-model",)]
 
@@ -70,7 +77,8 @@ def test_content_edit_is_reembedded_and_other_edits_are_not(bank, db, db_url, se
 
 
 def test_edit_while_the_server_is_slow_never_ends_ready_with_the_old_vector(
-        bank, db, db_url, server, spawn):
+    bank, db, db_url, server, spawn
+):
     qid = bank.insert("before")
     server.delay = 1.5
     p = spawn("drain", env=listener_env(db_url, server))
@@ -79,11 +87,15 @@ def test_edit_while_the_server_is_slow_never_ends_ready_with_the_old_vector(
     assert p.wait(30) == 0
     # the vector of "before" came back after the edit: not stored; the drain, still running
     # while that batch was in flight, claimed the edited row and embedded "after"
-    assert [t.split("\n")[0] for t in server.texts() if t != PROBE] == ["문제: before", "문제: after"]
+    assert [t.split("\n")[0] for t in server.texts() if t != PROBE] == [
+        "문제: before",
+        "문제: after",
+    ]
     assert_ready_with_current_text(db)
 
 
 # -- faults ----------------------------------------------------------------------------------------
+
 
 def test_sigkill_mid_batch_every_row_ready_after_the_lease(bank, db, db_url, server, spawn):
     ids = [bank.insert() for _ in range(12)]
@@ -92,7 +104,7 @@ def test_sigkill_mid_batch_every_row_ready_after_the_lease(bank, db, db_url, ser
     wait_until(lambda: len(server.requests) >= 2, what="a batch in flight")
     p.send_signal(signal.SIGKILL)
     p.wait(10)
-    assert statuses(db).get("pending", 0) > 0          # the claims died with the process
+    assert statuses(db).get("pending", 0) > 0  # the claims died with the process
     server.delay = 0
     spawn("listen", env=listener_env(db_url, server, POLL_INTERVAL=0.5))
     wait_until(lambda: statuses(db) == {"ready": 12}, timeout=30, what="all ready")
@@ -112,9 +124,13 @@ def test_postgres_restart_during_a_drain(server):
             for _ in range(120):
                 bank.insert()
         server.delay = 0.1
-        p = subprocess.Popen([sys.executable, "-m", "study_embed.cli", "drain"],
-                             env=listener_env(url, server, BATCH_SIZE=5, CONCURRENCY=1),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "study_embed.cli", "drain"],
+            env=listener_env(url, server, BATCH_SIZE=5, CONCURRENCY=1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         wait_until(lambda: len(server.requests) >= 5, what="the drain to get going")
         cluster.stop("fast")
         sent_before_restart = len(server.requests)
@@ -122,7 +138,7 @@ def test_postgres_restart_during_a_drain(server):
         cluster.start()
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-        assert len(server.requests) > sent_before_restart      # it carried on afterwards
+        assert len(server.requests) > sent_before_restart  # it carried on afterwards
         with psycopg.connect(url) as conn:
             register_vector(conn)
             assert statuses(conn) == {"ready": 120}
@@ -137,7 +153,7 @@ def test_server_down_then_back_no_row_fails(bank, db, db_url, server, spawn):
     wait_until(lambda: len(server.requests) >= 1, what="the start-up probe")
     server.stop()
     ids = [bank.insert() for _ in range(20)]
-    time.sleep(4)                                   # several attempts while it is down
+    time.sleep(4)  # several attempts while it is down
     assert statuses(db).get("ready", 0) == 0
     server.start()
     wait_until(lambda: statuses(db) == {"ready": 20}, timeout=90, what="all ready")
@@ -170,29 +186,33 @@ def test_one_poison_row_the_others_become_ready(bank, db, db_url, server):
     bad = bank.insert("POISON pill")
     server.poison = {"POISON"}
     r = run_cli("drain", env=listener_env(db_url, server, BATCH_SIZE=10))
-    assert r.returncode == 1                                 # a row is left failed
+    assert r.returncode == 1  # a row is left failed
     assert_ready_with_current_text(db, set(good))
     row = bank.row(bad)
     assert row["embedding_status"] == "failed" and row["embedding"] is None
     assert "422" in row["embedding_last_error"] and "too long" in row["embedding_last_error"]
-    assert row["embedding_due_at"] is None                   # waits for an edit
+    assert row["embedding_due_at"] is None  # waits for an edit
     assert "1 row(s) are left failed" in r.stderr
     # the poison text was sent only while isolating it (log2(10) splits), the good ones once more
     assert server.text_counts()[bank.text(bad)] <= 5
 
 
-@pytest.mark.parametrize("mode,message", [
-    ("nan", "NaN or infinity"),
-    ("zero", "zero vector"),
-])
-def test_a_vector_that_cannot_be_stored_fails_its_row_only(bank, db, db_url, server, mode,
-                                                           message):
+@pytest.mark.parametrize(
+    "mode,message",
+    [
+        ("nan", "NaN or infinity"),
+        ("zero", "zero vector"),
+    ],
+)
+def test_a_vector_that_cannot_be_stored_fails_its_row_only(bank, db, db_url, server, mode, message):
     ids = [bank.insert() for _ in range(3)]
-    server.mode = mode                      # the start-up probe is still answered correctly
+    server.mode = mode  # the start-up probe is still answered correctly
     r = run_cli("drain", env=listener_env(db_url, server, BATCH_SIZE=3))
     assert r.returncode == 1, r.stderr
-    rows = db.execute("SELECT id, embedding_status, embedding IS NULL, embedding_last_error"
-                      " FROM study_questions ORDER BY id").fetchall()
+    rows = db.execute(
+        "SELECT id, embedding_status, embedding IS NULL, embedding_last_error"
+        " FROM study_questions ORDER BY id"
+    ).fetchall()
     failed = [r for r in rows if r[1] == "failed"]
     assert len(failed) == 1, rows
     for _, _status, no_embedding, error in failed:
@@ -201,8 +221,7 @@ def test_a_vector_that_cannot_be_stored_fails_its_row_only(bank, db, db_url, ser
 
 
 @pytest.mark.slow
-def test_drain_stops_when_the_server_keeps_failing_and_spends_no_attempt(bank, db, db_url,
-                                                                         server):
+def test_drain_stops_when_the_server_keeps_failing_and_spends_no_attempt(bank, db, db_url, server):
     for _ in range(4):
         bank.insert()
     server.mode = 503
@@ -223,7 +242,9 @@ def test_dimension_mismatch_refuses_to_start_and_touches_nothing(bank, db, db_ur
         assert small.texts() == [PROBE]
     finally:
         small.stop()
-    rows = db.execute("SELECT embedding_status, embedding_claim_token FROM study_questions").fetchall()
+    rows = db.execute(
+        "SELECT embedding_status, embedding_claim_token FROM study_questions"
+    ).fetchall()
     assert rows == [("none", None)] * len(ids)
 
 
@@ -247,9 +268,11 @@ def test_four_listeners_embed_each_content_version_exactly_once(bank, db, db_url
 
 
 def test_notify_wakes_an_idle_listener(bank, db, db_url, server, spawn):
-    p = spawn("listen", env=listener_env(db_url, server, POLL_INTERVAL=3600))   # no polling to speak of
+    p = spawn(
+        "listen", env=listener_env(db_url, server, POLL_INTERVAL=3600)
+    )  # no polling to speak of
     wait_until(lambda: len(server.requests) >= 1, what="the probe")
-    time.sleep(1)                                    # it scanned, found nothing, and sleeps
+    time.sleep(1)  # it scanned, found nothing, and sleeps
     qid = bank.insert("wake up")
     wait_until(lambda: bank.status(qid) == "ready", timeout=20, what="the NOTIFY to wake it")
     p.terminate()
@@ -260,13 +283,16 @@ def test_an_idle_listener_folds_the_status_counts(bank, db, db_url, server, spaw
     """Without pg_cron nothing else folds the counters' deltas: an idle listener does."""
     ids = [bank.insert() for _ in range(30)]
     deltas = db.execute("SELECT count(*) FROM study_embed.status_counts").fetchone()[0]
-    assert deltas >= 30                                # one per inserted row
+    assert deltas >= 30  # one per inserted row
     p = spawn("listen", env=listener_env(db_url, server, POLL_INTERVAL=3600))
     wait_until(lambda: all(bank.status(i) == "ready" for i in ids), what="the drain")
-    wait_until(lambda: db.execute("SELECT count(*) FROM study_embed.status_counts"
-                                  ).fetchone()[0] == 1, what="the counts folded")
+    wait_until(
+        lambda: db.execute("SELECT count(*) FROM study_embed.status_counts").fetchone()[0] == 1,
+        what="the counts folded",
+    )
     assert db.execute("SELECT status, deleted, n FROM study_embed.status_counts").fetchall() == [
-        ("ready", False, 30)]
+        ("ready", False, 30)
+    ]
     p.terminate()
     p.wait(30)
 
@@ -281,54 +307,79 @@ def test_sigterm_finishes_or_gives_back_in_flight_rows(bank, db, db_url, server,
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     st = statuses(db)
-    assert st.get("pending", 0) == 0, st           # nothing left waiting for a lease
+    assert st.get("pending", 0) == 0, st  # nothing left waiting for a lease
     assert "giving back unfinished rows" in err
 
 
 def test_reembed_queues_rows_of_another_model(bank, db, db_url, server):
     ids = [bank.insert() for _ in range(4)]
-    assert run_cli("drain", env=listener_env(db_url, server, EMBEDDING_MODEL="old-model")).returncode == 0
+    assert (
+        run_cli("drain", env=listener_env(db_url, server, EMBEDDING_MODEL="old-model")).returncode
+        == 0
+    )
     r = run_cli("reembed", env=listener_env(db_url, server, EMBEDDING_MODEL="new-model"))
     assert r.returncode == 0 and "queued 4 row(s)" in r.stderr
     assert statuses(db) == {"stale": 4}
-    assert db.execute("SELECT count(*) FROM study_questions WHERE embedding IS NULL").fetchone()[0] == 0
-    assert run_cli("drain", env=listener_env(db_url, server, EMBEDDING_MODEL="new-model")).returncode == 0
-    assert db.execute("SELECT DISTINCT embedding_model FROM study_questions").fetchall() == [("new-model",)]
+    assert (
+        db.execute("SELECT count(*) FROM study_questions WHERE embedding IS NULL").fetchone()[0]
+        == 0
+    )
+    assert (
+        run_cli("drain", env=listener_env(db_url, server, EMBEDDING_MODEL="new-model")).returncode
+        == 0
+    )
+    assert db.execute("SELECT DISTINCT embedding_model FROM study_questions").fetchall() == [
+        ("new-model",)
+    ]
     assert_ready_with_current_text(db, set(ids))
 
 
 # -- the command line ------------------------------------------------------------------------------
 
+
 def test_help_lists_every_setting():
     from study_embed.settings import SETTINGS
 
-    top = subprocess.run([sys.executable, "-m", "study_embed.cli", "--help"],
-                         capture_output=True, text=True).stdout
+    top = subprocess.run(
+        [sys.executable, "-m", "study_embed.cli", "--help"], capture_output=True, text=True
+    ).stdout
     for s in SETTINGS:
         assert s.flag in top and s.env in top, s.env
     for command in ("listen", "drain"):
-        out = subprocess.run([sys.executable, "-m", "study_embed.cli", command, "--help"],
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "study_embed.cli", command, "--help"],
+            capture_output=True,
+            text=True,
+        ).stdout
         for s in SETTINGS:
             if command in s.commands:
                 assert s.flag in out and s.env in out, (command, s.env)
 
 
-@pytest.mark.parametrize("env,message", [
-    ({"EMBEDDING_API": "grpc"}, "EMBEDDING_API='grpc': must be one of tei, openai, ollama"),
-    ({"BATCH_SIZE": "0"}, "BATCH_SIZE='0': must be at least 1"),
-    ({"EMBEDDING_TIMEOUT": "soon"}, "EMBEDDING_TIMEOUT='soon': must be a number"),
-    ({"EMBEDDING_URL": "ftp://x"}, "must be an http(s) URL"),
-    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml'"),
-])
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"EMBEDDING_API": "grpc"}, "EMBEDDING_API='grpc': must be one of tei, openai, ollama"),
+        ({"BATCH_SIZE": "0"}, "BATCH_SIZE='0': must be at least 1"),
+        ({"EMBEDDING_TIMEOUT": "soon"}, "EMBEDDING_TIMEOUT='soon': must be a number"),
+        ({"EMBEDDING_URL": "ftp://x"}, "must be an http(s) URL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml'"),
+    ],
+)
 def test_bad_configuration_exits_2(db_url, server, env, message):
     r = run_cli("drain", env=listener_env(db_url, server, **env))
     assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
 def test_unreachable_server_at_drain_start_is_a_clear_error(bank, db_url):
-    r = run_cli("drain", env={**os.environ, "DATABASE_URL": db_url,
-                              "EMBEDDING_URL": f"http://127.0.0.1:{_free_port()}"})
+    r = run_cli(
+        "drain",
+        env={
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "EMBEDDING_URL": f"http://127.0.0.1:{_free_port()}",
+        },
+    )
     assert r.returncode == 1
     assert "does not answer correctly" in r.stderr and "ConnectError" in r.stderr
 
@@ -363,13 +414,17 @@ def test_unmigrated_database_is_a_clear_error(server, empty_database_url):
 
 def test_an_idle_listener_runs_the_near_duplicate_pass(bank, db, db_url, server, spawn):
     a = bank.insert("same question", ("a", "b", "c", "d"))
-    b = bank.insert("same question", ("a", "b", "c", "d"))   # same text, same vector
+    b = bank.insert("same question", ("a", "b", "c", "d"))  # same text, same vector
     c = bank.insert("another question")
     p = spawn("listen", env=listener_env(db_url, server, POLL_INTERVAL=3600))
     wait_until(lambda: statuses(db) == {"ready": 3}, what="all ready")
-    wait_until(lambda: db.execute("SELECT count(*) FROM study_embed.duplicate_queue").fetchone()[0]
-               == 0, what="the duplicate pass")
-    pairs = db.execute("SELECT question_id, duplicate_of FROM study_embed.duplicate_pairs").fetchall()
+    wait_until(
+        lambda: db.execute("SELECT count(*) FROM study_embed.duplicate_queue").fetchone()[0] == 0,
+        what="the duplicate pass",
+    )
+    pairs = db.execute(
+        "SELECT question_id, duplicate_of FROM study_embed.duplicate_pairs"
+    ).fetchall()
     assert pairs == [(a, b)] and c not in pairs[0]
     p.terminate()
     p.wait(30)

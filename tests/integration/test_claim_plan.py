@@ -11,7 +11,7 @@ from ..conftest import drop_database, fresh_database
 from ..helpers import nested_plans
 
 ROWS = 100_000
-CLAIMABLE = 100                      # 0.1 %
+CLAIMABLE = 100  # 0.1 %
 
 
 @pytest.fixture(scope="module")
@@ -21,28 +21,35 @@ def big_db():
     url = fresh_database(name, embedding_dim=8)
     with psycopg.connect(url) as c:
         uid = c.execute("INSERT INTO users (email) VALUES ('big@x') RETURNING id").fetchone()[0]
-        tid = c.execute("INSERT INTO study_topics (user_id, name) VALUES (%s, 't') RETURNING id",
-                        (uid,)).fetchone()[0]
+        tid = c.execute(
+            "INSERT INTO study_topics (user_id, name) VALUES (%s, 't') RETURNING id", (uid,)
+        ).fetchone()[0]
         # Bulk-load rows that are already ready, as a restore would (triggers off for speed;
         # the CHECK constraints still hold them to a consistent state).
         c.execute("SET LOCAL session_replication_role = replica")
-        c.execute("""
+        c.execute(
+            """
             INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,
                 choice_2, choice_3, choice_4, correct_choice, embedding, embedding_status,
                 embedding_model, embedding_source_sha256, embedding_updated_at, embedding_due_at,
                 embedding_queued_at)
             SELECT %(uid)s, %(tid)s, 'q' || g, 'a', 'b', 'c', 'd', 1,
                    array_fill(g::real, ARRAY[8])::vector, 'ready', 'm',
-                   study_embed.text_sha256(study_embed.render_question('q' || g, 'a', 'b', 'c', 'd')),
+                   study_embed.text_sha256(
+                       study_embed.render_question('q' || g, 'a', 'b', 'c', 'd')),
                    now(), NULL, NULL
-            FROM generate_series(1, %(n)s) g""", {"uid": uid, "tid": tid, "n": ROWS})
+            FROM generate_series(1, %(n)s) g""",
+            {"uid": uid, "tid": tid, "n": ROWS},
+        )
         c.execute("RESET session_replication_role")
         c.execute("SELECT study_embed.recount()")
-        c.execute("""
+        c.execute(
+            """
             INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,
                 choice_2, choice_3, choice_4, correct_choice)
             SELECT %s, %s, 'new ' || g, 'a', 'b', 'c', 'd', 1 FROM generate_series(1, %s) g""",
-                  (uid, tid, CLAIMABLE))
+            (uid, tid, CLAIMABLE),
+        )
         c.commit()
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("VACUUM ANALYZE study_questions")
@@ -63,8 +70,11 @@ def test_claim_uses_the_queue_index_on_100k_rows(big_db):
     print(plan)
     assert "Seq Scan" not in plan
     lines = plan.splitlines()
-    at = next(i for i, ln in enumerate(lines)
-              if "Index Scan using study_questions_embedding_queue on study_questions" in ln)
+    at = next(
+        i
+        for i, ln in enumerate(lines)
+        if "Index Scan using study_questions_embedding_queue on study_questions" in ln
+    )
     # the scan that finds the work reads a handful of pages, not the table (100k rows span
     # well over a thousand pages)
     buffers = next(ln for ln in lines[at:] if "Buffers:" in ln)

@@ -13,6 +13,7 @@ import numpy as np
 import psycopg
 import pytest
 from pgvector.psycopg import register_vector
+
 from study_embed.migrate import MigrationError, Migrator
 from study_embed.sqlfiles import sql_dir
 from study_embed_dev.embed_server import EmbedServer
@@ -30,15 +31,20 @@ def empty_db():
     with psycopg.connect(url_for("postgres"), autocommit=True) as c:
         if c.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'").fetchone():
             c.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s", (name,))
-        c.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
+        c.execute(
+            psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(psycopg.sql.Identifier(name))
+        )
 
 
 def _columns(url: str) -> dict[str, str]:
     with psycopg.connect(url) as c:
-        return dict(c.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
-            " WHERE attrelid = 'public.study_questions'::regclass AND attnum > 0"
-            " AND NOT attisdropped").fetchall())
+        return dict(
+            c.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                " WHERE attrelid = 'public.study_questions'::regclass AND attnum > 0"
+                " AND NOT attisdropped"
+            ).fetchall()
+        )
 
 
 ALL_MIGRATIONS = sorted(p.name for p in (sql_dir() / "migrations").glob("*.sql"))
@@ -50,13 +56,36 @@ def test_from_scratch_twice_second_run_applies_nothing(empty_db):
     assert first.applied == ALL_MIGRATIONS and first.idempotent
     cols = _columns(empty_db)
     # the seed's columns, as its ORM names them, and the pipeline's bookkeeping
-    for name in ["question_text", "choice_1", "choice_2", "choice_3", "choice_4", "correct_choice",
-                 "subject", "scope", "exam_name", "exam_round", "explanation", "source_note",
-                 "is_active", "ai_explanation", "ai_explanation_status",
-                 "ai_explanation_generated_at", "ai_explanation_model", "embedding_status",
-                 "embedding_updated_at", "embedding_model", "created_at", "updated_at",
-                 "deleted_at", "embedding_claim_token", "embedding_due_at",
-                 "embedding_source_sha256", "embedding_attempts", "embedding_last_error"]:
+    for name in [
+        "question_text",
+        "choice_1",
+        "choice_2",
+        "choice_3",
+        "choice_4",
+        "correct_choice",
+        "subject",
+        "scope",
+        "exam_name",
+        "exam_round",
+        "explanation",
+        "source_note",
+        "is_active",
+        "ai_explanation",
+        "ai_explanation_status",
+        "ai_explanation_generated_at",
+        "ai_explanation_model",
+        "embedding_status",
+        "embedding_updated_at",
+        "embedding_model",
+        "created_at",
+        "updated_at",
+        "deleted_at",
+        "embedding_claim_token",
+        "embedding_due_at",
+        "embedding_source_sha256",
+        "embedding_attempts",
+        "embedding_last_error",
+    ]:
         assert name in cols, name
     assert cols["embedding"] == "vector(1024)"
     assert cols["embedding_status"] == "character varying(20)"
@@ -69,8 +98,11 @@ def test_from_scratch_twice_second_run_applies_nothing(empty_db):
 def test_indexes_are_the_seeds_hnsw_and_the_queue(empty_db):
     Migrator(empty_db, cron=False, log=lambda m: None).run()
     with psycopg.connect(empty_db) as c:
-        defs = dict(c.execute("SELECT indexname, indexdef FROM pg_indexes"
-                              " WHERE tablename = 'study_questions'").fetchall())
+        defs = dict(
+            c.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'study_questions'"
+            ).fetchall()
+        )
     hnsw = defs["study_questions_embedding_hnsw"]
     assert "USING hnsw (embedding vector_cosine_ops)" in hnsw
     assert "WHERE ((deleted_at IS NULL) AND (embedding IS NOT NULL))" in hnsw
@@ -79,10 +111,24 @@ def test_indexes_are_the_seeds_hnsw_and_the_queue(empty_db):
     assert "WHERE ((deleted_at IS NULL) AND (embedding_queued_at IS NOT NULL))" in queue
 
 
-QUEUE_MOVES = {"embedding_status", "embedding_claim_token", "embedding_due_at",
-               "embedding_attempts", "embedding_last_error", "updated_at", "correct_choice",
-               "explanation", "subject", "scope", "is_active", "question_text", "choice_1",
-               "choice_2", "choice_3", "choice_4"}
+QUEUE_MOVES = {
+    "embedding_status",
+    "embedding_claim_token",
+    "embedding_due_at",
+    "embedding_attempts",
+    "embedding_last_error",
+    "updated_at",
+    "correct_choice",
+    "explanation",
+    "subject",
+    "scope",
+    "is_active",
+    "question_text",
+    "choice_1",
+    "choice_2",
+    "choice_3",
+    "choice_4",
+}
 
 
 def test_no_index_uses_a_column_that_queue_moves_or_app_edits_change(empty_db):
@@ -90,15 +136,24 @@ def test_no_index_uses_a_column_that_queue_moves_or_app_edits_change(empty_db):
     expression or partial-index predicate) of study_questions reads a column they write."""
     Migrator(empty_db, cron=False, log=lambda m: None).run()
     with psycopg.connect(empty_db) as c:
-        used = {r[0] for r in c.execute(r"""
+        used = {
+            r[0]
+            for r in c.execute(r"""
             SELECT a.attname FROM pg_index i
             JOIN pg_attribute a ON a.attrelid = i.indrelid
             WHERE i.indrelid = 'study_questions'::regclass AND a.attnum > 0
               AND (a.attnum = ANY (i.indkey)
                    OR pg_get_expr(i.indpred, i.indrelid) ~ ('\m' || a.attname || '\M')
-                   OR pg_get_expr(i.indexprs, i.indrelid) ~ ('\m' || a.attname || '\M'))""")}
-    assert used == {"id", "user_id", "study_topic_id", "embedding", "deleted_at",
-                    "embedding_queued_at"}
+                   OR pg_get_expr(i.indexprs, i.indrelid) ~ ('\m' || a.attname || '\M'))""")
+        }
+    assert used == {
+        "id",
+        "user_id",
+        "study_topic_id",
+        "embedding",
+        "deleted_at",
+        "embedding_queued_at",
+    }
     assert not used & QUEUE_MOVES
 
 
@@ -117,9 +172,11 @@ def test_new_migration_and_changed_functions_are_applied(empty_db, tmp_path):
     shutil.copytree(sql_dir(), db_dir)
     Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
     (db_dir / "migrations" / "0099_extra.sql").write_text(
-        "ALTER TABLE public.study_questions ADD COLUMN extra int;\n")
+        "ALTER TABLE public.study_questions ADD COLUMN extra int;\n"
+    )
     (db_dir / "idempotent" / "099_extra.sql").write_text(
-        "CREATE OR REPLACE FUNCTION study_embed.extra() RETURNS int LANGUAGE sql RETURN 7;\n")
+        "CREATE OR REPLACE FUNCTION study_embed.extra() RETURNS int LANGUAGE sql RETURN 7;\n"
+    )
     r = Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
     assert r.applied == ["0099_extra.sql"] and r.idempotent
     with psycopg.connect(empty_db) as c:
@@ -131,13 +188,18 @@ def test_failed_migration_rolls_back_with_its_ledger_row(empty_db, tmp_path):
     shutil.copytree(sql_dir(), db_dir)
     Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
     (db_dir / "migrations" / "0099_bad.sql").write_text(
-        "CREATE TABLE half_done (id int);\nSELECT no_such_function();\n")
+        "CREATE TABLE half_done (id int);\nSELECT no_such_function();\n"
+    )
     with pytest.raises(MigrationError, match="no_such_function"):
         Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
     with psycopg.connect(empty_db) as c:
         assert c.execute("SELECT to_regclass('half_done')").fetchone()[0] is None
-        assert c.execute("SELECT count(*) FROM study_embed.schema_migrations"
-                         " WHERE filename LIKE '%%0099%%'").fetchone()[0] == 0
+        assert (
+            c.execute(
+                "SELECT count(*) FROM study_embed.schema_migrations WHERE filename LIKE '%%0099%%'"
+            ).fetchone()[0]
+            == 0
+        )
 
 
 def test_two_migrators_do_not_race(empty_db):
@@ -147,14 +209,15 @@ def test_two_migrators_do_not_race(empty_db):
     holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
     logs: list[str] = []
     result: dict = {}
-    t = threading.Thread(target=lambda: result.update(
-        r=Migrator(empty_db, cron=False, log=logs.append).run()))
+    t = threading.Thread(
+        target=lambda: result.update(r=Migrator(empty_db, cron=False, log=logs.append).run())
+    )
     t.start()
     deadline = time.monotonic() + 10
     while not logs and time.monotonic() < deadline:
         time.sleep(0.05)
     assert logs and "waiting" in logs[0]
-    assert _table_missing(empty_db)               # nothing applied while the lock is held
+    assert _table_missing(empty_db)  # nothing applied while the lock is held
     holder.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
     holder.close()
     t.join(30)
@@ -168,8 +231,10 @@ def _table_missing(url: str) -> bool:
 
 def _storage(url: str) -> str:
     with psycopg.connect(url) as c:
-        return c.execute("SELECT attstorage FROM pg_attribute WHERE attrelid ="
-                         " 'study_questions'::regclass AND attname = 'embedding'").fetchone()[0]
+        return c.execute(
+            "SELECT attstorage FROM pg_attribute WHERE attrelid ="
+            " 'study_questions'::regclass AND attname = 'embedding'"
+        ).fetchone()[0]
 
 
 def test_vectors_live_in_toast_and_pages_keep_room_for_updates(empty_db):
@@ -178,24 +243,34 @@ def test_vectors_live_in_toast_and_pages_keep_room_for_updates(empty_db):
     Migrator(empty_db, cron=False, log=lambda m: None).run()
     assert _storage(empty_db) == "e"
     with psycopg.connect(empty_db) as c:
-        options = c.execute("SELECT reloptions FROM pg_class"
-                            " WHERE oid = 'study_questions'::regclass").fetchone()[0]
-        c.execute("INSERT INTO users (id, email) VALUES (1, 'a'); INSERT INTO study_topics"
-                  " (id, user_id, name) VALUES (1, 1, 't')")
-        c.execute("INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,"
-                  " choice_2, choice_3, choice_4, correct_choice) VALUES (1, 1, 'q', 'a', 'b',"
-                  " 'c', 'd', 1)")
+        options = c.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = 'study_questions'::regclass"
+        ).fetchone()[0]
+        c.execute(
+            "INSERT INTO users (id, email) VALUES (1, 'a'); INSERT INTO study_topics"
+            " (id, user_id, name) VALUES (1, 1, 't')"
+        )
+        c.execute(
+            "INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,"
+            " choice_2, choice_3, choice_4, correct_choice) VALUES (1, 1, 'q', 'a', 'b',"
+            " 'c', 'd', 1)"
+        )
         qid, token, _ = c.execute("SELECT * FROM study_embed.claim(1)").fetchone()
         vec = "[" + ",".join(["0.03125"] * 1024) + "]"
-        c.execute("SELECT * FROM study_embed.complete(%s, %s, ARRAY[%s::vector], 'm')",
-                  ([qid], [token], vec))
+        c.execute(
+            "SELECT * FROM study_embed.complete(%s, %s, ARRAY[%s::vector], 'm')",
+            ([qid], [token], vec),
+        )
         # the vector went to the TOAST table: the row holds a pointer to it
-        toast = c.execute("SELECT reltoastrelid::regclass::text FROM pg_class"
-                          " WHERE oid = 'study_questions'::regclass").fetchone()[0]
-        toasted = c.execute(f"SELECT coalesce(sum(length(chunk_data)), 0) FROM {toast}"  # noqa: S608
-                            ).fetchone()[0]
+        toast = c.execute(
+            "SELECT reltoastrelid::regclass::text FROM pg_class"
+            " WHERE oid = 'study_questions'::regclass"
+        ).fetchone()[0]
+        toasted = c.execute(f"SELECT coalesce(sum(length(chunk_data)), 0) FROM {toast}").fetchone()[
+            0
+        ]
     assert "fillfactor=85" in options
-    assert toasted == 2 + 2 + 4 * 1024       # pgvector: dim, unused, the floats
+    assert toasted == 2 + 2 + 4 * 1024  # pgvector: dim, unused, the floats
 
 
 def test_very_wide_vectors_stay_in_toast(empty_db):
@@ -216,8 +291,14 @@ def test_embedding_dim_is_a_migrate_time_setting(empty_db):
 
 def _cli(*args, env=None):
     import os
-    return subprocess.run([sys.executable, "-m", "study_embed.cli", *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+    return subprocess.run(
+        [sys.executable, "-m", "study_embed.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_cli_bad_configuration_exits_2(empty_db):
@@ -237,20 +318,28 @@ def test_cron_tick_is_scheduled_into_the_app_database_and_notifies(empty_db):
     assert report.cron == "scheduled"
     app_db = psycopg.conninfo.conninfo_to_dict(empty_db)["dbname"]
     with psycopg.connect(url_for("postgres")) as c:
-        jobs = c.execute("SELECT jobname, schedule, command, database FROM cron.job"
-                         " WHERE database = %s", (app_db,)).fetchall()
-    assert jobs == [(f"study_embed_tick:{app_db}", "* * * * *", "SELECT study_embed.tick()", app_db)]
+        jobs = c.execute(
+            "SELECT jobname, schedule, command, database FROM cron.job WHERE database = %s",
+            (app_db,),
+        ).fetchall()
+    assert jobs == [
+        (f"study_embed_tick:{app_db}", "* * * * *", "SELECT study_embed.tick()", app_db)
+    ]
     again = Migrator(empty_db, cron=True, log=lambda m: None).run()
     assert again.cron == "up to date" and again.summary().startswith("migrate: nothing to apply")
 
     # pg_cron really runs it: a claimable row and an idle listener get a NOTIFY from the tick
     with psycopg.connect(empty_db, autocommit=True) as app:
         uid = app.execute("INSERT INTO users (email) VALUES ('cron@x') RETURNING id").fetchone()[0]
-        tid = app.execute("INSERT INTO study_topics (user_id, name) VALUES (%s, 't') RETURNING id",
-                          (uid,)).fetchone()[0]
-        app.execute("INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,"
-                    " choice_2, choice_3, choice_4, correct_choice)"
-                    " VALUES (%s, %s, 'q', 'a', 'b', 'c', 'd', 1)", (uid, tid))
+        tid = app.execute(
+            "INSERT INTO study_topics (user_id, name) VALUES (%s, 't') RETURNING id", (uid,)
+        ).fetchone()[0]
+        app.execute(
+            "INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,"
+            " choice_2, choice_3, choice_4, correct_choice)"
+            " VALUES (%s, %s, 'q', 'a', 'b', 'c', 'd', 1)",
+            (uid, tid),
+        )
         app.execute("LISTEN study_embed")
         got = [n.payload for n in app.notifies(timeout=75, stop_after=1)]
     assert got == ["tick"]
@@ -301,39 +390,65 @@ def test_adopts_a_bank_the_seeds_code_wrote(empty_db):
     old = "[" + ",".join(["0.5"] * 1024) + "]"
     with psycopg.connect(empty_db, autocommit=True) as c:
         c.execute(SEED_SCHEMA)
-        for i, (status, vec, deleted) in enumerate([
-                ("ready", old, False), ("ready", old, True), ("pending", None, False),
-                ("failed", old, False), ("stale", old, False), ("none", None, False),
-                ("none", old, False)]):
-            c.execute("INSERT INTO study_questions (user_id, study_topic_id, question_text,"
-                      " choice_1, choice_2, choice_3, choice_4, correct_choice, embedding,"
-                      " embedding_status, embedding_model, deleted_at) VALUES (1, 1, %s, 'a',"
-                      " 'b', 'c', 'd', 1, %s, %s, %s, CASE WHEN %s THEN now() END)",
-                      (f"q{i}", vec, status, "seed-model" if vec else None, deleted))
+        for i, (status, vec, deleted) in enumerate(
+            [
+                ("ready", old, False),
+                ("ready", old, True),
+                ("pending", None, False),
+                ("failed", old, False),
+                ("stale", old, False),
+                ("none", None, False),
+                ("none", old, False),
+            ]
+        ):
+            c.execute(
+                "INSERT INTO study_questions (user_id, study_topic_id, question_text,"
+                " choice_1, choice_2, choice_3, choice_4, correct_choice, embedding,"
+                " embedding_status, embedding_model, deleted_at) VALUES (1, 1, %s, 'a',"
+                " 'b', 'c', 'd', 1, %s, %s, %s, CASE WHEN %s THEN now() END)",
+                (f"q{i}", vec, status, "seed-model" if vec else None, deleted),
+            )
     Migrator(empty_db, cron=False, log=lambda m: None).run()
     with psycopg.connect(empty_db) as c:
-        rows = c.execute("SELECT question_text, embedding_status, embedding IS NOT NULL"
-                         " FROM study_questions ORDER BY id").fetchall()
-        assert rows == [("q0", "stale", True), ("q1", "stale", True), ("q2", "none", False),
-                        ("q3", "stale", True), ("q4", "stale", True), ("q5", "none", False),
-                        ("q6", "stale", True)]
+        rows = c.execute(
+            "SELECT question_text, embedding_status, embedding IS NOT NULL"
+            " FROM study_questions ORDER BY id"
+        ).fetchall()
+        assert rows == [
+            ("q0", "stale", True),
+            ("q1", "stale", True),
+            ("q2", "none", False),
+            ("q3", "stale", True),
+            ("q4", "stale", True),
+            ("q5", "none", False),
+            ("q6", "stale", True),
+        ]
         status = dict(c.execute("SELECT status, live FROM study_embed.status").fetchall())
         assert status == {"none": 2, "stale": 4, "pending": 0, "failed": 0, "ready": 0}
     server = EmbedServer(dim=1024)
     try:
-        r = _cli("drain", env={"DATABASE_URL": empty_db, "EMBEDDING_URL": server.url,
-                               "EMBEDDING_MODEL": "bge-m3"})
+        r = _cli(
+            "drain",
+            env={
+                "DATABASE_URL": empty_db,
+                "EMBEDDING_URL": server.url,
+                "EMBEDDING_MODEL": "bge-m3",
+            },
+        )
         assert r.returncode == 0, r.stderr
     finally:
         server.stop()
     with psycopg.connect(empty_db) as c:
         register_vector(c)
-        live = c.execute("SELECT question_text, embedding_status, embedding_model, embedding"
-                         " FROM study_questions WHERE deleted_at IS NULL ORDER BY id").fetchall()
+        live = c.execute(
+            "SELECT question_text, embedding_status, embedding_model, embedding"
+            " FROM study_questions WHERE deleted_at IS NULL ORDER BY id"
+        ).fetchall()
         assert len(live) == 6
         for text, status, model, emb in live:
             assert (status, model) == ("ready", "bge-m3")
-            assert np.allclose(emb.to_numpy(), vector_for(render(text, "a", "b", "c", "d")),
-                               atol=1e-6)
+            assert np.allclose(
+                emb.to_numpy(), vector_for(render(text, "a", "b", "c", "d")), atol=1e-6
+            )
         status = dict(c.execute("SELECT status, live FROM study_embed.status").fetchall())
         assert status["ready"] == 6 and status["none"] == status["stale"] == 0

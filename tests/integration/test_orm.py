@@ -76,8 +76,18 @@ class StudyQuestion(QuestionColumns, SeedBase):
 
 PIPELINE_COLUMNS = ("embedding", "embedding_status", "embedding_updated_at", "embedding_model")
 # what a client may send in a POST/PUT body: the content, never the pipeline's columns
-WRITABLE = ("question_text", "choice_1", "choice_2", "choice_3", "choice_4", "correct_choice",
-            "subject", "scope", "explanation", "is_active")
+WRITABLE = (
+    "question_text",
+    "choice_1",
+    "choice_2",
+    "choice_3",
+    "choice_4",
+    "correct_choice",
+    "subject",
+    "scope",
+    "explanation",
+    "is_active",
+)
 
 
 class GuardedQuestion(QuestionColumns, AppBase):
@@ -95,6 +105,7 @@ def apply_put(session: Session, model: type[QuestionColumns], qid: int, body: di
         if key in body:
             setattr(q, key, body[key])
     session.commit()
+
 
 # -----------------------------------------------------------------------------------------------
 
@@ -117,10 +128,16 @@ def _embed(bank: QuestionBank) -> None:
 
 def test_ordinary_orm_work_passes(engine, bank):
     with Session(engine) as s:
-        q = StudyQuestion(user_id=bank.user_id, study_topic_id=bank.topic_id,
-                          question_text="광합성이 일어나는 곳은?", choice_1="엽록체",
-                          choice_2="미토콘드리아", choice_3="핵", choice_4="리보솜",
-                          correct_choice=1)
+        q = StudyQuestion(
+            user_id=bank.user_id,
+            study_topic_id=bank.topic_id,
+            question_text="광합성이 일어나는 곳은?",
+            choice_1="엽록체",
+            choice_2="미토콘드리아",
+            choice_3="핵",
+            choice_4="리보솜",
+            correct_choice=1,
+        )
         s.add(q)
         s.commit()
         qid = q.id
@@ -136,20 +153,26 @@ def test_ordinary_orm_work_passes(engine, bank):
         q.question_text = "광합성이 일어나는 세포 소기관은?"
         s.commit()
         s.refresh(q)
-        assert q.embedding_status == "stale" and q.embedding is not None   # old vector serves
-        q.embedding_status = "stale"        # asking for a re-embed is a client's right
+        assert q.embedding_status == "stale" and q.embedding is not None  # old vector serves
+        q.embedding_status = "stale"  # asking for a re-embed is a client's right
         s.commit()
         q.deleted_at = datetime.now().astimezone()
         s.commit()
     assert bank.row(qid)["deleted_at"] is not None
 
 
-@pytest.mark.parametrize("column, value", [
-    ("embedding_status", "pending"), ("embedding_status", "failed"), ("embedding_status", "none"),
-    ("embedding_status", "bogus"),
-    ("embedding_model", "x"), ("embedding_updated_at", datetime(2020, 1, 1).astimezone()),
-    ("embedding", [0.0] * 1024),
-])
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        ("embedding_status", "pending"),
+        ("embedding_status", "failed"),
+        ("embedding_status", "none"),
+        ("embedding_status", "bogus"),
+        ("embedding_model", "x"),
+        ("embedding_updated_at", datetime(2020, 1, 1).astimezone()),
+        ("embedding", [0.0] * 1024),
+    ],
+)
 def test_every_reserved_write_is_one_error_class(engine, bank, column, value):
     qid = bank.insert()
     _embed(bank)
@@ -167,8 +190,10 @@ def test_a_put_of_what_was_read_fails_once_the_listener_wrote(engine, bank):
     """The naive handler: the body is the whole object the client GOT, written back as is."""
     qid = bank.insert("q", ("a", "b", "c", "d"))
     with Session(engine) as s:
-        got = {c.key: getattr(s.get(StudyQuestion, qid), c.key)
-               for c in StudyQuestion.__table__.columns}
+        got = {
+            c.key: getattr(s.get(StudyQuestion, qid), c.key)
+            for c in StudyQuestion.__table__.columns
+        }
     assert got["embedding_status"] == "none"
     _embed(bank)
     got["correct_choice"] = 3
@@ -182,17 +207,26 @@ def test_a_put_of_what_was_read_fails_once_the_listener_wrote(engine, bank):
 
 
 def test_the_documented_pattern_never_sends_the_pipeline_columns(engine, bank):
-    with Session(engine) as s:     # the guarded model inserts as usual (its defaults included)
-        q = GuardedQuestion(user_id=bank.user_id, study_topic_id=bank.topic_id,
-                            question_text="q", choice_1="a", choice_2="b", choice_3="c",
-                            choice_4="d", correct_choice=1)
+    with Session(engine) as s:  # the guarded model inserts as usual (its defaults included)
+        q = GuardedQuestion(
+            user_id=bank.user_id,
+            study_topic_id=bank.topic_id,
+            question_text="q",
+            choice_1="a",
+            choice_2="b",
+            choice_3="c",
+            choice_4="d",
+            correct_choice=1,
+        )
         s.add(q)
         s.commit()
         qid = q.id
     assert bank.status(qid) == "none"
     with Session(engine) as s:
-        got = {c.key: getattr(s.get(GuardedQuestion, qid), c.key)
-               for c in StudyQuestion.__table__.columns}
+        got = {
+            c.key: getattr(s.get(GuardedQuestion, qid), c.key)
+            for c in StudyQuestion.__table__.columns
+        }
     _embed(bank)
     # the same stale body, through the write schema: only the content is written
     got["correct_choice"] = 3
@@ -207,8 +241,12 @@ def test_the_documented_pattern_never_sends_the_pipeline_columns(engine, bank):
     # and code that tries to write a pipeline column is stopped before any SQL is sent
     with Session(engine) as s:
         q = s.get(GuardedQuestion, qid)
-        assert q.embedding_status == "stale"            # loading fills it
+        assert q.embedding_status == "stale"  # loading fills it
         with pytest.raises(ValueError, match="written by the embedding pipeline"):
             q.embedding_status = "ready"
-        assert s.execute(select(GuardedQuestion.embedding_status)
-                         .where(GuardedQuestion.id == qid)).scalar_one() == "stale"
+        assert (
+            s.execute(
+                select(GuardedQuestion.embedding_status).where(GuardedQuestion.id == qid)
+            ).scalar_one()
+            == "stale"
+        )

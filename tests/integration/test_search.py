@@ -18,8 +18,8 @@ from ..helpers import nested_plans, render, vector_for
 
 DIM = 64
 USERS = 150
-ROWS_PER_OTHER_USER = 133       # 150 users: 19,817 other rows
-TARGET = 1                      # user 1 owns 150 rows: 0.75 % of the table
+ROWS_PER_OTHER_USER = 133  # 150 users: 19,817 other rows
+TARGET = 1  # user 1 owns 150 rows: 0.75 % of the table
 TARGET_ROWS = 150
 CENTRES = 40
 
@@ -31,10 +31,11 @@ def unit(v: np.ndarray) -> np.ndarray:
 def copy_ready_rows(conn, rows) -> None:
     """Load rows that are already embedded (as a restore would), hashes and all."""
     with conn.cursor().copy(
-            "COPY study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,"
-            " choice_3, choice_4, correct_choice, embedding, embedding_status, embedding_model,"
-            " embedding_source_sha256, explanation, embedding_due_at, embedding_queued_at)"
-            " FROM STDIN") as cp:
+        "COPY study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,"
+        " choice_3, choice_4, correct_choice, embedding, embedding_status, embedding_model,"
+        " embedding_source_sha256, explanation, embedding_due_at, embedding_queued_at)"
+        " FROM STDIN"
+    ) as cp:
         for uid, tid, q, vec, expl in rows:
             choices = ("a", "b", "c", "d")
             sha = hashlib.sha256(render(q, *choices).encode()).digest()
@@ -50,10 +51,16 @@ def corpus():
     centres = [unit(rng.standard_normal(DIM)) for _ in range(CENTRES)]
     with psycopg.connect(url) as conn:
         register_vector(conn)
-        conn.execute("INSERT INTO users (id, email) SELECT g, 'u' || g || '@x'"
-                     " FROM generate_series(1, %s) g", (USERS,))
-        conn.execute("INSERT INTO study_topics (id, user_id, name) SELECT g, g, 't' || g"
-                     " FROM generate_series(1, %s) g", (USERS,))
+        conn.execute(
+            "INSERT INTO users (id, email) SELECT g, 'u' || g || '@x'"
+            " FROM generate_series(1, %s) g",
+            (USERS,),
+        )
+        conn.execute(
+            "INSERT INTO study_topics (id, user_id, name) SELECT g, g, 't' || g"
+            " FROM generate_series(1, %s) g",
+            (USERS,),
+        )
         conn.execute("INSERT INTO study_topics (id, user_id, name) VALUES (1000, 1, 'second')")
         rows, vectors = [], {}
         for uid in range(1, USERS + 1):
@@ -66,7 +73,7 @@ def corpus():
                 rows.append((uid, tid, q, v, expl))
                 if uid == TARGET:
                     vectors[q] = v
-        conn.execute("SET session_replication_role = replica")   # bulk load, triggers off
+        conn.execute("SET session_replication_role = replica")  # bulk load, triggers off
         copy_ready_rows(conn, rows)
         conn.execute("RESET session_replication_role")
         conn.execute("SELECT study_embed.recount()")
@@ -86,33 +93,47 @@ def cconn(corpus):
 
 def exact_neighbours(conn, qid: int, k: int, same_topic: bool = False) -> list[int]:
     with conn.transaction():
-        conn.execute("SET LOCAL enable_indexscan = off")     # a true exact scan
-        return [r[0] for r in conn.execute(
-            "SELECT o.id FROM study_questions o, study_questions s"
-            " WHERE s.id = %s AND o.user_id = s.user_id AND o.id <> s.id"
-            " AND o.deleted_at IS NULL AND o.embedding IS NOT NULL"
-            " AND (NOT %s OR o.study_topic_id = s.study_topic_id)"
-            " ORDER BY o.embedding <=> s.embedding, o.id LIMIT %s", (qid, same_topic, k))]
+        conn.execute("SET LOCAL enable_indexscan = off")  # a true exact scan
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT o.id FROM study_questions o, study_questions s"
+                " WHERE s.id = %s AND o.user_id = s.user_id AND o.id <> s.id"
+                " AND o.deleted_at IS NULL AND o.embedding IS NOT NULL"
+                " AND (NOT %s OR o.study_topic_id = s.study_topic_id)"
+                " ORDER BY o.embedding <=> s.embedding, o.id LIMIT %s",
+                (qid, same_topic, k),
+            )
+        ]
 
 
 def target_ids(conn, n: int = 40) -> list[int]:
-    return [r[0] for r in conn.execute(
-        "SELECT id FROM study_questions WHERE user_id = %s ORDER BY id LIMIT %s", (TARGET, n))]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM study_questions WHERE user_id = %s ORDER BY id LIMIT %s", (TARGET, n)
+        )
+    ]
 
 
 def test_the_target_user_owns_under_one_percent(cconn):
-    total, mine = cconn.execute("SELECT count(*), count(*) FILTER (WHERE user_id = %s)"
-                                " FROM study_questions", (TARGET,)).fetchone()
+    total, mine = cconn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE user_id = %s) FROM study_questions", (TARGET,)
+    ).fetchone()
     assert total > 19_000 and mine / total < 0.01
 
 
 def test_similar_questions_recall_at_10_with_the_user_filter(cconn):
     hits = total = 0
     for qid in target_ids(cconn):
-        got = [r[0] for r in cconn.execute(
-            "SELECT id FROM study_embed.similar_questions(%s, %s, 10)", (TARGET, qid))]
+        got = [
+            r[0]
+            for r in cconn.execute(
+                "SELECT id FROM study_embed.similar_questions(%s, %s, 10)", (TARGET, qid)
+            )
+        ]
         want = exact_neighbours(cconn, qid, 10)
-        assert len(got) == 10                         # the iterative scan found all k
+        assert len(got) == 10  # the iterative scan found all k
         hits += len(set(got) & set(want))
         total += len(want)
     recall = hits / total
@@ -127,22 +148,34 @@ def _knn_plan(plans: list[str]) -> str:
 def test_similar_questions_never_scan_the_table(corpus, cconn):
     """The planner picks the HNSW index or, for a user this small, the exact per-user path."""
     for qid in target_ids(cconn, 3):
-        plan = _knn_plan(nested_plans(
-            corpus, "SELECT * FROM study_embed.similar_questions(%s, %s, 10)", (TARGET, qid),
-            expect_rows=10))
+        plan = _knn_plan(
+            nested_plans(
+                corpus,
+                "SELECT * FROM study_embed.similar_questions(%s, %s, 10)",
+                (TARGET, qid),
+                expect_rows=10,
+            )
+        )
         assert "Seq Scan on study_questions" not in plan
-        assert ("Index Scan using study_questions_embedding_hnsw" in plan
-                or "Index Cond: (user_id = " in plan), plan
+        assert (
+            "Index Scan using study_questions_embedding_hnsw" in plan
+            or "Index Cond: (user_id = " in plan
+        ), plan
 
 
 def test_hnsw_with_iterative_scan_serves_a_user_with_under_one_percent(corpus, cconn):
     """Without a per-user index the HNSW index must do it all: it still returns k rows of the
     user, with recall@10 >= 0.95, thanks to the iterative scan (pgvector >= 0.8)."""
-    drop = ("DROP INDEX study_questions_user_topic",)   # rolled back afterwards
+    drop = ("DROP INDEX study_questions_user_topic",)  # rolled back afterwards
     hits = total = 0
     for qid in target_ids(cconn, 20):
-        plans = nested_plans(corpus, "SELECT id FROM study_embed.similar_questions(%s, %s, 10)",
-                             (TARGET, qid), expect_rows=10, setup=drop)
+        plans = nested_plans(
+            corpus,
+            "SELECT id FROM study_embed.similar_questions(%s, %s, 10)",
+            (TARGET, qid),
+            expect_rows=10,
+            setup=drop,
+        )
         plan = _knn_plan(plans)
         assert "Index Scan using study_questions_embedding_hnsw on study_questions" in plan, plan
         got = [int(x) for x in _similar_ids(corpus, qid, drop)]
@@ -159,8 +192,12 @@ def _similar_ids(url: str, qid: int, setup: tuple[str, ...]) -> list[int]:
         with c.transaction(force_rollback=True):
             for stmt in setup:
                 c.execute(stmt)
-            return [r[0] for r in c.execute(
-                "SELECT id FROM study_embed.similar_questions(%s, %s, 10)", (TARGET, qid))]
+            return [
+                r[0]
+                for r in c.execute(
+                    "SELECT id FROM study_embed.similar_questions(%s, %s, 10)", (TARGET, qid)
+                )
+            ]
 
 
 def test_same_topic_and_never_another_users_question(cconn):
@@ -169,7 +206,8 @@ def test_same_topic_and_never_another_users_question(cconn):
             "SELECT s.id, q.user_id, q.study_topic_id, src.study_topic_id"
             " FROM study_embed.similar_questions(%s, %s, 20, true) s"
             " JOIN study_questions q ON q.id = s.id JOIN study_questions src ON src.id = %s",
-            (TARGET, qid, qid)).fetchall()
+            (TARGET, qid, qid),
+        ).fetchall()
         assert len(rows) == 20
         assert {r[1] for r in rows} == {TARGET}
         assert all(r[2] == r[3] for r in rows)
@@ -180,14 +218,25 @@ def test_same_topic_and_never_another_users_question(cconn):
 
 def test_search_by_vector_is_per_user(cconn):
     """The same query vector, asked for two users, returns only each user's own rows."""
-    q = cconn.execute("SELECT embedding FROM study_questions WHERE user_id = 2 LIMIT 1").fetchone()[0]
+    q = cconn.execute("SELECT embedding FROM study_questions WHERE user_id = 2 LIMIT 1").fetchone()[
+        0
+    ]
     for uid in (TARGET, 2, 3):
-        owners = {r[0] for r in cconn.execute(
-            "SELECT q.user_id FROM study_embed.search_questions(%s, %s, 25) s"
-            " JOIN study_questions q ON q.id = s.id", (uid, q))}
+        owners = {
+            r[0]
+            for r in cconn.execute(
+                "SELECT q.user_id FROM study_embed.search_questions(%s, %s, 25) s"
+                " JOIN study_questions q ON q.id = s.id",
+                (uid, q),
+            )
+        }
         assert owners == {uid}
-    assert cconn.execute("SELECT count(*) FROM study_embed.search_questions(999999, %s, 5)",
-                         (q,)).fetchone()[0] == 0
+    assert (
+        cconn.execute(
+            "SELECT count(*) FROM study_embed.search_questions(999999, %s, 5)", (q,)
+        ).fetchone()[0]
+        == 0
+    )
 
 
 def test_planted_neighbours_come_back_in_order(bank, db):
@@ -197,28 +246,39 @@ def test_planted_neighbours_come_back_in_order(bank, db):
     noise = [unit(rng.standard_normal(1024)) for _ in range(5)]
     planted = [unit(src + eps * n) for eps, n in zip((0.1, 0.3, 0.6, 1.0, 1.5), noise, strict=True)]
     ids = [bank.insert(f"planted {i}") for i in range(6)]
-    for _ in range(30):                                    # unrelated questions of the user
+    for _ in range(30):  # unrelated questions of the user
         ids.append(bank.insert())
     other_user = bank.new_user()
     foreign = bank.insert("foreign copy", user=other_user)  # another user's exact copy
-    vectors = {ids[0]: src, **{ids[i + 1]: planted[i] for i in range(5)},
-               foreign: src}
+    vectors = {ids[0]: src, **{ids[i + 1]: planted[i] for i in range(5)}, foreign: src}
     claimed = bank.claim(100)
-    bank.complete(claimed, vectors=[vectors.get(c.id, unit(rng.standard_normal(1024)))
-                                    for c in claimed])
-    got = db.execute("SELECT id, similarity FROM study_embed.similar_questions(%s, %s, 5)",
-                     (bank.user_id, ids[0])).fetchall()
+    bank.complete(
+        claimed, vectors=[vectors.get(c.id, unit(rng.standard_normal(1024))) for c in claimed]
+    )
+    got = db.execute(
+        "SELECT id, similarity FROM study_embed.similar_questions(%s, %s, 5)",
+        (bank.user_id, ids[0]),
+    ).fetchall()
     assert [r[0] for r in got] == ids[1:6]
     sims = [r[1] for r in got]
     assert sims == sorted(sims, reverse=True) and sims[0] > 0.99
     # deleted rows never appear
     db.execute("UPDATE study_questions SET deleted_at = now() WHERE id = %s", (ids[1],))
-    got = [r[0] for r in db.execute("SELECT id FROM study_embed.similar_questions(%s, %s, 5)",
-                                    (bank.user_id, ids[0]))]
+    got = [
+        r[0]
+        for r in db.execute(
+            "SELECT id FROM study_embed.similar_questions(%s, %s, 5)", (bank.user_id, ids[0])
+        )
+    ]
     assert ids[1] not in got and got[:4] == ids[2:6] and foreign not in got
     # a question without an embedding yet has no similar questions (not an error)
-    assert db.execute("SELECT count(*) FROM study_embed.similar_questions(%s, %s)",
-                      (bank.user_id, bank.insert())).fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT count(*) FROM study_embed.similar_questions(%s, %s)",
+            (bank.user_id, bank.insert()),
+        ).fetchone()[0]
+        == 0
+    )
 
 
 def _embed_all(bank, vectors: dict[int, np.ndarray]) -> None:
@@ -235,9 +295,10 @@ def test_complete_queues_rows_for_the_duplicate_pass(bank, db):
     assert db.execute("SELECT count(*) FROM study_embed.duplicate_pairs").fetchone()[0] == 0
     queued = {r[0] for r in db.execute("SELECT question_id FROM study_embed.duplicate_queue")}
     assert queued == {a, b}
-    assert db.execute("SELECT study_embed.tick()").fetchone() is not None   # runs the pass
-    assert db.execute("SELECT question_id, duplicate_of FROM study_embed.duplicate_pairs"
-                      ).fetchall() == [(a, b)]
+    assert db.execute("SELECT study_embed.tick()").fetchone() is not None  # runs the pass
+    assert db.execute(
+        "SELECT question_id, duplicate_of FROM study_embed.duplicate_pairs"
+    ).fetchall() == [(a, b)]
     assert db.execute("SELECT count(*) FROM study_embed.duplicate_queue").fetchone()[0] == 0
 
 
@@ -249,10 +310,19 @@ def test_duplicates_are_recorded_for_near_copies_only(bank, db):
     unrelated = bank.insert("Solve 2x + 3 = 7.")
     other_user = bank.new_user()
     foreign = bank.insert("What is the capital of France?", user=other_user)
-    _embed_all(bank, {original: base, copy: unit(base + 0.05 * rng.standard_normal(1024) / 32),
-                      unrelated: unit(rng.standard_normal(1024)), foreign: base})
-    pairs = db.execute("SELECT question_id, duplicate_of, user_id, similarity, question_text,"
-                       " duplicate_text FROM study_embed.duplicate_pairs").fetchall()
+    _embed_all(
+        bank,
+        {
+            original: base,
+            copy: unit(base + 0.05 * rng.standard_normal(1024) / 32),
+            unrelated: unit(rng.standard_normal(1024)),
+            foreign: base,
+        },
+    )
+    pairs = db.execute(
+        "SELECT question_id, duplicate_of, user_id, similarity, question_text,"
+        " duplicate_text FROM study_embed.duplicate_pairs"
+    ).fetchall()
     assert [(p[0], p[1], p[2]) for p in pairs] == [(original, copy, bank.user_id)]
     assert pairs[0][3] > 0.99 and "capital of France" in pairs[0][4]
     # a content edit takes the pair away until the new embedding says otherwise
@@ -267,15 +337,24 @@ def test_check_before_insert_finds_candidates(bank, db):
     qid = bank.insert("원래 문제")
     _embed_all(bank, {qid: base})
     near = unit(base + 0.01 * rng.standard_normal(1024))
-    found = db.execute("SELECT id, similarity FROM study_embed.find_duplicates(%s, %s)",
-                       (bank.user_id, near)).fetchall()
+    found = db.execute(
+        "SELECT id, similarity FROM study_embed.find_duplicates(%s, %s)", (bank.user_id, near)
+    ).fetchall()
     assert [f[0] for f in found] == [qid] and found[0][1] > 0.92
     far = unit(rng.standard_normal(1024))
-    assert db.execute("SELECT count(*) FROM study_embed.find_duplicates(%s, %s)",
-                      (bank.user_id, far)).fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT count(*) FROM study_embed.find_duplicates(%s, %s)", (bank.user_id, far)
+        ).fetchone()[0]
+        == 0
+    )
     other = bank.new_user()[0]
-    assert db.execute("SELECT count(*) FROM study_embed.find_duplicates(%s, %s)",
-                      (other, near)).fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT count(*) FROM study_embed.find_duplicates(%s, %s)", (other, near)
+        ).fetchone()[0]
+        == 0
+    )
 
 
 def test_explanation_context_returns_explained_neighbours_with_texts(bank, db):
@@ -288,11 +367,16 @@ def test_explanation_context_returns_explained_neighbours_with_texts(bank, db):
     bare = bank.insert("no explanation")
     other_user = bank.new_user()
     foreign = bank.insert("foreign", explanation="not yours", user=other_user)
-    vec = {q: unit(base + 0.2 * rng.standard_normal(1024) / 32) for q in
-           (explained, ai, ai_pending, bare, foreign)}
+    vec = {
+        q: unit(base + 0.2 * rng.standard_normal(1024) / 32)
+        for q in (explained, ai, ai_pending, bare, foreign)
+    }
     _embed_all(bank, {src: base, **vec})
-    rows = db.execute("SELECT id, question_text, correct_answer, explanation, ai_explanation"
-                      " FROM study_embed.explanation_context(%s, %s, 5)", (bank.user_id, src)).fetchall()
+    rows = db.execute(
+        "SELECT id, question_text, correct_answer, explanation, ai_explanation"
+        " FROM study_embed.explanation_context(%s, %s, 5)",
+        (bank.user_id, src),
+    ).fetchall()
     assert {r[0] for r in rows} == {explained, ai}
     by_id = {r[0]: r for r in rows}
     assert by_id[explained][1] == render("explained", "w", "x", "y", "z")
@@ -306,8 +390,11 @@ def test_wrong_answer_clusters_recover_planted_groups(bank, db):
     groups = {g: [bank.insert(f"group {g} item {i}") for i in range(4)] for g in range(3)}
     loner = bank.insert("a loner")
     right = bank.insert("answered right")
-    vectors = {q: unit(centres[g] + 0.15 * rng.standard_normal(1024) / 32)
-               for g, qs in groups.items() for q in qs}
+    vectors = {
+        q: unit(centres[g] + 0.15 * rng.standard_normal(1024) / 32)
+        for g, qs in groups.items()
+        for q in qs
+    }
     vectors[loner] = unit(rng.standard_normal(1024))
     vectors[right] = unit(centres[0] + 0.15 * rng.standard_normal(1024) / 32)
     other_user = bank.new_user()
@@ -316,48 +403,64 @@ def test_wrong_answer_clusters_recover_planted_groups(bank, db):
     _embed_all(bank, vectors)
 
     def attempt(qid, selected, user=(bank.user_id, bank.topic_id), correct=1):
-        db.execute("INSERT INTO study_question_attempts (user_id, study_question_id,"
-                   " study_topic_id, selected_choice, correct_choice, is_correct)"
-                   " VALUES (%s, %s, %s, %s, %s, %s)",
-                   (user[0], qid, user[1], selected, correct, selected == correct))
+        db.execute(
+            "INSERT INTO study_question_attempts (user_id, study_question_id,"
+            " study_topic_id, selected_choice, correct_choice, is_correct)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (user[0], qid, user[1], selected, correct, selected == correct),
+        )
 
     for q in [*vectors]:
         if q not in (right, foreign):
-            attempt(q, 2)                       # wrong
+            attempt(q, 2)  # wrong
     attempt(right, 2)
-    attempt(right, 1)                            # latest attempt right: not a weak spot
+    attempt(right, 1)  # latest attempt right: not a weak spot
     attempt(foreign, 2, user=other_user)
-    rows = db.execute("SELECT cluster, representative_id, question_id, similarity"
-                      " FROM study_embed.wrong_answer_clusters(%s)", (bank.user_id,)).fetchall()
+    rows = db.execute(
+        "SELECT cluster, representative_id, question_id, similarity"
+        " FROM study_embed.wrong_answer_clusters(%s)",
+        (bank.user_id,),
+    ).fetchall()
     clusters: dict[int, set[int]] = {}
     for cluster, rep, qid, sim in rows:
         clusters.setdefault(cluster, set()).add(qid)
         assert sim >= 0.75 or qid == rep
     assert sorted(map(sorted, clusters.values())) == sorted(
-        [sorted(groups[0]), sorted(groups[1]), sorted(groups[2]), [loner]])
+        [sorted(groups[0]), sorted(groups[1]), sorted(groups[2]), [loner]]
+    )
     assert foreign not in {r[2] for r in rows} and right not in {r[2] for r in rows}
     # deleted questions drop out
     db.execute("UPDATE study_questions SET deleted_at = now() WHERE id = %s", (groups[0][0],))
-    ids = {r[0] for r in db.execute(
-        "SELECT question_id FROM study_embed.wrong_answer_clusters(%s)", (bank.user_id,))}
+    ids = {
+        r[0]
+        for r in db.execute(
+            "SELECT question_id FROM study_embed.wrong_answer_clusters(%s)", (bank.user_id,)
+        )
+    }
     assert groups[0][0] not in ids and len(ids) == 12
 
 
 def test_search_functions_reject_missing_user(bank, db):
     with pytest.raises(psycopg.errors.InvalidParameterValue):
-        db.execute("SELECT * FROM study_embed.search_questions(NULL, %s)",
-                   (vector_for("x"),))
+        db.execute("SELECT * FROM study_embed.search_questions(NULL, %s)", (vector_for("x"),))
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         db.execute("SELECT * FROM study_embed.wrong_answer_clusters(NULL)")
 
 
 # -- the command line ------------------------------------------------------------------------------
 
+
 def _cli(*args, env):
     import subprocess
     import sys
-    return subprocess.run([sys.executable, "-m", "study_embed.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+
+    return subprocess.run(
+        [sys.executable, "-m", "study_embed.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_search_and_check_duplicate_commands(bank, db, db_url):
@@ -368,22 +471,46 @@ def test_search_and_check_duplicate_commands(bank, db, db_url):
     server = EmbedServer(dim=1024)
     try:
         env = {**os.environ, "DATABASE_URL": db_url, "EMBEDDING_URL": server.url}
-        target = bank.insert("광합성은 어디에서 일어나는가?", ("엽록체", "미토콘드리아", "핵", "리보솜"))
+        target = bank.insert(
+            "광합성은 어디에서 일어나는가?", ("엽록체", "미토콘드리아", "핵", "리보솜")
+        )
         bank.insert("Which planet is largest?", ("Mars", "Jupiter", "Venus", "Earth"))
         other = bank.new_user()
-        foreign = bank.insert("광합성은 어디에서 일어나는가?", ("엽록체", "미토콘드리아", "핵", "리보솜"),
-                              user=other)
+        foreign = bank.insert(
+            "광합성은 어디에서 일어나는가?", ("엽록체", "미토콘드리아", "핵", "리보솜"), user=other
+        )
         assert _cli("drain", env=env).returncode == 0
-        assert bank.claim() == []                  # everything is embedded
-        r = _cli("check-duplicate", "--user", str(bank.user_id), "--question",
-                 "광합성은 어디에서 일어나는가?", "--choices", "엽록체", "미토콘드리아", "핵", "리보솜",
-                 env=env)
+        assert bank.claim() == []  # everything is embedded
+        r = _cli(
+            "check-duplicate",
+            "--user",
+            str(bank.user_id),
+            "--question",
+            "광합성은 어디에서 일어나는가?",
+            "--choices",
+            "엽록체",
+            "미토콘드리아",
+            "핵",
+            "리보솜",
+            env=env,
+        )
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         assert lines[1].split()[:2] == ["1.000", str(target)] and len(lines) == 2
         assert str(foreign) not in r.stdout
-        r = _cli("check-duplicate", "--user", str(bank.user_id), "--question", "new",
-                 "--choices", "a", "b", "c", "d", env=env)
+        r = _cli(
+            "check-duplicate",
+            "--user",
+            str(bank.user_id),
+            "--question",
+            "new",
+            "--choices",
+            "a",
+            "b",
+            "c",
+            "d",
+            env=env,
+        )
         assert r.returncode == 0 and "no near-duplicates" in r.stdout
         r = _cli("search", "--user", str(other[0]), "anything", "-k", "5", env=env)
         assert r.returncode == 0, r.stderr
@@ -401,8 +528,10 @@ def _greedy_clusters(ids: list[int], vecs: np.ndarray, threshold: float) -> list
     assigned = [0] * n
     out, c = [], 0
     while 0 in assigned:
-        degree = [sum(close[i][j] and not assigned[j] for j in range(n)) if not assigned[i] else -1
-                  for i in range(n)]
+        degree = [
+            sum(close[i][j] and not assigned[j] for j in range(n)) if not assigned[i] else -1
+            for i in range(n)
+        ]
         best = max(range(n), key=lambda i: (degree[i], -i))
         c += 1
         for j in range(n):
@@ -426,15 +555,19 @@ def test_wrong_answer_clusters_follow_the_documented_greedy_method(bank, db):
         ids.append(qid)
         vecs.append(v)
     _embed_all(bank, dict(zip(ids, vecs, strict=True)))
-    for k, qid in enumerate(ids):          # answered wrongly, most recent first = ids reversed
-        db.execute("INSERT INTO study_question_attempts (user_id, study_question_id,"
-                   " study_topic_id, selected_choice, correct_choice, is_correct, answered_at)"
-                   " VALUES (%s, %s, %s, 2, 1, false, now() - make_interval(secs => %s))",
-                   (bank.user_id, qid, bank.topic_id, len(ids) - k))
+    for k, qid in enumerate(ids):  # answered wrongly, most recent first = ids reversed
+        db.execute(
+            "INSERT INTO study_question_attempts (user_id, study_question_id,"
+            " study_topic_id, selected_choice, correct_choice, is_correct, answered_at)"
+            " VALUES (%s, %s, %s, 2, 1, false, now() - make_interval(secs => %s))",
+            (bank.user_id, qid, bank.topic_id, len(ids) - k),
+        )
     order = list(reversed(ids))
     want = _greedy_clusters(order, np.array(list(reversed(vecs))), 0.75)
-    got = db.execute("SELECT cluster, representative_id, question_id"
-                     " FROM study_embed.wrong_answer_clusters(%s, 80, 0.75)",
-                     (bank.user_id,)).fetchall()
-    assert len({c for c, _, _ in want}) < len(ids) - 10       # real clusters, not singletons
+    got = db.execute(
+        "SELECT cluster, representative_id, question_id"
+        " FROM study_embed.wrong_answer_clusters(%s, 80, 0.75)",
+        (bank.user_id,),
+    ).fetchall()
+    assert len({c for c, _, _ in want}) < len(ids) - 10  # real clusters, not singletons
     assert got == want

@@ -12,9 +12,17 @@ from ..helpers import render, vector_for
 
 CONTENT = ["question_text", "choice_1", "choice_2", "choice_3", "choice_4"]
 NON_CONTENT = {
-    "correct_choice": 3, "explanation": "because", "subject": "math", "scope": "ch. 2",
-    "exam_name": "KSAT", "exam_round": "2024-1", "source_note": "book", "is_active": False,
-    "ai_explanation": "ai says", "ai_explanation_status": "ready", "ai_explanation_model": "m",
+    "correct_choice": 3,
+    "explanation": "because",
+    "subject": "math",
+    "scope": "ch. 2",
+    "exam_name": "KSAT",
+    "exam_round": "2024-1",
+    "source_note": "book",
+    "is_active": False,
+    "ai_explanation": "ai says",
+    "ai_explanation_status": "ready",
+    "ai_explanation_model": "m",
 }
 
 
@@ -27,8 +35,10 @@ def make_ready(bank, qid=None) -> int:
 
 
 def test_render_is_exactly_the_mission_text(db):
-    got = db.execute("SELECT study_embed.render_question(%s, %s, %s, %s, %s)",
-                     ("다음 중 옳은 것은?", "가", "나", "다", "라")).fetchone()[0]
+    got = db.execute(
+        "SELECT study_embed.render_question(%s, %s, %s, %s, %s)",
+        ("다음 중 옳은 것은?", "가", "나", "다", "라"),
+    ).fetchone()[0]
     assert got == "문제: 다음 중 옳은 것은?\n보기:\n1. 가\n2. 나\n3. 다\n4. 라"
 
 
@@ -53,6 +63,7 @@ def test_claim_complete_makes_ready_with_hash_and_model(bank):
     assert r["embedding_claim_token"] is None and r["embedding_due_at"] is None
     assert r["embedding_updated_at"] is not None
     import hashlib
+
     assert bytes(r["embedding_source_sha256"]) == hashlib.sha256(c.body.encode()).digest()
 
 
@@ -93,8 +104,13 @@ def test_non_content_edit_never_changes_status(bank, column, value, start):
     bank.update(qid, **{column: value})
     after = bank.row(qid)
     assert after[column] == value
-    for col in ("embedding_status", "embedding", "embedding_due_at", "embedding_attempts",
-                "embedding_queued_at"):
+    for col in (
+        "embedding_status",
+        "embedding",
+        "embedding_due_at",
+        "embedding_attempts",
+        "embedding_queued_at",
+    ):
         assert after[col] == before[col], col
 
 
@@ -109,7 +125,7 @@ def test_edit_between_claim_and_complete_never_ends_ready(bank):
     qid = bank.insert("old text")
     [c] = bank.claim()
     bank.update(qid, question_text="new text")
-    assert bank.complete([c]) == set()          # the old vector is refused
+    assert bank.complete([c]) == set()  # the old vector is refused
     r = bank.row(qid)
     assert r["embedding_status"] == "stale" and r["embedding"] is None
     [c2] = bank.claim()
@@ -121,7 +137,7 @@ def test_edit_between_claim_and_complete_never_ends_ready(bank):
 def test_stale_complete_after_reclaim_is_refused(bank):
     qid = bank.insert()
     [old] = bank.claim(lease="1 microsecond")
-    [new] = bank.claim()                            # lease expired: someone else takes over
+    [new] = bank.claim()  # lease expired: someone else takes over
     assert new.id == qid and new.token != old.token
     assert bank.complete([old]) == set()
     assert bank.complete([new]) == {qid}
@@ -134,10 +150,17 @@ def test_client_cannot_set_status_by_hand(bank, status):
         bank.update(qid, embedding_status=status)
 
 
-@pytest.mark.parametrize("column,value", [
-    ("embedding", vector_for("x")), ("embedding_model", "m"), ("embedding_attempts", 3),
-    ("embedding_due_at", None), ("embedding_last_error", "e"), ("embedding_claim_token", None),
-])
+@pytest.mark.parametrize(
+    "column,value",
+    [
+        ("embedding", vector_for("x")),
+        ("embedding_model", "m"),
+        ("embedding_attempts", 3),
+        ("embedding_due_at", None),
+        ("embedding_last_error", "e"),
+        ("embedding_claim_token", None),
+    ],
+)
 def test_client_cannot_write_embedding_bookkeeping(bank, column, value):
     qid = bank.insert()
     if column == "embedding_claim_token":
@@ -165,14 +188,28 @@ def test_insert_ready_requires_a_verified_embedding(bank):
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="needs its embedding"):
         bank.insert("q", ("a", "b", "c", "d"), embedding_status="ready", embedding_model="m")
     import hashlib
+
     wrong = hashlib.sha256(b"another text").digest()
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="embedding_source_sha256 of its"):
-        bank.insert("q", ("a", "b", "c", "d"), embedding_status="ready", embedding_model="m",
-                    embedding=vector_for(text), embedding_source_sha256=wrong)
+    with pytest.raises(
+        psycopg.errors.InsufficientPrivilege, match="embedding_source_sha256 of its"
+    ):
+        bank.insert(
+            "q",
+            ("a", "b", "c", "d"),
+            embedding_status="ready",
+            embedding_model="m",
+            embedding=vector_for(text),
+            embedding_source_sha256=wrong,
+        )
     # a copied row with its embedding and the hash of its text stays ready: no re-embed
-    qid = bank.insert("q", ("a", "b", "c", "d"), embedding_status="ready", embedding_model="m",
-                      embedding=vector_for(text),
-                      embedding_source_sha256=hashlib.sha256(text.encode()).digest())
+    qid = bank.insert(
+        "q",
+        ("a", "b", "c", "d"),
+        embedding_status="ready",
+        embedding_model="m",
+        embedding=vector_for(text),
+        embedding_source_sha256=hashlib.sha256(text.encode()).digest(),
+    )
     assert bank.status(qid) == "ready"
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="must say embedding_status"):
         bank.insert(embedding=vector_for(text))
@@ -180,7 +217,9 @@ def test_insert_ready_requires_a_verified_embedding(bank):
 
 def test_soft_deleted_rows_are_never_claimed(bank):
     qid = bank.insert()
-    bank.update(qid, deleted_at=psycopg.types.datetime.datetime.now(psycopg.types.datetime.timezone.utc))
+    bank.update(
+        qid, deleted_at=psycopg.types.datetime.datetime.now(psycopg.types.datetime.timezone.utc)
+    )
     assert bank.claim() == []
 
 
@@ -221,25 +260,32 @@ def test_fail_keeps_previous_embedding_and_backs_off(bank, db):
     r = bank.row(qid)
     assert r["embedding_status"] == "failed" and r["embedding"] == old
     assert r["embedding_attempts"] == 1 and r["embedding_last_error"] == "server said no"
-    delay = db.execute("SELECT embedding_due_at - now() FROM study_questions WHERE id = %s",
-                       (qid,)).fetchone()[0]
-    assert 25 <= delay.total_seconds() <= 30      # retry_base 30 s, after the first failure
-    assert bank.claim() == []                     # not due yet
+    delay = db.execute(
+        "SELECT embedding_due_at - now() FROM study_questions WHERE id = %s", (qid,)
+    ).fetchone()[0]
+    assert 25 <= delay.total_seconds() <= 30  # retry_base 30 s, after the first failure
+    assert bank.claim() == []  # not due yet
 
 
 def test_backoff_doubles_to_the_cap_and_stops_after_max_attempts(bank, db):
-    db.execute("UPDATE study_embed.settings SET retry_base = '1 millisecond',"
-               " retry_max = '4 milliseconds', max_attempts = 5")
+    db.execute(
+        "UPDATE study_embed.settings SET retry_base = '1 millisecond',"
+        " retry_max = '4 milliseconds', max_attempts = 5"
+    )
     qid = bank.insert()
     delays = []
     for attempt in range(1, 6):
-        with db.transaction():                      # one now(): the delay is exact
+        with db.transaction():  # one now(): the delay is exact
             [c] = bank.claim()
             bank.fail([c])
             assert bank.row(qid)["embedding_attempts"] == attempt
-            delays.append(db.execute(
-                "SELECT round(extract(epoch FROM embedding_due_at - now()) * 1000)::int"
-                " FROM study_questions WHERE id = %s", (qid,)).fetchone()[0])
+            delays.append(
+                db.execute(
+                    "SELECT round(extract(epoch FROM embedding_due_at - now()) * 1000)::int"
+                    " FROM study_questions WHERE id = %s",
+                    (qid,),
+                ).fetchone()[0]
+            )
         db.execute("SELECT pg_sleep(0.01)")
     assert delays == [1, 2, 4, 4, None]
     assert bank.claim() == []
@@ -267,7 +313,7 @@ def test_release_does_not_count_an_attempt(bank):
     assert bank.release([c]) == {qid}
     r = bank.row(qid)
     assert r["embedding_status"] == "none" and r["embedding_attempts"] == 0
-    for _ in range(3):                              # released as often as needed
+    for _ in range(3):  # released as often as needed
         [c] = bank.claim()
         assert bank.release([c]) == {qid}
     assert bank.row(qid)["embedding_attempts"] == 0
@@ -285,16 +331,16 @@ def test_release_returns_failed_and_stale_rows_to_their_status(bank, db):
     assert bank.release(claimed, retry_in="1 hour") == {failed, stale}
     assert (bank.status(failed), bank.status(stale)) == ("failed", "stale")
     assert bank.row(failed)["embedding_attempts"] == 1
-    assert bank.claim() == []                       # retry_in respected
+    assert bank.claim() == []  # retry_in respected
 
 
 def test_expired_lease_counts_as_an_attempt_and_is_bounded(bank, db):
     db.execute("UPDATE study_embed.settings SET max_attempts = 3")
     qid = bank.insert()
     bank.claim(lease="1 microsecond")
-    bank.claim(lease="1 microsecond")               # expiry 1
+    bank.claim(lease="1 microsecond")  # expiry 1
     assert bank.row(qid)["embedding_attempts"] == 1
-    bank.claim(lease="1 microsecond")               # expiry 2
+    bank.claim(lease="1 microsecond")  # expiry 2
     assert bank.claim(lease="1 microsecond") == []  # expiry 3: attempts used up
     r = bank.row(qid)
     assert r["embedding_status"] == "failed" and r["embedding_due_at"] is None
@@ -304,8 +350,8 @@ def test_expired_lease_counts_as_an_attempt_and_is_bounded(bank, db):
 def test_two_connections_never_claim_the_same_row(bank, connect):
     ids = {bank.insert() for _ in range(40)}
     a, b = connect(autocommit=False), connect(autocommit=False)
-    ca = a.execute("SELECT id FROM study_embed.claim(25)").fetchall()   # a's transaction open
-    cb = b.execute("SELECT id FROM study_embed.claim(25)").fetchall()   # skips a's locked rows
+    ca = a.execute("SELECT id FROM study_embed.claim(25)").fetchall()  # a's transaction open
+    cb = b.execute("SELECT id FROM study_embed.claim(25)").fetchall()  # skips a's locked rows
     a.commit()
     b.commit()
     got_a, got_b = {r[0] for r in ca}, {r[0] for r in cb}
@@ -323,11 +369,15 @@ def test_complete_rejects_mismatched_arrays_and_wrong_dimension(bank, db):
     qid = bank.insert()
     [c] = bank.claim()
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="differ in length"):
-        db.execute("SELECT * FROM study_embed.complete(%s, %s, %s, 'm')",
-                   ([qid], [c.token, c.token], [vector_for("x")]))
+        db.execute(
+            "SELECT * FROM study_embed.complete(%s, %s, %s, 'm')",
+            ([qid], [c.token, c.token], [vector_for("x")]),
+        )
     with pytest.raises(psycopg.errors.DataException, match="expected 1024 dimensions"):
-        db.execute("SELECT * FROM study_embed.complete(%s, %s, %s, 'm')",
-                   ([qid], [c.token], [np.ones(3, dtype=np.float32)]))
+        db.execute(
+            "SELECT * FROM study_embed.complete(%s, %s, %s, 'm')",
+            ([qid], [c.token], [np.ones(3, dtype=np.float32)]),
+        )
     assert bank.status(qid) == "pending"
 
 
@@ -341,7 +391,9 @@ def test_requeue_model_keeps_serving_old_vectors(bank, db):
     claimed = bank.claim()
     assert {c.id for c in claimed} == {a, b}
     bank.complete(claimed, model="new-model")
-    assert db.execute("SELECT requeued FROM study_embed.requeue_model('new-model')").fetchone()[0] == 0
+    assert (
+        db.execute("SELECT requeued FROM study_embed.requeue_model('new-model')").fetchone()[0] == 0
+    )
 
 
 def test_status_view_counts_exactly(bank, db):
@@ -352,9 +404,12 @@ def test_status_view_counts_exactly(bank, db):
     bank.update(ids[0], question_text="edit")
     db.execute("UPDATE study_questions SET deleted_at = now() WHERE id = %s", (ids[5],))
     db.execute("DELETE FROM study_questions WHERE id = %s", (ids[4],))
-    want = dict(db.execute(
-        "SELECT embedding_status, count(*) FROM study_questions WHERE deleted_at IS NULL"
-        " GROUP BY 1").fetchall())
+    want = dict(
+        db.execute(
+            "SELECT embedding_status, count(*) FROM study_questions WHERE deleted_at IS NULL"
+            " GROUP BY 1"
+        ).fetchall()
+    )
     got = {s: live for s, live in db.execute("SELECT status, live FROM study_embed.status")}
     assert got == {s: want.get(s, 0) for s in ("none", "stale", "pending", "failed", "ready")}
     deleted = dict(db.execute("SELECT status, deleted FROM study_embed.status"))
@@ -362,7 +417,9 @@ def test_status_view_counts_exactly(bank, db):
     # folding the deltas changes nothing
     db.execute("SELECT study_embed.tick()")
     assert {s: live for s, live in db.execute("SELECT status, live FROM study_embed.status")} == got
-    oldest = db.execute("SELECT oldest_waiting FROM study_embed.status WHERE status = 'none'").fetchone()[0]
+    oldest = db.execute(
+        "SELECT oldest_waiting FROM study_embed.status WHERE status = 'none'"
+    ).fetchone()[0]
     assert oldest is not None
     db.execute("TRUNCATE study_question_attempts, study_questions CASCADE")
     assert sum(r[0] for r in db.execute("SELECT live FROM study_embed.status")) == 0
@@ -376,7 +433,9 @@ def test_notify_once_per_statement_and_only_when_claimable(bank, connect):
     bank.conn.execute(
         "INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,"
         " choice_3, choice_4, correct_choice) SELECT %s, %s, 'q' || g, 'a', 'b', 'c', 'd', 1"
-        " FROM generate_series(1, 50) g", (uid, tid))
+        " FROM generate_series(1, 50) g",
+        (uid, tid),
+    )
     got = list(listener.notifies(timeout=0.5))
     assert [n.channel for n in got] == ["study_embed"]
     # a non-content edit of rows that are ready wakes nobody
@@ -420,7 +479,8 @@ def test_a_writer_that_skipped_its_notify_is_never_lost(bank, connect):
     writer.execute(
         "INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,"
         " choice_3, choice_4, correct_choice) VALUES (%s, %s, 'late', 'a', 'b', 'c', 'd', 1)",
-        (bank.user_id, bank.topic_id))
+        (bank.user_id, bank.topic_id),
+    )
     # the writer holds the shared lock: the listener cannot sleep yet ...
     assert listener.execute("SELECT study_embed.listener_sleep(200)").fetchone()[0] == "busy"
     # ... and once the writer commits, the listener's look before sleeping finds its row
@@ -436,7 +496,7 @@ def test_a_second_listener_sleeps_on_the_first_ones_lock(bank, connect):
     assert second.execute("SELECT study_embed.listener_sleep()").fetchone()[0] == "other"
     bank.insert()
     assert len(list(first.notifies(timeout=1))) == 1
-    assert len(list(second.notifies(timeout=1))) == 1       # every listener is woken
+    assert len(list(second.notifies(timeout=1))) == 1  # every listener is woken
 
 
 def test_rows_given_back_now_wake_a_sleeping_listener(bank, connect):
@@ -448,8 +508,8 @@ def test_rows_given_back_now_wake_a_sleeping_listener(bank, connect):
     assert sleeper.execute("SELECT study_embed.listener_sleep()").fetchone()[0] == "asleep"
     bank.release(claimed, retry_in="1 hour")
     assert list(sleeper.notifies(timeout=0.3)) == []
-    assert bank.claim(10) == []                            # not due for an hour
-    bank.conn.execute("UPDATE study_questions SET question_text = 'x'")   # due again now
+    assert bank.claim(10) == []  # not due for an hour
+    bank.conn.execute("UPDATE study_questions SET question_text = 'x'")  # due again now
     got = list(sleeper.notifies(timeout=1))
     assert [n.payload for n in got] == ["update"]
     sleeper.execute("SELECT study_embed.listener_wake()")
@@ -464,7 +524,7 @@ def test_a_claim_skips_past_rows_whose_attempts_ran_out(bank, db):
     claim still hands out the work behind them (a drain stopped here before)."""
     db.execute("UPDATE study_embed.settings SET max_attempts = 1")
     stuck = [bank.insert() for _ in range(5)]
-    assert len(bank.claim(5, lease="1 microsecond")) == 5          # leases expire at once
+    assert len(bank.claim(5, lease="1 microsecond")) == 5  # leases expire at once
     fresh = [bank.insert() for _ in range(3)]
     assert sorted(c.id for c in bank.claim(5)) == sorted(fresh)
     assert {bank.status(i) for i in stuck} == {"failed"}
@@ -474,13 +534,13 @@ def test_backoff_never_overflows_and_attempts_are_bounded(bank, db):
     db.execute("UPDATE study_embed.settings SET max_attempts = 100")
     qid = bank.insert()
     [c] = bank.claim(1)
-    with db.transaction():                  # 60 failed attempts behind it (triggers bypassed)
+    with db.transaction():  # 60 failed attempts behind it (triggers bypassed)
         db.execute("SET LOCAL session_replication_role = replica")
         db.execute("UPDATE study_questions SET embedding_attempts = 60 WHERE id = %s", (qid,))
     assert bank.fail([c]) == {qid}
-    delay = db.execute("SELECT embedding_due_at - now() FROM study_questions WHERE id = %s",
-                       (qid,)).fetchone()[0]
-    assert timedelta(minutes=59) < delay <= timedelta(hours=1)      # retry_max, from an earlier now()
+    delay = db.execute(
+        "SELECT embedding_due_at - now() FROM study_questions WHERE id = %s", (qid,)
+    ).fetchone()[0]
+    assert timedelta(minutes=59) < delay <= timedelta(hours=1)  # retry_max, from an earlier now()
     with pytest.raises(psycopg.errors.CheckViolation):
         db.execute("UPDATE study_embed.settings SET max_attempts = 101")
-

@@ -26,8 +26,12 @@ CONTENT = ["question_text", "choice_1", "choice_2", "choice_3", "choice_4"]
 OTHER = ["correct_choice", "explanation", "subject", "scope"]
 WORDS = st.sampled_from(["사과", "apple", "x", "y", "2+2", "정답"])  # small: edits often repeat
 
-SETTINGS = settings(max_examples=200, stateful_step_count=40, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=200,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 class QueueMachine(RuleBasedStateMachine):
@@ -38,7 +42,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.bank = bank
         self.db = bank.conn
         self.db.execute("TRUNCATE study_question_attempts, study_questions CASCADE")
-        self.claims: list = []          # every claim handed out, current or voided
+        self.claims: list = []  # every claim handed out, current or voided
 
     @rule(target=questions, q=WORDS, c=st.tuples(WORDS, WORDS, WORDS, WORDS))
     def insert(self, q, c):
@@ -108,7 +112,9 @@ class QueueMachine(RuleBasedStateMachine):
         for qid, q, c1, c2, c3, c4, emb, sha in rows:
             text = render(q, c1, c2, c3, c4)
             assert emb is not None, qid
-            assert np.array_equal(emb.to_numpy(), vector_for(text)), f"row {qid} ready with a foreign vector"
+            assert np.array_equal(emb.to_numpy(), vector_for(text)), (
+                f"row {qid} ready with a foreign vector"
+            )
             assert bytes(sha) == hashlib.sha256(text.encode()).digest()
 
     @invariant()
@@ -117,22 +123,27 @@ class QueueMachine(RuleBasedStateMachine):
             "SELECT id, embedding_status FROM study_questions WHERE"
             " (embedding_status = 'pending') <> (embedding_claim_token IS NOT NULL)"
             " OR (embedding_status IN ('none', 'stale', 'pending') AND embedding_due_at IS NULL)"
-            " OR (embedding_status = 'ready' AND embedding_due_at IS NOT NULL)").fetchall()
+            " OR (embedding_status = 'ready' AND embedding_due_at IS NOT NULL)"
+        ).fetchall()
         assert bad == []
 
     @invariant()
     def status_counts_are_exact(self):
-        want = dict(self.db.execute(
-            "SELECT embedding_status, count(*) FROM study_questions WHERE deleted_at IS NULL"
-            " GROUP BY 1").fetchall())
-        got = {s: n for s, n in self.db.execute("SELECT status, live FROM study_embed.status")
-               if n}
+        want = dict(
+            self.db.execute(
+                "SELECT embedding_status, count(*) FROM study_questions WHERE deleted_at IS NULL"
+                " GROUP BY 1"
+            ).fetchall()
+        )
+        got = {s: n for s, n in self.db.execute("SELECT status, live FROM study_embed.status") if n}
         assert got == want
 
 
 def test_random_histories_keep_every_ready_row_correct(db, bank):
-    db.execute("UPDATE study_embed.settings SET retry_base = '1 millisecond',"
-               " retry_max = '2 milliseconds', max_attempts = 3")
+    db.execute(
+        "UPDATE study_embed.settings SET retry_base = '1 millisecond',"
+        " retry_max = '2 milliseconds', max_attempts = 3"
+    )
     run_state_machine_as_test(lambda: QueueMachine(bank), settings=SETTINGS)
 
 

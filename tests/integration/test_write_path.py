@@ -21,8 +21,10 @@ from ..helpers import QuestionBank, vector_for
 N = 4
 
 
-COUNTERS = ("SELECT pg_stat_get_xact_tuples_updated('study_questions'::regclass),"
-            " pg_stat_get_xact_tuples_hot_updated('study_questions'::regclass)")
+COUNTERS = (
+    "SELECT pg_stat_get_xact_tuples_updated('study_questions'::regclass),"
+    " pg_stat_get_xact_tuples_hot_updated('study_questions'::regclass)"
+)
 
 
 class Counted:
@@ -65,10 +67,12 @@ def _requeued(bank: QuestionBank, ids: list[int]) -> None:
 
 
 def test_unrelated_updates_of_ready_rows_are_hot(bank, ready):
-    for stmt in ("UPDATE study_questions SET correct_choice = 2",
-                 "UPDATE study_questions SET explanation = 'why', subject = 's', scope = 'c'",
-                 "UPDATE study_questions SET is_active = false, exam_name = 'e'",
-                 "UPDATE study_questions SET updated_at = now()"):
+    for stmt in (
+        "UPDATE study_questions SET correct_choice = 2",
+        "UPDATE study_questions SET explanation = 'why', subject = 's', scope = 'c'",
+        "UPDATE study_questions SET is_active = false, exam_name = 'e'",
+        "UPDATE study_questions SET updated_at = now()",
+    ):
         assert _updates(bank, stmt) == (N, N), stmt
 
 
@@ -82,22 +86,31 @@ def test_queue_transitions_are_hot(bank, ready):
         assert (len(claimed), *counted()) == (N, N, N)
     half = N // 2
     a, b = claimed[:half], claimed[half:]
-    assert _updates(bank, "SELECT * FROM study_embed.release(%s, %s)",
-                    ([c.id for c in a], [c.token for c in a])) == (half, half)
-    assert _updates(bank, "SELECT * FROM study_embed.fail(%s, %s, %s, true)",
-                    ([c.id for c in b], [c.token for c in b], ["e"] * len(b))) == (half, half)
+    assert _updates(
+        bank, "SELECT * FROM study_embed.release(%s, %s)", ([c.id for c in a], [c.token for c in a])
+    ) == (half, half)
+    assert _updates(
+        bank,
+        "SELECT * FROM study_embed.fail(%s, %s, %s, true)",
+        ([c.id for c in b], [c.token for c in b], ["e"] * len(b)),
+    ) == (half, half)
     assert _updates(bank, "SELECT study_embed.retry_failed()") == (half, half)
     # an edit of a row that is already waiting keeps its place in the queue: HOT too
-    assert _updates(bank, "UPDATE study_questions SET question_text = question_text || '!'"
-                    ) == (N, N)
+    assert _updates(bank, "UPDATE study_questions SET question_text = question_text || '!'") == (
+        N,
+        N,
+    )
     assert _updates(bank, "UPDATE study_questions SET embedding_status = 'stale'") == (N, N)
 
 
 def test_what_is_not_hot_is_one_graph_insert_per_new_vector(bank, ready):
     db = bank.conn
     # a text edit of a ready row: the row joins the queue index (its only non-HOT step) ...
-    assert _updates(bank, "UPDATE study_questions SET question_text = question_text || '?'"
-                    " WHERE id = %s", (ready[0],)) == (1, 0)
+    assert _updates(
+        bank,
+        "UPDATE study_questions SET question_text = question_text || '?' WHERE id = %s",
+        (ready[0],),
+    ) == (1, 0)
     # ... and its new vector is the second: re-embedding after an edit costs 2 graph inserts
     [c] = bank.claim(1)
     with db.transaction():
@@ -113,9 +126,9 @@ def test_a_new_row_costs_one_graph_insert(bank):
     with db.transaction():
         counted = Counted(db)
         [c] = bank.claim(1)
-        assert counted() == (1, 1)                        # the claim: no index entry
+        assert counted() == (1, 1)  # the claim: no index entry
         bank.complete([c], vectors=[vector_for("x")])
-        assert counted() == (2, 1)                        # the vector: the one insert
+        assert counted() == (2, 1)  # the vector: the one insert
     assert bank.status(qid) == "ready"
 
 
@@ -124,10 +137,14 @@ def test_a_permanent_failure_leaves_the_queue_and_an_edit_brings_it_back(bank, d
     bank.fail(bank.claim(1), retryable=False)
     r = bank.row(qid)
     assert (r["embedding_status"], r["embedding_queued_at"], r["embedding_due_at"]) == (
-        "failed", None, None)
+        "failed",
+        None,
+        None,
+    )
     assert bank.claim(10) == []
     assert db.execute("SELECT id, waiting_for_edit FROM study_embed.failures").fetchall() == [
-        (qid, True)]
+        (qid, True)
+    ]
     bank.update(qid, question_text="fixed")
     r = bank.row(qid)
     assert r["embedding_status"] == "stale" and r["embedding_queued_at"] is not None
@@ -139,10 +156,11 @@ def test_requeue_and_retry_work_in_bounded_batches(bank, db):
     bank.complete(bank.claim(100))
     after, calls, total = 0, 0, 0
     while after is not None:
-        n, after = db.execute("SELECT * FROM study_embed.requeue_model('m2', %s, 10)",
-                              (after,)).fetchone()
+        n, after = db.execute(
+            "SELECT * FROM study_embed.requeue_model('m2', %s, 10)", (after,)
+        ).fetchone()
         total, calls = total + n, calls + 1
-    assert (total, calls) == (25, 4)                     # 10 + 10 + 5, then the empty tail
+    assert (total, calls) == (25, 4)  # 10 + 10 + 5, then the empty tail
     claimed = bank.claim(100)
     bank.fail(claimed, retryable=False)
     assert db.execute("SELECT study_embed.retry_failed(NULL, 10)").fetchone()[0] == 10

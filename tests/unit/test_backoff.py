@@ -23,7 +23,6 @@ def test_backoff_never_overflows():
     assert b.next_delay() <= 60.0
 
 
-
 def test_an_unreachable_server_is_probed_and_the_breaker_half_opens_when_it_answers():
     answers = iter([False, False, True])
     probes = []
@@ -37,10 +36,10 @@ def test_an_unreachable_server_is_probed_and_the_breaker_half_opens_when_it_answ
         br.record_failure(unreachable=True)
         t0 = time.monotonic()
         await br.wait(asyncio.Event())
-        assert not br.is_open and br.failures == 1   # half-open: only a success resets
+        assert not br.is_open and br.failures == 1  # half-open: only a success resets
         return time.monotonic() - t0
 
-    assert asyncio.run(run()) < 5                   # not the 30 s backoff
+    assert asyncio.run(run()) < 5  # not the 30 s backoff
     assert len(probes) == 3
 
 

@@ -10,13 +10,21 @@ import httpx
 import numpy as np
 import pytest
 
-from study_embed.embedders import (CLIENTS, ClientConfig, Disposition, EmbeddingError, RowFailure,
-                                   check_vectors, parse_vectors)
+from study_embed.embedders import (
+    CLIENTS,
+    ClientConfig,
+    Disposition,
+    EmbeddingError,
+    RowFailure,
+    check_vectors,
+    parse_vectors,
+)
 
 
 def client(api: str, handler) -> object:
-    config = ClientConfig(api=api, url="http://embed.test", model="m", api_key=None,
-                          timeout=1.0, max_inputs=32)
+    config = ClientConfig(
+        api=api, url="http://embed.test", model="m", api_key=None, timeout=1.0, max_inputs=32
+    )
     http = httpx.AsyncClient(base_url=config.url, transport=httpx.MockTransport(handler))
     return CLIENTS[api](config, http=http)
 
@@ -30,6 +38,7 @@ def answer(status: int, body) -> callable:
         if isinstance(body, (bytes, str)):
             return httpx.Response(status, content=body, headers={"content-type": "text/html"})
         return httpx.Response(status, json=body)
+
     return handler
 
 
@@ -40,19 +49,30 @@ def disposition(api: str, handler, **kw) -> Disposition:
 
 
 @pytest.mark.parametrize("api", ["tei", "openai", "ollama"])
-@pytest.mark.parametrize("status,expected", [
-    (400, Disposition.SPLIT), (413, Disposition.SPLIT), (422, Disposition.SPLIT),
-    (401, Disposition.BACK_OFF), (403, Disposition.BACK_OFF), (404, Disposition.BACK_OFF),
-    (408, Disposition.BACK_OFF), (429, Disposition.BACK_OFF), (500, Disposition.BACK_OFF),
-    (503, Disposition.BACK_OFF),
-])
+@pytest.mark.parametrize(
+    "status,expected",
+    [
+        (400, Disposition.SPLIT),
+        (413, Disposition.SPLIT),
+        (422, Disposition.SPLIT),
+        (401, Disposition.BACK_OFF),
+        (403, Disposition.BACK_OFF),
+        (404, Disposition.BACK_OFF),
+        (408, Disposition.BACK_OFF),
+        (429, Disposition.BACK_OFF),
+        (500, Disposition.BACK_OFF),
+        (503, Disposition.BACK_OFF),
+    ],
+)
 def test_error_statuses(api, status, expected):
     assert disposition(api, answer(status, {"error": "x"})) is expected
 
 
 def test_teis_424_is_its_own_retry_later_and_only_teis():
-    assert disposition("tei", answer(424, {"error": "x", "error_type": "Backend"})) \
+    assert (
+        disposition("tei", answer(424, {"error": "x", "error_type": "Backend"}))
         is Disposition.RETRY_LATER
+    )
     assert disposition("openai", answer(424, {"error": "x"})) is Disposition.BACK_OFF
 
 
@@ -60,6 +80,7 @@ def test_teis_424_is_its_own_retry_later_and_only_teis():
 def test_no_answer_is_unreachable(exc):
     def handler(request):
         raise exc
+
     assert disposition("tei", handler) is Disposition.UNREACHABLE
 
 
@@ -69,23 +90,34 @@ def test_the_servers_own_words_are_in_the_message():
     assert "input too long" in str(e.value) and "HTTP 400" in str(e.value)
 
 
-@pytest.mark.parametrize("body", [
-    b"<html><body>502 Bad Gateway</body></html>",       # a proxy's page, 200
-    [[0.1, 0.2]],                                        # one vector for two texts
-    [[0.1, "0.2"], [0.3, 0.4]],                          # a number as a string
-    [[0.1, True], [0.3, 0.4]],                           # a boolean
-    [[0.1, None], [0.3, 0.4]],
-    [[], [0.3, 0.4]],
-    {"embeddings": [[0.1], [0.2]]},                      # another protocol's shape
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html><body>502 Bad Gateway</body></html>",  # a proxy's page, 200
+        [[0.1, 0.2]],  # one vector for two texts
+        [[0.1, "0.2"], [0.3, 0.4]],  # a number as a string
+        [[0.1, True], [0.3, 0.4]],  # a boolean
+        [[0.1, None], [0.3, 0.4]],
+        [[], [0.3, 0.4]],
+        {"embeddings": [[0.1], [0.2]]},  # another protocol's shape
+    ],
+)
 def test_unusable_2xx_replies_are_the_servers_fault(body):
     assert disposition("tei", answer(200, body)) is Disposition.BACK_OFF
 
 
 def test_openai_replies_are_sorted_by_index():
     def handler(request):
-        return httpx.Response(200, json={"data": [{"index": 1, "embedding": [0.0, 1.0]},
-                                                  {"index": 0, "embedding": [1.0, 0.0]}]})
+        return httpx.Response(
+            200,
+            json={
+                "data": [
+                    {"index": 1, "embedding": [0.0, 1.0]},
+                    {"index": 0, "embedding": [1.0, 0.0]},
+                ]
+            },
+        )
+
     a, b = embed("openai", handler)
     assert a.tolist() == [1.0, 0.0] and b.tolist() == [0.0, 1.0]
 
@@ -97,6 +129,7 @@ def test_requests_are_cut_at_max_inputs():
         n = len(json.loads(request.content)["inputs"])
         sizes.append(n)
         return httpx.Response(200, json=[[1.0, 0.0]] * n)
+
     c = client("tei", handler)
     c.config = ClientConfig(**{**c.config.__dict__, "max_inputs": 4})
     assert len(asyncio.run(c.embed(["t"] * 10))) == 10
@@ -113,8 +146,15 @@ def test_parse_vectors_is_float32_and_strict():
 
 def test_row_problems_fail_the_row_and_a_wrong_dimension_everywhere_is_the_server():
     ok = np.array([1.0, 0.0], dtype=np.float32)
-    out = check_vectors([ok, np.array([np.nan, 0], dtype=np.float32),
-                         np.zeros(2, dtype=np.float32), np.ones(3, dtype=np.float32)], dim=2)
+    out = check_vectors(
+        [
+            ok,
+            np.array([np.nan, 0], dtype=np.float32),
+            np.zeros(2, dtype=np.float32),
+            np.ones(3, dtype=np.float32),
+        ],
+        dim=2,
+    )
     assert out[0] is ok
     assert all(isinstance(o, RowFailure) and o.retryable for o in out[1:])
     nan, zero, wide = (o.message for o in out[1:])
@@ -124,15 +164,17 @@ def test_row_problems_fail_the_row_and_a_wrong_dimension_everywhere_is_the_serve
     assert e.value.disposition is Disposition.BACK_OFF and "3 dimensions" in str(e.value)
 
 
-@pytest.mark.parametrize("api,path", [("tei", "/health"), ("openai", "/v1/models"),
-                                      ("ollama", "/api/version")])
+@pytest.mark.parametrize(
+    "api,path", [("tei", "/health"), ("openai", "/v1/models"), ("ollama", "/api/version")]
+)
 def test_health_uses_each_protocols_route(api, path):
     seen = []
 
     def handler(request):
         seen.append(request.url.path)
         return httpx.Response(503 if len(seen) == 1 else 200)
+
     c = client(api, handler)
-    assert asyncio.run(c.healthy()) is False        # 5xx: not healthy
+    assert asyncio.run(c.healthy()) is False  # 5xx: not healthy
     assert asyncio.run(c.healthy()) is True
     assert seen == [path, path]

@@ -10,19 +10,31 @@ from psycopg_pool import PoolTimeout
 from study_embed.queue import clean_text, is_conflict, is_connection_error
 
 
-@pytest.mark.parametrize("exc", [
-    psycopg.OperationalError("connection refused"),          # no SQLSTATE: never connected
-    errors.AdminShutdown(), errors.CannotConnectNow(), errors.ConnectionFailure(),
-    PoolTimeout("no connection"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        psycopg.OperationalError("connection refused"),  # no SQLSTATE: never connected
+        errors.AdminShutdown(),
+        errors.CannotConnectNow(),
+        errors.ConnectionFailure(),
+        PoolTimeout("no connection"),
+    ],
+)
 def test_connection_class_failures_are_retried(exc):
     assert is_connection_error(exc)
 
 
-@pytest.mark.parametrize("exc", [
-    errors.QueryCanceled(), errors.LockNotAvailable(), errors.InsufficientPrivilege(),
-    errors.UndefinedFunction(), errors.DataError(), ValueError("bug"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        errors.QueryCanceled(),
+        errors.LockNotAvailable(),
+        errors.InsufficientPrivilege(),
+        errors.UndefinedFunction(),
+        errors.DataError(),
+        ValueError("bug"),
+    ],
+)
 def test_everything_else_is_raised(exc):
     assert not is_connection_error(exc)
 

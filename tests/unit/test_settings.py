@@ -35,15 +35,18 @@ def test_settings_of_other_commands_are_not_read():
     assert s.batch_size == 10
 
 
-@pytest.mark.parametrize("env,message", [
-    ({"EMBEDDING_API": "grpc"}, "EMBEDDING_API='grpc': must be one of tei, openai, ollama"),
-    ({"BATCH_SIZE": "0"}, "BATCH_SIZE='0': must be at least 1"),
-    ({"BATCH_SIZE": "2.5"}, "must be a whole number"),
-    ({"EMBEDDING_TIMEOUT": "soon"}, "EMBEDDING_TIMEOUT='soon': must be a number"),
-    ({"EMBEDDING_TIMEOUT": "inf"}, "must be greater than 0"),
-    ({"EMBEDDING_URL": "ftp://x"}, "must be an http(s) URL"),
-    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml'"),
-])
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"EMBEDDING_API": "grpc"}, "EMBEDDING_API='grpc': must be one of tei, openai, ollama"),
+        ({"BATCH_SIZE": "0"}, "BATCH_SIZE='0': must be at least 1"),
+        ({"BATCH_SIZE": "2.5"}, "must be a whole number"),
+        ({"EMBEDDING_TIMEOUT": "soon"}, "EMBEDDING_TIMEOUT='soon': must be a number"),
+        ({"EMBEDDING_TIMEOUT": "inf"}, "must be greater than 0"),
+        ({"EMBEDDING_URL": "ftp://x"}, "must be an http(s) URL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT='xml'"),
+    ],
+)
 def test_bad_values_name_the_setting(env, message):
     with pytest.raises(ConfigError) as e:
         Settings.resolve(None, "listen", {**URL, **env})
@@ -51,8 +54,10 @@ def test_bad_values_name_the_setting(env, message):
 
 
 def test_cron_switch():
-    assert Settings.resolve(None, "migrate", {**URL, "STUDY_EMBED_CRON": "off"}).study_embed_cron \
+    assert (
+        Settings.resolve(None, "migrate", {**URL, "STUDY_EMBED_CRON": "off"}).study_embed_cron
         is False
+    )
     with pytest.raises(ConfigError, match="must be on or off"):
         Settings.resolve(None, "migrate", {**URL, "STUDY_EMBED_CRON": "maybe"})
 

@@ -48,7 +48,7 @@ def test_one_poison_row_in_eight_is_found_in_log2_steps():
     assert [c.id for c, _ in done] == list(range(7))
     assert [(f.claim.id, f.retryable) for f in failed] == [(7, False)]
     assert "rejected by the embedding server" in failed[0].error
-    assert len(e.requests) == 1 + 2 + 2 + 2          # the batch, then one split per level
+    assert len(e.requests) == 1 + 2 + 2 + 2  # the batch, then one split per level
 
 
 def test_retry_later_fails_the_row_for_another_try():

@@ -1,0 +1,133 @@
+-- 036_duplicates.sql — re-runnable.  Near-duplicate questions: the pre-insert check, the
+-- near-duplicate pass that consumes study_embed.duplicate_queue (filled by complete()), the open
+-- pairs and their dismissal.  Built on _nearest()'s helpers (035_search.sql).
+--
+-- Tenant safety as in 035_search.sql: every entry point takes the requesting user explicitly.
+-- The pass (run by tick() and the listener) and the dismissal of a pair are SECURITY DEFINER;
+-- the rest runs with the caller's rights.
+--
+-- psql variables: :"vector_schema".
+
+-- Pre-insert check: near-duplicates of a query vector in a user's bank.
+CREATE OR REPLACE FUNCTION study_embed.find_duplicates(
+    for_user bigint, query :"vector_schema".vector, threshold real DEFAULT NULL)
+RETURNS TABLE (id bigint, similarity double precision, question_text text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT q.id, 1 - n.distance, q.question_text
+    FROM study_embed.settings s
+    CROSS JOIN LATERAL study_embed._nearest(for_user, query, s.duplicate_neighbours) n
+    JOIN public.study_questions q ON q.id = n.id AND q.user_id = for_user
+    WHERE 1 - n.distance >= coalesce(find_duplicates.threshold, s.duplicate_threshold)
+    ORDER BY n.distance, q.id;
+END;
+COMMENT ON FUNCTION study_embed.find_duplicates(bigint, :"vector_schema".vector, real) IS
+    'Questions of a user whose similarity to a query vector is at least the threshold '
+    '(default settings.duplicate_threshold): the check before inserting a question.';
+
+-- Record the near-duplicates of the given questions.  Their earlier open pairs are replaced
+-- (the text may have changed); dismissed pairs stay dismissed.  One set-based statement per
+-- chunk, with the same predicate and per-user filter as _nearest().
+CREATE OR REPLACE FUNCTION study_embed._record_duplicates(ids bigint[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET hnsw.ef_search = 100
+SET jit = off                 -- a short OLTP statement: compiling it costs more than it saves
+AS $$
+DECLARE
+    neighbours smallint;
+    threshold real;
+BEGIN
+    SELECT s.duplicate_neighbours, s.duplicate_threshold INTO neighbours, threshold
+    FROM study_embed.settings s;
+    PERFORM study_embed._tune_hnsw_scan(neighbours);
+    DELETE FROM study_embed.duplicate_candidates d
+    WHERE (d.question_id = ANY (ids) OR d.duplicate_of = ANY (ids)) AND d.dismissed_at IS NULL;
+    INSERT INTO study_embed.duplicate_candidates (question_id, duplicate_of, user_id, similarity)
+    SELECT least(q.id, n.id), greatest(q.id, n.id), q.user_id, (1 - n.distance)::real
+    FROM public.study_questions q
+    CROSS JOIN LATERAL (
+        SELECT o.id, study_embed._cosine_distance(o.embedding, q.embedding) AS distance
+        FROM public.study_questions o
+        WHERE o.deleted_at IS NULL AND o.embedding IS NOT NULL      -- the HNSW index predicate
+          AND o.user_id = q.user_id AND o.id <> q.id
+        ORDER BY study_embed._cosine_distance(o.embedding, q.embedding)
+        LIMIT neighbours) n
+    WHERE q.id = ANY (ids) AND q.deleted_at IS NULL
+      AND 1 - n.distance >= threshold
+    ON CONFLICT (question_id, duplicate_of) DO NOTHING;
+END;
+$$;
+
+-- The near-duplicate pass: questions embedded since the last pass (queued by complete()),
+-- oldest first, in chunks, until the queue is empty or the time budget is spent.  Its cost per
+-- question grows with the size of the user's bank (the planner scans a small bank exactly),
+-- which is why it is not part of complete().  Run by tick() and by an idle listener; concurrent
+-- runs take different chunks.  Returns how many questions it examined.
+CREATE OR REPLACE FUNCTION study_embed.detect_duplicates(budget interval DEFAULT '10 seconds',
+                                                         chunk integer DEFAULT 200)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    started timestamptz := clock_timestamp();
+    ids bigint[];
+    examined bigint := 0::bigint;
+BEGIN
+    LOOP
+        WITH taken AS (
+            DELETE FROM study_embed.duplicate_queue d
+            WHERE d.question_id IN (SELECT x.question_id FROM study_embed.duplicate_queue x
+                                    ORDER BY x.queued_at LIMIT chunk FOR UPDATE SKIP LOCKED)
+            RETURNING d.question_id)
+        SELECT array_agg(t.question_id) INTO ids FROM taken t;
+        EXIT WHEN ids IS NULL;
+        PERFORM study_embed._record_duplicates(ids);
+        examined := examined + cardinality(ids);
+        EXIT WHEN clock_timestamp() - started >= budget;
+    END LOOP;
+    RETURN examined;
+END;
+$$;
+COMMENT ON FUNCTION study_embed.detect_duplicates(interval, integer) IS
+    'Record near-duplicate pairs for questions embedded since the last pass, within a time budget.';
+
+-- Runs with the caller's rights (security_invoker): reading the texts needs SELECT on
+-- study_questions, as reading the table does.
+DROP VIEW IF EXISTS study_embed.duplicate_pairs;
+CREATE VIEW study_embed.duplicate_pairs WITH (security_invoker = true) AS
+SELECT d.user_id, d.question_id, d.duplicate_of, d.similarity, d.detected_at,
+       a.question_text AS question_text, b.question_text AS duplicate_text
+FROM study_embed.duplicate_candidates d
+JOIN public.study_questions a ON a.id = d.question_id AND a.user_id = d.user_id
+JOIN public.study_questions b ON b.id = d.duplicate_of AND b.user_id = d.user_id
+WHERE d.dismissed_at IS NULL AND a.deleted_at IS NULL AND b.deleted_at IS NULL;
+COMMENT ON VIEW study_embed.duplicate_pairs IS
+    'Open near-duplicate pairs of live questions, with both texts; filter by user_id.  Runs '
+    'with the caller''s rights.';
+
+-- Close a near-duplicate pair of one user ("not a duplicate"): the only way to write
+-- duplicate_candidates from outside the pipeline.  Either order of the two ids; a pair that
+-- is not that user's is left alone.  Returns whether a pair was dismissed.
+CREATE OR REPLACE FUNCTION study_embed.dismiss_duplicate(for_user bigint, question_id bigint,
+                                                        duplicate_of bigint)
+RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH dismissed AS (
+        UPDATE study_embed.duplicate_candidates d
+        SET dismissed_at = now()
+        WHERE d.user_id = dismiss_duplicate.for_user
+          AND d.question_id = least(dismiss_duplicate.question_id, dismiss_duplicate.duplicate_of)
+          AND d.duplicate_of = greatest(dismiss_duplicate.question_id, dismiss_duplicate.duplicate_of)
+          AND d.dismissed_at IS NULL
+        RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM dismissed);
+END;
+COMMENT ON FUNCTION study_embed.dismiss_duplicate(bigint, bigint, bigint) IS
+    'Dismiss the open near-duplicate pair (question_id, duplicate_of) of a user; false when '
+    'that user has no such open pair.';
