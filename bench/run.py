@@ -22,13 +22,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import faults as faults_bench
 import psycopg
 import search as search_bench
 import writers as writers_bench
-from common import LOAD_MANY, ROOT, add_users, scratch_database
+from common import LOAD_MANY, ROOT, add_users, free_port, scratch_database
 
 from study_embed_dev.embed_server import EmbedServer
 
@@ -92,7 +93,17 @@ def load_new_rows(url: str, n: int) -> None:
         conn.execute("VACUUM ANALYZE study_questions")
 
 
-def drain(cluster, url: str, server: EmbedServer, batch: int, conc: int, rows: int) -> dict:
+def drain(
+    cluster,
+    url: str,
+    server: EmbedServer,
+    batch: int,
+    conc: int,
+    rows: int,
+    metrics_port: int | None = None,
+) -> dict:
+    """One `study-embed drain`; with `metrics_port`, its metrics endpoint is on and scraped
+    every second while it runs (what Prometheus would do, five times more often)."""
     env = {
         **os.environ,
         "DATABASE_URL": url,
@@ -101,6 +112,8 @@ def drain(cluster, url: str, server: EmbedServer, batch: int, conc: int, rows: i
         "BATCH_SIZE": str(batch),
         "CONCURRENCY": str(conc),
     }
+    if metrics_port:
+        env["METRICS_PORT"] = str(metrics_port)
     pg0 = cluster_cpu_seconds(cluster)
     t0 = time.monotonic()
     p = subprocess.Popen(
@@ -112,6 +125,9 @@ def drain(cluster, url: str, server: EmbedServer, batch: int, conc: int, rows: i
     rss: list[float] = []  # the listener's RSS, MB, every 0.05 s
     sampler = threading.Thread(target=_sample_rss, args=(p, rss), daemon=True)
     sampler.start()
+    scrapes: list[int] = []
+    if metrics_port:
+        threading.Thread(target=_scrape, args=(p, metrics_port, scrapes), daemon=True).start()
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.monotonic() - t0
     sampler.join()
@@ -134,6 +150,18 @@ def drain(cluster, url: str, server: EmbedServer, batch: int, conc: int, rows: i
         "rss_mb_at_10pct": max(tenth, default=0.0),
         "rss_mb_at_end": max(rss[-20:], default=0.0),
     }
+
+
+def _scrape(proc: subprocess.Popen, port: int, out: list[int]) -> None:
+    """GET /metrics every second while `proc` runs; `out` gets each answer's status."""
+    while proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                r.read()
+                out.append(r.status)
+        except OSError:
+            pass
+        time.sleep(1.0)
 
 
 def _sample_rss(proc: subprocess.Popen, out: list[float]) -> None:
@@ -164,6 +192,21 @@ def bench_drains(p: dict, server: EmbedServer, log) -> dict:
                 f"drain {p['drain_rows']} rows, no vector index, batch {batch} x {conc}: "
                 f"{out[key]['rows_per_s']['median']:.0f} rows/s"
             )
+        # the metrics endpoint's cost: the best quick configuration with and without it,
+        # interleaved, scraped every second when on
+        with_m, without = [], []
+        for _ in range(p["repeats"] + 1):
+            load_new_rows(url, p["drain_rows"])
+            without.append(drain(cluster, url, server, 100, 2, p["drain_rows"]))
+            load_new_rows(url, p["drain_rows"])
+            with_m.append(drain(cluster, url, server, 100, 2, p["drain_rows"], free_port()))
+        out["metrics_off"] = {k: summary([r[k] for r in without]) for k in without[0]}
+        out["metrics_on"] = {k: summary([r[k] for r in with_m]) for k in with_m[0]}
+        log(
+            f"drain 100 x 2 without / with the metrics endpoint (scraped every second): "
+            f"{out['metrics_off']['rows_per_s']['median']:.0f} / "
+            f"{out['metrics_on']['rows_per_s']['median']:.0f} rows/s"
+        )
         for n in p["scaling_drain"]:
             load_new_rows(url, n)
             r = drain(cluster, url, server, 100, 4, n)
@@ -530,7 +573,8 @@ def fault_rows(fa: dict) -> list[tuple[str, str, str]]:
 def table(r: dict) -> str:
     d, ix, fr, cl, se = r["drain"], r["indexed"], r["freshness"], r["claim"], r["search"]
     best_key = max(
-        (k for k in d if not k.startswith("scaling")), key=lambda k: d[k]["rows_per_s"]["median"]
+        (k for k in d if not k.startswith(("scaling", "metrics"))),
+        key=lambda k: d[k]["rows_per_s"]["median"],
     )
     best = d[best_key]
     seed = d.get("10x2") or d.get("10x1")
@@ -617,6 +661,13 @@ def table(r: dict) -> str:
         ],
     ]
     rows += writer_rows(r["writers"])
+    rows.append(
+        (
+            "drain rows/s, 100 x 2: metrics endpoint off / on (scraped every 1 s)",
+            f"{mm(d['metrics_off']['rows_per_s'])} / {mm(d['metrics_on']['rows_per_s'])}",
+            "no measurable cost",
+        )
+    )
     rows += fault_rows(r["faults"])
     w = [max(len(str(row[i])) for row in rows) for i in range(3)]
     lines = [f"| {a:<{w[0]}} | {b:<{w[1]}} | {c:<{w[2]}} |" for a, b, c in rows]

@@ -50,6 +50,9 @@ SELECT coalesce(sum(live), 0)::bigint FROM study_embed.status WHERE status <> 'r
 SELECT to_regtype('vector') IS NOT NULL,
        to_regprocedure('study_embed.claim(integer, interval)') IS NOT NULL;
 
+-- name: ping
+SELECT 1;
+
 -- name: channel
 SELECT study_embed.channel();
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -111,9 +112,11 @@ async def _run_worker(cfg: Settings, mode: str) -> int:
         loop.add_signal_handler(sig, stop.set)
     progress: Progress | None = None
     progress_task = None
+    metrics = None
     left_failed = 0
     try:
         await worker.open()
+        metrics = _start_metrics(cfg, worker, loop)
         await worker.startup_checks(wait_for_server=mode == "listen", stop=stop)
         if mode == "drain":
             progress = Progress(worker, await worker.queue.waiting())
@@ -153,6 +156,8 @@ async def _run_worker(cfg: Settings, mode: str) -> int:
     finally:
         if progress_task:
             progress_task.cancel()
+        if metrics:
+            metrics.stop()
         await worker.close()
     if mode == "drain":
         return _drain_summary(worker, interrupted=stop.is_set(), left_failed=left_failed)
@@ -161,6 +166,35 @@ async def _run_worker(cfg: Settings, mode: str) -> int:
         extra={"fields": {"embedded": worker.stats.embedded, "failed": worker.stats.failed_total}},
     )
     return 0
+
+
+def _start_metrics(cfg: Settings, worker, loop: asyncio.AbstractEventLoop):
+    """METRICS_PORT: the endpoint, and the heartbeat behind /healthz (None when off)."""
+    if cfg.metrics_port is None:
+        return None
+    from .metrics import MetricsServer
+
+    try:
+        server = MetricsServer(
+            worker.stats,
+            loop,
+            status=lambda: worker.queue.status(retry=False),
+            checks={"database": worker.queue.ping, "embedding_server": worker.client.healthy},
+            breaker_open=lambda: worker.breaker.is_open,
+            host=cfg.metrics_host,
+            port=cfg.metrics_port,
+        )
+    except OSError as e:
+        raise ConfigError(
+            f"METRICS_PORT={cfg.metrics_port}: cannot listen on {cfg.metrics_host}: {e}"
+        ) from None
+    server.start()
+    server.beat_task = loop.create_task(server.heartbeat())
+    log.info(
+        "metrics endpoint up",
+        extra={"fields": {"url": f"http://{cfg.metrics_host}:{server.port}/metrics"}},
+    )
+    return server
 
 
 def _drain_summary(worker, interrupted: bool, left_failed: int) -> int:
@@ -230,6 +264,9 @@ def _cmd_status(cfg: Settings, args: argparse.Namespace) -> int:
         return await queue.status(), await queue.failures(args.errors)
 
     rows, failures = asyncio.run(_with_queue(cfg, "status", read))
+    if args.json:
+        print(json.dumps(_status_document(rows, failures), ensure_ascii=False, indent=2))
+        return 0
     print(f"{'status':<8} {'live':>10} {'deleted':>8}  oldest waiting")
     for r in rows:
         print(f"{r.status:<8} {r.live:>10} {r.deleted:>8}  {_fmt_age(r.oldest_waiting)}")
@@ -244,6 +281,35 @@ def _cmd_status(cfg: Settings, args: argparse.Namespace) -> int:
             )
             print(f"{f.id:>10} {f.attempts:>8}  {when:<20} {(f.last_error or '')[:100]}")
     return 0
+
+
+def _status_document(rows, failures) -> dict:
+    """`status --json`: the same facts, in base units, for scripts."""
+    ages = [r.oldest_waiting.total_seconds() for r in rows if r.oldest_waiting is not None]
+    return {
+        "statuses": {
+            r.status: {
+                "live": r.live,
+                "deleted": r.deleted,
+                "oldest_waiting_seconds": None
+                if r.oldest_waiting is None
+                else r.oldest_waiting.total_seconds(),
+            }
+            for r in rows
+        },
+        "waiting": sum(r.live for r in rows if r.status != "ready"),
+        "oldest_waiting_seconds": max(ages, default=None),
+        "failed_rows": [
+            {
+                "id": f.id,
+                "attempts": f.attempts,
+                "last_error": f.last_error,
+                "next_retry_at": None if f.next_retry_at is None else f.next_retry_at.isoformat(),
+                "waiting_for_edit": f.waiting_for_edit,
+            }
+            for f in failures
+        ],
+    }
 
 
 def _cmd_reembed(cfg: Settings, args: argparse.Namespace) -> int:
@@ -361,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                 help="re-apply functions, triggers and views even if unchanged",
             )
         if name == "status":
+            p.add_argument(
+                "--json", action="store_true", help="print one JSON document (for scripts)"
+            )
             p.add_argument(
                 "--errors",
                 type=int,

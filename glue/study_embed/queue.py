@@ -54,6 +54,7 @@ class Failure:
     claim: Claim
     error: str
     retryable: bool
+    kind: str = "rejected"  # for the metrics: rejected, unusable_vector, listener_error
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,10 @@ class QueueClient:
     async def compact_counts(self) -> None:
         await self._call("compact_counts")
 
+    async def ping(self) -> bool:
+        """Does the database answer (one try, no retry)?"""
+        return bool(await self._call("ping", retry=False))
+
     async def embedding_dimension(self) -> int | None:
         return await self._scalar("embedding_dimension")
 
@@ -247,8 +252,8 @@ class QueueClient:
         """Rows waiting for an embedding now (exact, from the status view)."""
         return await self._scalar("waiting") or 0
 
-    async def status(self) -> list[StatusRow]:
-        return [StatusRow(*r) for r in await self._call("status")]
+    async def status(self, retry: bool = True) -> list[StatusRow]:
+        return [StatusRow(*r) for r in await self._call("status", retry=retry)]
 
     async def failures(self, limit: int) -> list[FailedRow]:
         return [FailedRow(*r) for r in await self._call("failures", {"limit": limit})]

@@ -37,6 +37,8 @@ class Settings:
     shutdown_timeout: float = 20.0
     log_format: str = "text"
     log_level: str = "INFO"
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     embedding_dim: int | None = None
     study_embed_cron: bool = True
 
@@ -126,6 +128,16 @@ def _on_off(s: str) -> bool:
     raise ValueError("must be on or off")
 
 
+def _port(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise ValueError("must be a port number") from None
+    if not 1 <= v <= 65535:
+        raise ValueError("must be a port number between 1 and 65535")
+    return v
+
+
 def _http_url(s: str) -> str:
     url = urlparse(s)
     if url.scheme not in ("http", "https") or not url.netloc:
@@ -187,6 +199,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("LOG_FORMAT", "log format", choices=("text", "json"), commands=ALL),
     Setting("LOG_LEVEL", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), commands=ALL),
+    Setting(
+        "METRICS_PORT",
+        "serve /metrics, /healthz and /readyz on this port (off when unset)",
+        _port,
+    ),
+    Setting("METRICS_HOST", "address the metrics endpoint binds to (the container: 0.0.0.0)"),
     Setting(
         "EMBEDDING_DIM",
         "embedding dimension for a new schema (default 1024, bge-m3); an "

@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from itertools import count
 
 import numpy as np
@@ -27,6 +25,7 @@ import psycopg
 
 from .backoff import Backoff, Breaker, sleep_unless
 from .embedders import Disposition, EmbeddingClient, EmbeddingError, RowFailure
+from .metrics import Stats
 from .queue import (
     Claim,
     DatabaseUnavailable,
@@ -55,20 +54,6 @@ class StartupError(Exception):
         self.config = config
 
 
-@dataclass
-class Stats:
-    embedded: int = 0
-    failed: Counter[str] = field(default_factory=Counter)  # reason -> rows
-    released: int = 0
-    superseded: int = 0  # claim voided by an edit meanwhile
-    batches: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def failed_total(self) -> int:
-        return sum(self.failed.values())
-
-
 class Worker:
     def __init__(self, settings: Settings, queue: QueueClient, client: EmbeddingClient) -> None:
         self.s = settings
@@ -76,6 +61,7 @@ class Worker:
         self.client = client
         self.stats = Stats()
         self.breaker = Breaker(Backoff(base=1.0, cap=60.0), probe=client.healthy)
+        self.stats.watch(lambda: len(self._held), lambda: self.breaker.is_open)
         self.dim = 0
         self.gave_up = False
         self._held: dict[int, list[Claim]] = {}
@@ -174,8 +160,10 @@ class Worker:
     ) -> tuple[list[tuple[Claim, np.ndarray]], list[Failure]]:
         """Vectors and row failures; a rejected request is halved until the rejected rows are
         alone.  A server-side EmbeddingError escapes: the whole batch goes back."""
+        texts = [c.body for c in claims]
+        self.stats.sent(texts)
         try:
-            results = await self.client.embed([c.body for c in claims], self.dim)
+            results = await self.client.embed(texts, self.dim)
         except EmbeddingError as e:
             if e.server_side:
                 raise
@@ -200,6 +188,7 @@ class Worker:
                         claim,
                         "malformed reply from the embedding server: " + result.message,
                         result.retryable,
+                        "unusable_vector",
                     )
                 )
             else:
@@ -222,19 +211,18 @@ class Worker:
             )
             # due at once: the breaker, not the row, decides when the server is asked again
             await self.queue.release(claims, 0, f"embedding server unavailable: {e}")
-            self.stats.released += len(claims)
+            self.stats.released_rows(len(claims), "server_unavailable")
             self._held.pop(key, None)
             return
         self.breaker.record_success()
-        embed_ms = (time.monotonic() - t0) * 1000
+        t1 = time.monotonic()
+        embed_ms = (t1 - t0) * 1000
         written = await self.queue.complete(done, self.s.embedding_model)
         await self.queue.fail(failed)
         self._held.pop(key, None)
-        self.stats.batches += 1
-        self.stats.embedded += len(written)
-        self.stats.superseded += len(done) - len(written)
+        self.stats.batch(len(written), len(done) - len(written), t1 - t0, time.monotonic() - t1)
         for f in failed:
-            self.stats.failed[f.error[:160]] += 1
+            self.stats.row_failed(f.kind, f.error)
         log.info(
             "batch",
             extra={
@@ -294,12 +282,11 @@ class Worker:
                         raise  # the rows stay held: given back below, or by the lease
                     # a bug, or a database error writing the outcome: fail the batch, go on
                     log.exception("batch failed inside the listener")
-                    await self.queue.fail(
-                        [
-                            Failure(c, f"listener error: {type(e).__name__}: {first_line(e)}", True)
-                            for c in claims
-                        ]
-                    )
+                    error = f"listener error: {type(e).__name__}: {first_line(e)}"
+                    failures = [Failure(c, error, True, "listener_error") for c in claims]
+                    await self.queue.fail(failures)
+                    for f in failures:
+                        self.stats.row_failed(f.kind, f.error)
                     self._held.pop(key, None)
 
         tasks = [asyncio.create_task(producer())]
@@ -325,7 +312,7 @@ class Worker:
             await asyncio.wait_for(
                 self.queue.release(held, 0, reason, retry=False), GIVE_BACK_TIMEOUT
             )
-            self.stats.released += len(held)
+            self.stats.released_rows(len(held), "shutdown")
         except Exception as e:
             log.warning(
                 "could not give back rows; they return when their lease expires",
@@ -389,6 +376,7 @@ class Worker:
             except (psycopg.Error, DatabaseUnavailable) as e:
                 if stop.is_set():
                     break
+                self.stats.reconnected()
                 what = (
                     "lost the database connection; reconnecting"
                     if is_connection_error(e)

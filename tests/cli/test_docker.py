@@ -17,6 +17,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -35,7 +36,7 @@ from dockerfile_parse import DockerfileParser
 from study_embed.migrate import Migrator
 from study_embed.settings import SETTINGS, Settings
 
-from ..conftest import CLUSTER, drop_database, url_for
+from ..conftest import CLUSTER, _free_port, drop_database, url_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -453,3 +454,78 @@ def test_init_script_makes_a_listener_login_that_can_run_the_queue_and_nothing_e
             admin.execute(
                 psycopg.sql.SQL("DROP ROLE IF EXISTS {}").format(psycopg.sql.Identifier(login))
             )
+
+
+# -- operating it: health check, Prometheus, alerts --------------------------------------------
+
+PROMETHEUS = DOCKER / "prometheus"
+
+
+def test_the_listener_is_healthy_only_when_ready_and_exposes_its_metrics():
+    listener = compose()["services"]["listener"]
+    env = env_of(listener)
+    assert env["METRICS_PORT"] == "9108" and env["METRICS_HOST"] == "0.0.0.0"
+    assert listener["expose"] == ["9108"] and "ports" not in listener  # compose network only
+    test = listener["healthcheck"]["test"]
+    assert test[0] == "CMD" and "/readyz" in test[-1] and "METRICS_PORT" in test[-1]
+    # the health check's command runs: against a port where nothing listens it fails
+    r = subprocess.run(
+        [sys.executable, *test[2:]],
+        env={**os.environ, "METRICS_PORT": str(_free_port())},
+        capture_output=True,
+    )
+    assert r.returncode != 0
+    ins = dockerfile_instructions(DOCKER / "listener" / "Dockerfile")
+    assert ("EXPOSE", "9108") in ins
+    assert any(op == "ENV" and "METRICS_HOST=0.0.0.0" in rest for op, rest in ins)
+
+
+def test_the_prometheus_profile_scrapes_the_listener_with_a_pinned_image():
+    services = compose()["services"]
+    prom = services["prometheus"]
+    assert prom["profiles"] == ["prometheus"]
+    name, _, tag = prom["image"].rpartition(":")
+    assert name == "prom/prometheus" and tag.startswith("v") and tag != "latest"
+    mounts = {v.split(":")[1] for v in prom["volumes"] if v.startswith("./")}
+    assert mounts == {"/etc/prometheus/prometheus.yml", "/etc/prometheus/alerts.yml"}
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    [job] = config["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == [
+        f"listener:{env_of(services['listener'])['METRICS_PORT']}"
+    ]
+
+
+def _metric_names() -> set[str]:
+    from study_embed.metrics import Stats
+
+    names = {"study_embed_database_up", "study_embed_rows", "study_embed_oldest_waiting_seconds"}
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+    for family in Stats().registry.collect():
+        names |= {family.name + suffix for suffix in suffixes[family.type]}
+    return names
+
+
+def test_the_alert_rules_cover_what_an_operator_must_hear_and_use_real_metrics():
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    [group] = rules["groups"]
+    by_name = {r["alert"]: r for r in group["rules"]}
+    assert set(by_name) >= {
+        "StudyEmbedListenerDown",
+        "StudyEmbedQueueStale",
+        "StudyEmbedFailuresRising",
+        "StudyEmbedBreakerOpen",
+    }
+    known = _metric_names() | {"up"}
+    for name, rule in by_name.items():
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"]["summary"], name
+        used = set(re.findall(r"\b(study_embed_\w+|up)\b(?=[\[{\s)=<>]|$)", rule["expr"]))
+        assert used and used <= known, (name, used - known)
+    if shutil.which("promtool"):
+        r = subprocess.run(
+            ["promtool", "check", "rules", str(PROMETHEUS / "alerts.yml")],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
