@@ -38,8 +38,9 @@ from .settings import Settings
 
 log = logging.getLogger("study_embed.worker")
 PROBE_TEXT = "문제: dimension probe"
-SLEEP_LOCK_WAIT_MS = 50  # how long a listener waits for committing writers before it sleeps
-#                            (writers that come meanwhile NOTIFY: keep it short)
+# how long a listener waits for committing writers before it sleeps (writers that come
+# meanwhile NOTIFY: keep it short)
+SLEEP_LOCK_WAIT_MS = 50
 FOLD_EVERY = 10.0  # seconds between two foldings of the status counts by an idle listener
 DUPLICATE_BUDGET = 0.5  # seconds of near-duplicate work between two drains
 GIVE_BACK_TIMEOUT = 5.0  # seconds a shutdown spends giving back unfinished rows

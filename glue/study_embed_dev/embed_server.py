@@ -19,9 +19,11 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from study_embed.worker import PROBE_TEXT
+
 from .vectors import vector_for
 
-PROBE = "문제: dimension probe"  # what the listener embeds at start-up
+PROBE = PROBE_TEXT  # what the listener embeds at start-up
 TEI_ERRORS = {422: "Validation", 424: "Backend", 429: "Overloaded", 503: "Unhealthy", 400: "Empty"}
 
 
