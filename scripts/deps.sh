@@ -15,7 +15,7 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'deps: %s\n' "$*" >&2; exit 1; }
 
 manual_help="Install by hand: PostgreSQL >= 15 with its server headers, pgvector >= 0.7,
-pg_cron >= 1.4, plpgsql_check (tests only), Python >= 3.11; then run: python3 -m venv .venv && .venv/bin/pip install -e '.[test]'"
+pg_cron >= 1.4, plpgsql_check (tests only), Python >= 3.11; then run: python3 -m venv .venv && .venv/bin/pip install -e '.[test,lint]'"
 
 # ---------------------------------------------------------------- the system
 [ -r /etc/os-release ] || die "cannot read /etc/os-release: this script supports Debian 12 and 13 only.
@@ -114,9 +114,13 @@ else
     die "$py is older than 3.11; set PYTHON=/path/to/python3.11+"
   if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then apt_install python3-venv; fi
   [ -x "$venv/bin/python" ] || { log "creating $venv"; "$py" -m venv "$venv"; }
-  log "installing Python dependencies into $venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -e "$here[test,lint]"
+  piplog="$venv/pip.log"
+  log "installing Python dependencies into $venv (pip's output: $piplog)"
+  if ! { "$venv/bin/python" -m pip install --progress-bar off --upgrade pip &&
+         "$venv/bin/python" -m pip install --progress-bar off -e "$here[test,lint]"; } >"$piplog" 2>&1; then
+    tail -n 20 "$piplog" >&2
+    die "pip failed; its whole output is in $piplog"
+  fi
   echo "$want" >"$stamp"
 fi
 touch "$stamp"  # make's freshness check
