@@ -9,7 +9,7 @@ LOCALDB := $(PY) -m study_embed_dev.localdb
 WITH_DB := export DATABASE_URL="$${DATABASE_URL:-$$($(LOCALDB) url)}";
 
 .DEFAULT_GOAL := help
-.PHONY: help deps demo demo-down db-up db-down db-url migrate test test-unit lint listen drain status bench bench-full clean
+.PHONY: help deps demo demo-down db-up db-down db-url migrate test test-unit lint listen drain status bench bench-full eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ status: $(STAMP) ## show the embedding queue
 
 bench: $(STAMP) ## benchmarks, quick mode (a few minutes): prints a table, writes bench/results/
 	@$(PY) bench/run.py
+
+eval: $(STAMP) ## quality on the labelled set (eval/set.yaml) with EMBEDDING_URL's server, else the demo's
+	@$(PY) eval/run.py
 
 bench-full: $(STAMP) ## benchmarks, full mode (about 15 minutes, with a 1,000,000-row drain)
 	@$(PY) bench/run.py --full

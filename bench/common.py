@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import tempfile
 from pathlib import Path
 
-from study_embed.migrate import Migrator
-from study_embed_dev.localdb import Cluster
+from study_embed_dev.localdb import free_port, scratch_database
+
+__all__ = ["LOAD", "LOAD_MANY", "add_users", "free_port", "scratch_database"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,26 +41,3 @@ def add_users(conn, users: int = 1000, topics_per_user: int = 5) -> None:
         " ON CONFLICT DO NOTHING",
         (topics_per_user, topics_per_user, users * topics_per_user),
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def scratch_database(embedding_dim: int = 1024, settings: str = ""):
-    """A throwaway cluster with one migrated database `bench`; yields (cluster, url)."""
-    root = Path(tempfile.mkdtemp(prefix="study-embed-bench-"))
-    os.chmod(root, 0o755)
-    cluster = Cluster(datadir=root / "data", port=free_port())
-    try:
-        cluster.init()
-        cluster.start(extra_options=settings)
-        cluster.create_database("bench")
-        url = cluster.url("bench")
-        Migrator(url, embedding_dim=embedding_dim, cron=False, log=lambda m: None).run()
-        yield cluster, url
-    finally:
-        cluster.destroy()

@@ -13,12 +13,15 @@ unprivileged `postgres` OS user (created by Debian's postgresql package).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,6 +250,32 @@ def _cmd_down(_: argparse.Namespace) -> None:
 
 def _cmd_url(_: argparse.Namespace) -> None:
     print(default_url())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def scratch_database(embedding_dim: int = 1024, settings: str = ""):
+    """A throwaway cluster with one migrated database `bench` (benchmarks, `make eval`);
+    yields (cluster, url)."""
+    root = Path(tempfile.mkdtemp(prefix="study-embed-bench-"))
+    os.chmod(root, 0o755)
+    cluster = Cluster(datadir=root / "data", port=free_port())
+    try:
+        cluster.init()
+        cluster.start(extra_options=settings)
+        cluster.create_database("bench")
+        url = cluster.url("bench")
+        from study_embed.migrate import Migrator
+
+        Migrator(url, embedding_dim=embedding_dim, cron=False, log=lambda m: None).run()
+        yield cluster, url
+    finally:
+        cluster.destroy()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,64 @@
+"""`make eval` end to end on the deterministic loopback server, where every figure is known:
+a rephrasing that is the very same text has cosine 1, different texts are unrelated random
+vectors, and a query that is a question's rendered text finds it first."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..helpers import render
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_make_eval_computes_what_the_pipeline_stored(server, tmp_path):
+    groups = []
+    for i in range(3):
+        base = {"q": f"질문 {i}", "c": ["가", "나", "다", "라"]}
+        flip = {"q": f"다른 질문 {i}", "c": ["가", "나", "다", "라"]}
+        query = render(base["q"], *base["c"])  # the stored text itself
+        groups.append(
+            {"subject": "한국사", "base": base, "same": base | {}, "flip": flip, "query": query}
+        )
+    # `same` is the same text: load_set refuses nothing, the database takes both rows
+    (tmp_path / "set.yaml").write_text(json.dumps({"groups": groups}, ensure_ascii=False))
+    out = tmp_path / "result.json"
+    env = {
+        **os.environ,
+        "EMBEDDING_API": "tei",
+        "EMBEDDING_URL": server.url,
+        "EMBEDDING_MODEL": "test-model",
+    }
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "eval" / "run.py"),
+            "--set",
+            str(tmp_path / "set.yaml"),
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["pairs"] == {"rephrase": 3, "negative": 6, "same_topic": 2}
+    at = res["duplicates_at_configured"]
+    assert (at["true_pos"], at["false_pos"], at["false_neg"]) == (3, 0, 0)
+    assert at["precision"] == at["recall"] == at["f1"] == 1.0 and at["threshold"] == 0.92
+    assert res["similarity_by_kind"]["rephrase"]["min"] == pytest.approx(1.0)
+    assert res["similarity_by_kind"]["negative"]["max"] < 0.5
+    assert res["search"] == {"recall_at_1": 1.0, "recall_at_10": 1.0, "mrr": 1.0, "queries": 3}
+    # each base clusters with its identical twin, each flip alone
+    assert res["clusters"] == {"purity": 1.0, "inverse_purity": pytest.approx(6 / 9), "clusters": 6}
+    assert "make eval: test-model" in r.stdout and "recall@10 1.000" in r.stdout
