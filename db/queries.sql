@@ -62,7 +62,7 @@ FROM study_embed.search_questions(%(user_id)s, %(query)s, %(k)s, %(topic_id)s);
 
 -- name: find_duplicates
 SELECT id, similarity, question_text
-FROM study_embed.find_duplicates(%(user_id)s, %(query)s, %(threshold)s::real);
+FROM study_embed.find_duplicates(%(user_id)s, %(query)s, %(threshold)s::real, %(answer)s);
 
 -- name: render
 SELECT study_embed.render_question(%(question_text)s, %(choice_1)s, %(choice_2)s, %(choice_3)s,

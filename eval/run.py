@@ -114,10 +114,19 @@ def table(model: str, r: dict) -> str:
             + ", ".join(f"{n} {k} pairs" for k, n in r["pairs"].items())
             + f", {s['queries']} queries",
             f"  cosine by pair kind, median (min–max): {sims}",
-            f"  near-duplicates, configured threshold: {d(r['duplicates_at_configured'])}",
-            f"  near-duplicates, best F1:               {d(r['duplicates_best_f1'])}",
-            "  near-duplicates, best precision at recall >= 0.80: "
+            "  near-duplicates, the pipeline's pass (threshold and same-answer check as "
+            f"configured): {d(r['duplicates_pipeline'])}",
+            "  near-duplicates, cosine alone at that threshold: "
+            + d(r["duplicates_at_configured"]),
+            f"  near-duplicates, cosine alone, best F1: {d(r['duplicates_best_f1'])}",
+            "  near-duplicates, cosine alone, best precision at recall >= 0.80: "
             + d(r["duplicates_best_precision_at_recall_0_80"]),
+            "  cosine and the same correct answer, configured threshold: "
+            + d(r["duplicates_same_answer_at_configured"]),
+            "  cosine and the same correct answer, best F1: "
+            + d(r["duplicates_same_answer_best_f1"]),
+            "  cosine and the same correct answer, best precision at recall >= 0.80: "
+            + d(r["duplicates_same_answer_best_precision_at_recall_0_80"]),
             f"  search: recall@1 {s['recall_at_1']:.3f}, recall@10 {s['recall_at_10']:.3f}, "
             f"MRR {s['mrr']:.3f}",
             f"  wrong-answer clusters: {c['clusters']} clusters, purity {c['purity']:.3f}, "

@@ -8,9 +8,23 @@
 --
 -- psql variables: :"vector_schema".
 
+-- The text of a question's correct choice, as compared for near-duplicates: case and runs of
+-- white space do not count.  NULL when the correct choice is not 1 to 4.
+CREATE OR REPLACE FUNCTION study_embed.answer_key(choice_1 text, choice_2 text, choice_3 text,
+                                                  choice_4 text, correct integer)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN lower(btrim(regexp_replace(
+    CASE correct WHEN 1 THEN choice_1 WHEN 2 THEN choice_2 WHEN 3 THEN choice_3
+                 WHEN 4 THEN choice_4 END, '\s+', ' ', 'g')));
+COMMENT ON FUNCTION study_embed.answer_key(text, text, text, text, integer) IS
+    'The correct choice''s text, lower-cased, white space collapsed: near-duplicates share it.';
+
 -- Pre-insert check: near-duplicates of a query vector in a user's bank.
+DROP FUNCTION IF EXISTS study_embed.find_duplicates(bigint, :"vector_schema".vector, real);
 CREATE OR REPLACE FUNCTION study_embed.find_duplicates(
-    for_user bigint, query :"vector_schema".vector, threshold real DEFAULT NULL)
+    for_user bigint, query :"vector_schema".vector, threshold real DEFAULT NULL,
+    answer text DEFAULT NULL)
 RETURNS TABLE (id bigint, similarity double precision, question_text text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -19,15 +33,25 @@ BEGIN ATOMIC
     FROM study_embed.settings s
     CROSS JOIN LATERAL study_embed._nearest(for_user, query, s.duplicate_neighbours) n
     JOIN public.study_questions q ON q.id = n.id AND q.user_id = for_user
-    WHERE 1 - n.distance >= coalesce(find_duplicates.threshold, s.duplicate_threshold)
+    LEFT JOIN study_embed.model_thresholds m ON m.model = q.embedding_model
+    WHERE 1 - n.distance >= coalesce(find_duplicates.threshold, m.duplicate_threshold,
+                                     s.duplicate_threshold)
+      AND (find_duplicates.answer IS NULL OR NOT s.duplicate_same_answer
+           OR study_embed.answer_key(q.choice_1, q.choice_2, q.choice_3, q.choice_4,
+                                     q.correct_choice)
+              = lower(btrim(regexp_replace(find_duplicates.answer, '\s+', ' ', 'g'))))
     ORDER BY n.distance, q.id;
 END;
-COMMENT ON FUNCTION study_embed.find_duplicates(bigint, :"vector_schema".vector, real) IS
-    'Questions of a user whose similarity to a query vector is at least the threshold '
-    '(default settings.duplicate_threshold): the check before inserting a question.';
+COMMENT ON FUNCTION study_embed.find_duplicates(bigint, :"vector_schema".vector, real, text) IS
+    'Questions of a user whose similarity to a query vector is at least the threshold (default: '
+    'the model''s in model_thresholds, else settings.duplicate_threshold) and, given the new '
+    'question''s correct answer, whose correct choice reads the same: the check before '
+    'inserting a question.';
 
--- Record the near-duplicates of the given questions.  Their earlier open pairs are replaced
--- (the text may have changed); dismissed pairs stay dismissed.  One set-based statement per
+-- Record the near-duplicates of the given questions: among their nearest neighbours, those at
+-- least the model's threshold (model_thresholds, else settings.duplicate_threshold) whose
+-- correct choice reads the same (settings.duplicate_same_answer).  Their earlier open pairs are
+-- replaced (the text may have changed); dismissed pairs stay dismissed.  One set-based statement per
 -- chunk, with the same predicate and per-user filter as _nearest().
 CREATE OR REPLACE FUNCTION study_embed._record_duplicates(ids bigint[])
 RETURNS void
@@ -39,8 +63,10 @@ AS $$
 DECLARE
     neighbours smallint;
     threshold real;
+    same_answer boolean;
 BEGIN
-    SELECT s.duplicate_neighbours, s.duplicate_threshold INTO neighbours, threshold
+    SELECT s.duplicate_neighbours, s.duplicate_threshold, s.duplicate_same_answer
+    INTO neighbours, threshold, same_answer
     FROM study_embed.settings s;
     PERFORM study_embed._tune_hnsw_scan(neighbours);
     DELETE FROM study_embed.duplicate_candidates d
@@ -48,15 +74,22 @@ BEGIN
     INSERT INTO study_embed.duplicate_candidates (question_id, duplicate_of, user_id, similarity)
     SELECT least(q.id, n.id), greatest(q.id, n.id), q.user_id, (1 - n.distance)::real
     FROM public.study_questions q
+    LEFT JOIN study_embed.model_thresholds m ON m.model = q.embedding_model
     CROSS JOIN LATERAL (
-        SELECT o.id, study_embed._cosine_distance(o.embedding, q.embedding) AS distance
+        SELECT o.id, study_embed._cosine_distance(o.embedding, q.embedding) AS distance,
+               study_embed.answer_key(o.choice_1, o.choice_2, o.choice_3, o.choice_4,
+                                      o.correct_choice) AS answer
         FROM public.study_questions o
         WHERE o.deleted_at IS NULL AND o.embedding IS NOT NULL      -- the HNSW index predicate
           AND o.user_id = q.user_id AND o.id <> q.id
         ORDER BY study_embed._cosine_distance(o.embedding, q.embedding)
         LIMIT neighbours) n
     WHERE q.id = ANY (ids) AND q.deleted_at IS NULL
-      AND 1 - n.distance >= threshold
+      AND 1 - n.distance >= coalesce(m.duplicate_threshold, threshold)
+      -- a question one word away that asks for another answer is not a duplicate
+      AND (NOT same_answer
+           OR n.answer = study_embed.answer_key(q.choice_1, q.choice_2, q.choice_3, q.choice_4,
+                                                q.correct_choice))
     ON CONFLICT (question_id, duplicate_of) DO NOTHING;
 END;
 $$;

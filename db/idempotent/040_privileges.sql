@@ -31,6 +31,7 @@ GRANT EXECUTE ON FUNCTION
     study_embed._actor(),
     study_embed._vectors_differ(:"vector_schema".vector, :"vector_schema".vector),
     study_embed._cosine_distance(:"vector_schema".vector, :"vector_schema".vector),
+    study_embed.answer_key(text, text, text, text, integer),
     study_embed.channel(),
     study_embed._check_consistent(public.study_questions),
     study_embed._guard_insert(),
@@ -46,7 +47,7 @@ GRANT UPDATE (embedding, embedding_status, embedding_updated_at, embedding_model
               embedding_source_sha256, embedding_claim_token, embedding_due_at,
               embedding_queued_at, embedding_attempts, embedding_last_error)
     ON public.study_questions TO study_embed_pipeline;
-GRANT SELECT ON study_embed.settings TO study_embed_pipeline;
+GRANT SELECT ON study_embed.settings, study_embed.model_thresholds TO study_embed_pipeline;
 GRANT SELECT, INSERT, DELETE ON study_embed.status_counts TO study_embed_pipeline;
 GRANT SELECT, INSERT, UPDATE, DELETE ON study_embed.duplicate_queue TO study_embed_pipeline;
 GRANT SELECT, INSERT, UPDATE, DELETE ON study_embed.duplicate_candidates TO study_embed_pipeline;
@@ -114,9 +115,10 @@ GRANT EXECUTE ON FUNCTION
     study_embed.search_questions(bigint, :"vector_schema".vector, integer, bigint),
     study_embed.similar_questions(bigint, bigint, integer, boolean),
     study_embed.explanation_context(bigint, bigint, integer),
-    study_embed.find_duplicates(bigint, :"vector_schema".vector, real),
+    study_embed.find_duplicates(bigint, :"vector_schema".vector, real, text),
     study_embed.wrong_answer_clusters(bigint, integer, real),
     study_embed.dismiss_duplicate(bigint, bigint, bigint)
 TO study_embed_app;
-GRANT SELECT ON study_embed.settings, study_embed.duplicate_pairs, study_embed.duplicate_candidates
+GRANT SELECT ON study_embed.settings, study_embed.model_thresholds, study_embed.duplicate_pairs,
+    study_embed.duplicate_candidates
     TO study_embed_app;

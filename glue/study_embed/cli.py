@@ -380,7 +380,10 @@ def _cmd_search(cfg: Settings, args: argparse.Namespace) -> int:
 def _cmd_check_duplicate(cfg: Settings, args: argparse.Namespace) -> int:
     async def check(queue):
         text = await queue.render(args.question, args.choices)  # the pipeline's own renderer
-        return await queue.find_duplicates(args.user, await _embed_text(cfg, text), args.threshold)
+        answer = args.choices[args.correct - 1] if args.correct else None
+        return await queue.find_duplicates(
+            args.user, await _embed_text(cfg, text), args.threshold, answer
+        )
 
     hits = asyncio.run(_with_queue(cfg, "check-duplicate", check))
     _print_hits(hits, f"no near-duplicates among user {args.user}'s questions")
@@ -461,10 +464,19 @@ def build_parser() -> argparse.ArgumentParser:
                 help="the four choices, in order",
             )
             p.add_argument(
+                "--correct",
+                type=int,
+                choices=(1, 2, 3, 4),
+                default=None,
+                help="the correct choice: only questions whose correct choice reads the same "
+                "are near-duplicates (settings.duplicate_same_answer)",
+            )
+            p.add_argument(
                 "--threshold",
                 type=float,
                 default=None,
-                help="cosine similarity (default: settings.duplicate_threshold)",
+                help="cosine similarity (default: the model's in study_embed.model_thresholds, "
+                "else settings.duplicate_threshold)",
             )
     return parser
 

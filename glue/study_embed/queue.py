@@ -286,10 +286,13 @@ class QueueClient:
         return [Hit(*r) for r in rows]
 
     async def find_duplicates(
-        self, user_id: int, query: np.ndarray, threshold: float | None
+        self, user_id: int, query: np.ndarray, threshold: float | None, answer: str | None = None
     ) -> list[Hit]:
+        """Near-duplicates of a new question's vector; with `answer` (its correct choice's
+        text), only questions whose correct choice reads the same."""
         rows = await self._call(
-            "find_duplicates", {"user_id": user_id, "query": query, "threshold": threshold}
+            "find_duplicates",
+            {"user_id": user_id, "query": query, "threshold": threshold, "answer": answer},
         )
         return [Hit(*r) for r in rows]
 

@@ -56,6 +56,9 @@ def test_make_eval_computes_what_the_pipeline_stored(server, tmp_path):
     at = res["duplicates_at_configured"]
     assert (at["true_pos"], at["false_pos"], at["false_neg"]) == (3, 0, 0)
     assert at["precision"] == at["recall"] == at["f1"] == 1.0 and at["threshold"] == 0.92
+    # the pipeline's own pass records exactly the rephrasings
+    run = res["duplicates_pipeline"]
+    assert (run["true_pos"], run["false_pos"], run["false_neg"]) == (3, 0, 0)
     assert res["similarity_by_kind"]["rephrase"]["min"] == pytest.approx(1.0)
     assert res["similarity_by_kind"]["negative"]["max"] < 0.5
     assert res["search"] == {"recall_at_1": 1.0, "recall_at_10": 1.0, "mrr": 1.0, "queries": 3}

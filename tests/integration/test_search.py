@@ -290,7 +290,7 @@ def _embed_all(bank, vectors: dict[int, np.ndarray]) -> None:
 
 
 def test_complete_queues_rows_for_the_duplicate_pass(bank, db):
-    a, b = bank.insert("one"), bank.insert("two")
+    a, b = bank.insert("one", ("x", "y", "z", "w")), bank.insert("two", ("x", "y", "z", "w"))
     bank.complete(bank.claim(), vectors=[vector_for("same")] * 2)
     assert db.execute("SELECT count(*) FROM study_embed.duplicate_pairs").fetchone()[0] == 0
     queued = {r[0] for r in db.execute("SELECT question_id FROM study_embed.duplicate_queue")}
@@ -305,8 +305,9 @@ def test_complete_queues_rows_for_the_duplicate_pass(bank, db):
 def test_duplicates_are_recorded_for_near_copies_only(bank, db):
     rng = np.random.default_rng(11)
     base = unit(rng.standard_normal(1024))
-    original = bank.insert("What is the capital of France?")
-    copy = bank.insert("What's the capital city of France?")
+    paris = ("Paris", "Lyon", "Nice", "Lille")
+    original = bank.insert("What is the capital of France?", paris)
+    copy = bank.insert("What's the capital city of France?", paris[::-1], correct=4)
     unrelated = bank.insert("Solve 2x + 3 = 7.")
     other_user = bank.new_user()
     foreign = bank.insert("What is the capital of France?", user=other_user)
@@ -571,3 +572,73 @@ def test_wrong_answer_clusters_follow_the_documented_greedy_method(bank, db):
     ).fetchall()
     assert len({c for c, _, _ in want}) < len(ids) - 10  # real clusters, not singletons
     assert got == want
+
+
+def test_a_question_one_word_away_with_another_answer_is_not_a_duplicate(bank, db):
+    """낮추는/높이는: the same choices, vectors as close as a rephrasing's, another correct
+    choice.  The same-answer check keeps the pair out; switched off, it is recorded."""
+    rng = np.random.default_rng(5)
+    base = unit(rng.standard_normal(1024))
+    hormones = ("글루카곤", "인슐린", "아드레날린", "티록신")
+    lower = bank.insert("혈당량을 낮추는 호르몬은?", hormones, correct=2)
+    same = bank.insert("혈액 속 포도당 농도를 떨어뜨리는 호르몬은?", hormones[::-1], correct=3)
+    higher = bank.insert("혈당량을 높이는 호르몬은?", hormones, correct=1)
+    near = {q: unit(base + 0.01 * rng.standard_normal(1024) / 32) for q in (lower, same, higher)}
+    _embed_all(bank, near)
+    pairs = db.execute(
+        "SELECT question_id, duplicate_of FROM study_embed.duplicate_pairs"
+    ).fetchall()
+    assert pairs == [(lower, same)]  # 인슐린 both; 글루카곤 is another answer
+    # the pre-insert check with the new question's answer says the same
+    hits = {
+        r[0]
+        for r in db.execute(
+            "SELECT id FROM study_embed.find_duplicates(%s, %s, NULL, %s)",
+            (bank.user_id, near[higher], " 글루카곤 "),
+        )
+    }
+    assert hits == {higher}
+    assert (
+        len(
+            db.execute(
+                "SELECT id FROM study_embed.find_duplicates(%s, %s)", (bank.user_id, near[higher])
+            ).fetchall()
+        )
+        == 3
+    )  # no answer given
+    db.execute("UPDATE study_embed.settings SET duplicate_same_answer = false")
+    db.execute("UPDATE study_embed.duplicate_candidates SET dismissed_at = NULL")
+    bank.conn.execute(
+        "INSERT INTO study_embed.duplicate_queue (question_id) VALUES (%s)", (higher,)
+    )
+    db.execute("SELECT study_embed.detect_duplicates()")
+    assert db.execute("SELECT count(*) FROM study_embed.duplicate_pairs").fetchone()[0] == 3
+
+
+def test_a_models_own_threshold_overrides_the_setting(bank, db):
+    rng = np.random.default_rng(6)
+    base = unit(rng.standard_normal(1024))
+    choices = ("a", "b", "c", "d")
+    a, b = bank.insert("first", choices), bank.insert("second", choices)
+    close = unit(base + 0.3 * rng.standard_normal(1024) / 32)  # cosine about 0.96
+    sim = float(base @ close)
+    assert 0.92 < sim < 0.99
+    db.execute(
+        "INSERT INTO study_embed.model_thresholds (model, duplicate_threshold, chosen_by)"
+        " VALUES ('test-model', 0.99, 'a test')"
+    )
+    _embed_all(bank, {a: base, b: close})  # embedded by 'test-model'
+    assert db.execute("SELECT count(*) FROM study_embed.duplicate_pairs").fetchone()[0] == 0
+    assert (
+        db.execute(
+            "SELECT count(*) FROM study_embed.find_duplicates(%s, %s)", (bank.user_id, base)
+        ).fetchone()[0]
+        == 1
+    )  # itself only
+    db.execute(
+        "UPDATE study_embed.model_thresholds SET duplicate_threshold = 0.95"
+        " WHERE model = 'test-model'"
+    )
+    bank.conn.execute("INSERT INTO study_embed.duplicate_queue (question_id) VALUES (%s)", (a,))
+    db.execute("SELECT study_embed.detect_duplicates()")
+    assert db.execute("SELECT count(*) FROM study_embed.duplicate_pairs").fetchone()[0] == 1

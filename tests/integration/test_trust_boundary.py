@@ -258,6 +258,7 @@ def test_public_may_execute_only_pure_helpers(db, login):
         "_check_consistent",
         "_guard_insert",
         "_guard_update",
+        "answer_key",
     }
     # and _actor() says `client` for it, whatever it sets
     evil.execute("SELECT set_config('study_embed.actor', 'complete', false)")
@@ -312,7 +313,8 @@ def test_a_function_planted_in_a_writable_schema_never_runs(db, bank, login):
     a = bank.insert("photosynthesis?", ("a", "b", "c", "d"))
     b_ = bank.insert("photosynthesis happens where?", ("a", "b", "c", "d"))
     c = bank.insert("three")
-    app.execute("UPDATE study_questions SET correct_choice = 2 WHERE id = %s", (a,))
+    # the answer key changes for both (near-duplicates share their correct choice's text)
+    app.execute("UPDATE study_questions SET correct_choice = 2 WHERE id = ANY(%s)", ([a, b_],))
     rows = listener.execute("SELECT * FROM study_embed.claim(10)").fetchall()
     by_id = {r[0]: r for r in rows}
     listener.execute(
@@ -402,7 +404,12 @@ def test_a_role_without_select_reads_no_question_text(db, bank, login):
             " AND c.relkind IN ('r', 'v') AND has_table_privilege(c.oid, 'SELECT')"
         )
     ]
-    assert set(readable) == {"settings", "duplicate_candidates", "duplicate_pairs"}
+    assert set(readable) == {
+        "settings",
+        "model_thresholds",
+        "duplicate_candidates",
+        "duplicate_pairs",
+    }
     for relname in readable:
         try:
             rows = reader.execute(
