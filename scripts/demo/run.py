@@ -207,9 +207,11 @@ def report(url: str, served: server.Served) -> None:
             ):
                 print(f"    {sim:.3f}  {qtext}")
 
-        threshold = conn.execute("SELECT duplicate_threshold FROM study_embed.settings").fetchone()[
-            0
-        ]
+        threshold = conn.execute(  # the model's own threshold, else the setting
+            "SELECT coalesce((SELECT m.duplicate_threshold FROM study_embed.model_thresholds m"
+            " WHERE m.model = %s), s.duplicate_threshold) FROM study_embed.settings s",
+            (served.model,),
+        ).fetchone()[0]
         twins = {(u.email, q.text): q.twin for u in bank.users() for q in u.questions if q.twin}
         pairs = conn.execute(
             "SELECT u.email, p.similarity, p.question_text, p.duplicate_text"
@@ -225,7 +227,7 @@ def report(url: str, served: server.Served) -> None:
         n_twins = len({(e, t) for (e, _), t in twins.items()})
         _title(
             f"Near-duplicate pairs (study_embed.duplicate_pairs: cosine similarity >= "
-            f"{threshold:g}, same user)"
+            f"{threshold:g} and the same correct answer, same user)"
         )
         print(
             f"  The bank holds {n_twins} questions that a user typed twice in other words; "
