@@ -60,6 +60,10 @@ SELECT study_embed.channel();
 SELECT id, similarity, question_text
 FROM study_embed.search_questions(%(user_id)s, %(query)s, %(k)s, %(topic_id)s);
 
+-- name: search_hybrid
+SELECT id, similarity, question_text
+FROM study_embed.search_questions_hybrid(%(user_id)s, %(query)s, %(text)s, %(k)s, %(topic_id)s);
+
 -- name: find_duplicates
 SELECT id, similarity, question_text
 FROM study_embed.find_duplicates(%(user_id)s, %(query)s, %(threshold)s::real, %(answer)s);

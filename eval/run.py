@@ -103,7 +103,7 @@ def table(model: str, r: dict) -> str:
             f"at {x['threshold']:.3f}"
         )
 
-    s, c = r["search"], r["clusters"]
+    s, h, c = r["search"], r["search_hybrid"], r["clusters"]
     sims = "; ".join(
         f"{k} {v['median']:.3f} ({v['min']:.3f}–{v['max']:.3f})"
         for k, v in r["similarity_by_kind"].items()
@@ -127,8 +127,10 @@ def table(model: str, r: dict) -> str:
             + d(r["duplicates_same_answer_best_f1"]),
             "  cosine and the same correct answer, best precision at recall >= 0.80: "
             + d(r["duplicates_same_answer_best_precision_at_recall_0_80"]),
-            f"  search: recall@1 {s['recall_at_1']:.3f}, recall@10 {s['recall_at_10']:.3f}, "
-            f"MRR {s['mrr']:.3f}",
+            f"  search, dense: recall@1 {s['recall_at_1']:.3f}, "
+            f"recall@10 {s['recall_at_10']:.3f}, MRR {s['mrr']:.3f}",
+            f"  search, hybrid (dense + lexical, RRF): recall@1 {h['recall_at_1']:.3f}, "
+            f"recall@10 {h['recall_at_10']:.3f}, MRR {h['mrr']:.3f}",
             f"  wrong-answer clusters: {c['clusters']} clusters, purity {c['purity']:.3f}, "
             f"inverse purity {c['inverse_purity']:.3f}",
         ]

@@ -105,6 +105,68 @@ END;
 COMMENT ON FUNCTION study_embed.search_questions(bigint, :"vector_schema".vector, integer, bigint) IS
     'The k questions of a user most similar to a query vector, with cosine similarity.';
 
+-- The words of a free-text query as a tsquery of the 'simple' configuration: each word a prefix
+-- (a Korean stem finds its inflected forms: 고구려 matches 고구려를), any of them.  The text is
+-- split on white space and punctuation, so nothing in it is tsquery syntax; NULL when it has
+-- no word.
+CREATE OR REPLACE FUNCTION study_embed._words_query(query_text text)
+RETURNS tsquery
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (SELECT to_tsquery('simple', string_agg(quote_literal(w) || ':*', ' | '))
+        FROM regexp_split_to_table(lower(query_text), '[[:space:][:punct:]]+') AS w
+        WHERE w <> '');
+COMMENT ON FUNCTION study_embed._words_query(text) IS
+    'A free-text query as an OR of prefix lexemes (simple configuration).';
+
+-- Hybrid free-text search: the dense ranking (as search_questions) fused with a lexical one
+-- (the query's words in the question and its choices, ts_rank, 'simple' configuration) by
+-- reciprocal rank fusion (1 / (60 + rank), summed), so that an exact term (a year, a proper
+-- noun, ARP) is not lost to a near neighbour.  The lexical side scans the user's live rows
+-- (no index: nothing is added to the write path); `make eval` prints both rankings.
+CREATE OR REPLACE FUNCTION study_embed.search_questions_hybrid(
+    for_user bigint, query :"vector_schema".vector, query_text text, k integer DEFAULT 10,
+    topic_id bigint DEFAULT NULL)
+RETURNS TABLE (id bigint, similarity double precision, study_topic_id bigint,
+               question_text text, score double precision)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH dense AS (
+        SELECT n.id, row_number() OVER (ORDER BY n.distance, n.id) AS r
+        FROM study_embed._nearest(for_user, query, greatest(k, 50), topic_id) n
+    ), words AS (
+        SELECT study_embed._words_query(query_text) AS tsq
+    ), lexical AS (
+        SELECT x.id, row_number() OVER (ORDER BY x.rank DESC, x.id) AS r
+        FROM (
+            SELECT q.id,
+                   ts_rank(to_tsvector('simple', concat_ws(' ', q.question_text, q.choice_1,
+                                                         q.choice_2, q.choice_3, q.choice_4)),
+                           w.tsq) AS rank
+            FROM public.study_questions q, words w
+            WHERE q.user_id = for_user AND q.deleted_at IS NULL AND q.embedding IS NOT NULL
+              AND (search_questions_hybrid.topic_id IS NULL
+                   OR q.study_topic_id = search_questions_hybrid.topic_id)
+              AND to_tsvector('simple', concat_ws(' ', q.question_text, q.choice_1, q.choice_2,
+                                                  q.choice_3, q.choice_4)) @@ w.tsq
+            ORDER BY 2 DESC, q.id
+            LIMIT greatest(k, 50)
+        ) x
+    ), fused AS (
+        SELECT f.id, sum(1.0 / (60 + f.r))::double precision AS score
+        FROM (SELECT d.id, d.r FROM dense d UNION ALL SELECT l.id, l.r FROM lexical l) f
+        GROUP BY f.id
+    )
+    SELECT q.id, 1 - study_embed._cosine_distance(q.embedding, query), q.study_topic_id,
+           q.question_text, f.score
+    FROM fused f
+    JOIN public.study_questions q ON q.id = f.id AND q.user_id = for_user
+    ORDER BY f.score DESC, q.id
+    LIMIT k;
+END;
+COMMENT ON FUNCTION study_embed.search_questions_hybrid(bigint, :"vector_schema".vector, text, integer, bigint) IS
+    'Free-text search in one user''s questions: dense and lexical rankings fused (RRF).';
+
 -- Similar questions: the k most similar live questions of the requesting user to one of that
 -- user's questions (optionally of its topic), itself excluded.  Empty while the question has no
 -- embedding, and for a question that is not the user's.

@@ -116,6 +116,8 @@ GRANT EXECUTE ON FUNCTION
     study_embed.similar_questions(bigint, bigint, integer, boolean),
     study_embed.explanation_context(bigint, bigint, integer),
     study_embed.find_duplicates(bigint, :"vector_schema".vector, real, text),
+    study_embed.search_questions_hybrid(bigint, :"vector_schema".vector, text, integer, bigint),
+    study_embed._words_query(text),
     study_embed.wrong_answer_clusters(bigint, integer, real),
     study_embed.dismiss_duplicate(bigint, bigint, bigint)
 TO study_embed_app;

@@ -370,7 +370,11 @@ def _print_hits(hits, empty: str) -> None:
 
 def _cmd_search(cfg: Settings, args: argparse.Namespace) -> int:
     async def search(queue):
-        return await queue.search(args.user, await _embed_text(cfg, args.text), args.k, args.topic)
+        vec = await _embed_text(cfg, args.text)
+        if args.dense:
+            return await queue.search(args.user, vec, args.k, args.topic)
+        # dense and lexical rankings fused: make eval measured it better (BENCHMARKS.md)
+        return await queue.search_hybrid(args.user, vec, args.text, args.k, args.topic)
 
     hits = asyncio.run(_with_queue(cfg, "search", search))
     _print_hits(hits, f"no embedded questions of user {args.user}")
@@ -451,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "search":
             p.add_argument("text", help="what to look for")
             p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+            p.add_argument(
+                "--dense",
+                action="store_true",
+                help="rank by embedding similarity only (default: fused with the words' "
+                "lexical ranking, search_questions_hybrid)",
+            )
             p.add_argument(
                 "--topic", type=int, default=None, metavar="ID", help="only this study topic"
             )

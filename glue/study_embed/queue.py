@@ -285,6 +285,16 @@ class QueueClient:
         )
         return [Hit(*r) for r in rows]
 
+    async def search_hybrid(
+        self, user_id: int, query: np.ndarray, text: str, k: int, topic_id: int | None
+    ) -> list[Hit]:
+        """Dense and lexical rankings fused (study_embed.search_questions_hybrid)."""
+        rows = await self._call(
+            "search_hybrid",
+            {"user_id": user_id, "query": query, "text": text, "k": k, "topic_id": topic_id},
+        )
+        return [Hit(*r) for r in rows]
+
     async def find_duplicates(
         self, user_id: int, query: np.ndarray, threshold: float | None, answer: str | None = None
     ) -> list[Hit]:

@@ -218,18 +218,21 @@ def drain(url: str, env: dict[str, str]) -> None:
 
 async def _search_all(
     url: str, client: EmbeddingClient, s: EvalSet, user_of: dict[str, int]
-) -> list[list[int]]:
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Each query through search_questions (dense) and search_questions_hybrid."""
     queue = QueueClient(url, max_size=1, app_name="study-embed eval")
     await queue.open()
     try:
         vectors = await client.embed([q.text for q in s.queries])
-        out = []
+        dense, hybrid = [], []
         for q, vec in zip(s.queries, vectors, strict=True):
             if isinstance(vec, RowFailure):
                 raise SystemExit(f"eval: the server could not embed the query {q.text!r}")
             hits = await queue.search(user_of[q.subject], vec, 10, None)
-            out.append([h.id for h in hits])
-        return out
+            dense.append([h.id for h in hits])
+            fused = await queue.search_hybrid(user_of[q.subject], vec, q.text, 10, None)
+            hybrid.append([h.id for h in fused])
+        return dense, hybrid
     finally:
         await queue.close()
         await client.aclose()
@@ -289,9 +292,12 @@ def evaluate(url: str, s: EvalSet, client: EmbeddingClient, env: dict[str, str])
     kinds: dict[str, list[float]] = defaultdict(list)
     for p, (sim, _) in zip(s.pairs, scored, strict=True):
         kinds[p.kind].append(sim)
-    ranked = asyncio.run(_search_all(url, client, s, user_of))
-    search = search_figures(
-        [([by_id[i] for i in r], q.relevant) for r, q in zip(ranked, s.queries, strict=True)]
+    dense, hybrid = asyncio.run(_search_all(url, client, s, user_of))
+    search, search_hybrid = (
+        search_figures(
+            [([by_id[i] for i in r], q.relevant) for r, q in zip(ranked, s.queries, strict=True)]
+        )
+        for ranked in (dense, hybrid)
     )
     at_80 = precision_at_recall(scored, 0.80)
     # what the pass recorded, on the labelled pairs: 1 for a recorded pair, 0 for the others
@@ -316,5 +322,6 @@ def evaluate(url: str, s: EvalSet, client: EmbeddingClient, env: dict[str, str])
         if answer_at_80 is None
         else answer_at_80.__dict__,
         "search": search,
+        "search_hybrid": search_hybrid,
         "clusters": purity(clusters, {k: k[0] for k in ids}),
     }

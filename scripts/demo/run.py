@@ -16,8 +16,10 @@ reused.  A database made for another model's dimension is dropped and made again
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -169,6 +171,27 @@ def drain(url: str, served: server.Served) -> None:
         sys.exit(f"drain failed (exit {r.returncode}): see `study-embed status`")
 
 
+def quality(served: server.Served) -> None:
+    """What `make eval` measured for this model on the labelled set, when it has been run."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", served.model)
+    path = Path(__file__).resolve().parents[2] / "eval" / "results" / f"{slug}.json"
+    _title("Quality on the labelled set (make eval, eval/set.yaml)")
+    if not path.exists():
+        print(
+            f"  not measured on this machine yet: `make eval` measures {served.model} "
+            "(BENCHMARKS.md has the figures of the build machine)"
+        )
+        return
+    r = json.loads(path.read_text())
+    d, h = r["duplicates_pipeline"], r["search_hybrid"]
+    print(
+        f"  {r['model']}: the near-duplicate pass finds rephrasings with precision "
+        f"{d['precision']:.3f} and recall {d['recall']:.3f}; search (hybrid) has recall@10 "
+        f"{h['recall_at_10']:.3f} and MRR {h['mrr']:.3f} over {h['queries']} queries.\n"
+        f"  ({len(r['pairs'])} kinds of labelled pairs; all figures in {path.name}, eval/results/)"
+    )
+
+
 def report(url: str, served: server.Served) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         t0 = time.monotonic()
@@ -312,6 +335,7 @@ def main() -> None:
     load_bank(url)
     drain(url, served)
     report(url, served)
+    quality(served)
     print(
         f"\nmake demo took {time.monotonic() - started:.0f} s.  The database: "
         f"DATABASE_URL={url}\n`make demo-down` stops the embedding server and PostgreSQL."

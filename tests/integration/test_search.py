@@ -642,3 +642,32 @@ def test_a_models_own_threshold_overrides_the_setting(bank, db):
     bank.conn.execute("INSERT INTO study_embed.duplicate_queue (question_id) VALUES (%s)", (a,))
     db.execute("SELECT study_embed.detect_duplicates()")
     assert db.execute("SELECT count(*) FROM study_embed.duplicate_pairs").fetchone()[0] == 1
+
+
+def test_hybrid_search_keeps_an_exact_term_that_the_vector_misses(bank, db):
+    """The query's vector is closest to another question; its words name 1876 and 강화도.
+    Fused with the lexical ranking, the question holding those words comes first; another
+    user's copy never appears; no query text breaks the query."""
+    years = ("1866년", "1871년", "1876년", "1882년")
+    treaty = bank.insert("강화도 조약이 체결된 해는?", years, correct=3)
+    other_q = bank.insert("신미양요가 일어난 해는?", years, correct=2)
+    foreign = bank.insert("강화도 조약이 체결된 해는?", years, user=bank.new_user())
+    rng = np.random.default_rng(8)
+    vec = {q: unit(rng.standard_normal(1024)) for q in (treaty, other_q, foreign)}
+    _embed_all(bank, vec)
+    query = unit(vec[other_q] + 0.2 * vec[treaty])  # dense: other_q, then treaty
+
+    def ids(fn: str, text: str | None = None) -> list[int]:
+        if text is None:
+            rows = db.execute(f"SELECT id FROM study_embed.{fn}(%s, %s, 10)", (bank.user_id, query))
+        else:
+            rows = db.execute(
+                f"SELECT id FROM study_embed.{fn}(%s, %s, %s, 10)", (bank.user_id, query, text)
+            )
+        return [r[0] for r in rows]
+
+    assert ids("search_questions") == [other_q, treaty]
+    assert ids("search_questions_hybrid", "강화도 조약 1876") == [treaty, other_q]
+    assert ids("search_questions_hybrid", "") == [other_q, treaty]  # no words: dense order
+    for hostile in ("a' | !b & (c", "':* <-> \\", "!!!", "강화도' OR 1=1 --"):
+        assert foreign not in ids("search_questions_hybrid", hostile)
