@@ -188,7 +188,7 @@ def quality(served: server.Served) -> None:
         f"  {r['model']}: the near-duplicate pass finds rephrasings with precision "
         f"{d['precision']:.3f} and recall {d['recall']:.3f}; search (hybrid) has recall@10 "
         f"{h['recall_at_10']:.3f} and MRR {h['mrr']:.3f} over {h['queries']} queries.\n"
-        f"  ({len(r['pairs'])} kinds of labelled pairs; all figures in {path.name}, eval/results/)"
+        f"  ({sum(r['pairs'].values())} labelled pairs; every figure in eval/results/{path.name})"
     )
 
 
