@@ -228,9 +228,11 @@ COMMENT ON FUNCTION study_embed.explanation_context(bigint, bigint, integer) IS
 -- Every member is therefore within `threshold` of its representative (no chaining), and a
 -- question with no close neighbour is a cluster of its own.  Cost: the pairwise similarities
 -- of the `recent` vectors (one set-based statement over vectors read once), then a pass per
--- cluster over the questions and the close pairs (BENCHMARKS.md: 500 wrong answers).
+-- cluster over the questions and the close pairs (BENCHMARKS.md: 500 wrong answers).  Without
+-- a threshold, the model's (model_thresholds.cluster_threshold, for the model that embedded
+-- most of the user's questions), else 0.75.
 CREATE OR REPLACE FUNCTION study_embed.wrong_answer_clusters(
-    for_user bigint, recent integer DEFAULT 50, threshold real DEFAULT 0.75)
+    for_user bigint, recent integer DEFAULT 50, threshold real DEFAULT NULL)
 RETURNS TABLE (cluster integer, representative_id bigint, question_id bigint,
                similarity double precision, question_text text, last_wrong_at timestamptz)
 LANGUAGE plpgsql STABLE
@@ -264,6 +266,15 @@ BEGIN
     IF recent IS NULL OR recent < 1 OR recent > 500 THEN
         RAISE EXCEPTION 'recent must be between 1 and 500, not %', recent
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF threshold IS NULL THEN
+        SELECT m.cluster_threshold INTO threshold
+        FROM study_embed.model_thresholds m
+        WHERE m.model = (SELECT q.embedding_model FROM public.study_questions q
+                         WHERE q.user_id = for_user AND q.deleted_at IS NULL
+                           AND q.embedding_model IS NOT NULL
+                         GROUP BY q.embedding_model ORDER BY count(*) DESC, 1 LIMIT 1);
+        threshold := coalesce(threshold, 0.75);
     END IF;
     SELECT array_agg(x.id ORDER BY x.answered_at DESC, x.id),
            array_agg(x.answered_at ORDER BY x.answered_at DESC, x.id),

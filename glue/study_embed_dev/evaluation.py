@@ -27,6 +27,8 @@ from study_embed.embedders import EmbeddingClient, RowFailure
 from study_embed.queue import QueueClient
 
 ROLES = ("base", "same", "flip")
+# cluster thresholds tried besides the pipeline's own (the model's, else the function's default)
+CLUSTER_THRESHOLDS = (0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.96)
 
 
 @dataclass(frozen=True)
@@ -266,16 +268,27 @@ def evaluate(url: str, s: EvalSet, client: EmbeddingClient, env: dict[str, str])
             )
         }
         by_id = {v: k for k, v in ids.items()}
-        clusters = []
-        for uid in user_of.values():
-            rows = conn.execute(
-                "SELECT cluster, question_id FROM study_embed.wrong_answer_clusters(%s, 500)",
-                (uid,),
-            ).fetchall()
-            grouped: dict[int, list] = defaultdict(list)
-            for c, qid in rows:
-                grouped[c].append(by_id[qid])
-            clusters += list(grouped.values())
+
+        def clusters_at(threshold: float | None) -> list[list]:
+            out: list[list] = []
+            for uid in user_of.values():
+                rows = conn.execute(  # no threshold: the function's own choice
+                    "SELECT cluster, question_id"
+                    " FROM study_embed.wrong_answer_clusters(%s, 500, %s::real)"
+                    if threshold is not None
+                    else "SELECT cluster, question_id"
+                    " FROM study_embed.wrong_answer_clusters(%s, 500)",
+                    (uid, threshold) if threshold is not None else (uid,),
+                ).fetchall()
+                grouped: dict[int, list] = defaultdict(list)
+                for c, qid in rows:
+                    grouped[c].append(by_id[qid])
+                out += list(grouped.values())
+            return out
+
+        labels = {k: k[0] for k in ids}
+        clusters = clusters_at(None)
+        by_threshold = {t: purity(clusters_at(t), labels) for t in CLUSTER_THRESHOLDS}
 
     def cos(a: int, b: int) -> float:
         x, y = vec[a], vec[b]
@@ -323,5 +336,6 @@ def evaluate(url: str, s: EvalSet, client: EmbeddingClient, env: dict[str, str])
         else answer_at_80.__dict__,
         "search": search,
         "search_hybrid": search_hybrid,
-        "clusters": purity(clusters, {k: k[0] for k in ids}),
+        "clusters": purity(clusters, labels),
+        "clusters_by_threshold": {str(t): v for t, v in by_threshold.items()},
     }

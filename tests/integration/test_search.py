@@ -671,3 +671,38 @@ def test_hybrid_search_keeps_an_exact_term_that_the_vector_misses(bank, db):
     assert ids("search_questions_hybrid", "") == [other_q, treaty]  # no words: dense order
     for hostile in ("a' | !b & (c", "':* <-> \\", "!!!", "강화도' OR 1=1 --"):
         assert foreign not in ids("search_questions_hybrid", hostile)
+
+
+def test_clusters_take_the_models_threshold_when_none_is_given(bank, db):
+    """e5 scores unrelated questions about 0.86: its cluster threshold is its own.  Two
+    questions at cosine ~0.9 cluster at the function's 0.75, not at the model's 0.95."""
+    rng = np.random.default_rng(9)
+    base = unit(rng.standard_normal(1024))
+    a, b = bank.insert("first"), bank.insert("second")
+    close = unit(base + 0.45 * rng.standard_normal(1024) / 32)
+    assert 0.75 < float(base @ close) < 0.95
+    _embed_all(bank, {a: base, b: close})  # embedded by 'test-model'
+    for q in (a, b):
+        db.execute(
+            "INSERT INTO study_question_attempts (user_id, study_question_id, study_topic_id,"
+            " selected_choice, correct_choice, is_correct) VALUES (%s, %s, %s, 2, 1, false)",
+            (bank.user_id, q, bank.topic_id),
+        )
+
+    def clusters(
+        sql: str = "SELECT count(DISTINCT cluster) FROM study_embed.wrong_answer_clusters(%s)",
+    ) -> int:
+        return db.execute(sql, (bank.user_id,)).fetchone()[0]
+
+    assert clusters() == 1  # no row for the model: 0.75
+    db.execute(
+        "INSERT INTO study_embed.model_thresholds (model, duplicate_threshold,"
+        " cluster_threshold, chosen_by) VALUES ('test-model', 0.92, 0.95, 'a test')"
+    )
+    assert clusters() == 2
+    assert (
+        clusters(
+            "SELECT count(DISTINCT cluster) FROM study_embed.wrong_answer_clusters(%s, 50, 0.75)"
+        )
+        == 1
+    )  # given: used
