@@ -189,7 +189,6 @@ def _start_metrics(cfg: Settings, worker, loop: asyncio.AbstractEventLoop):
             f"METRICS_PORT={cfg.metrics_port}: cannot listen on {cfg.metrics_host}: {e}"
         ) from None
     server.start()
-    server.beat_task = loop.create_task(server.heartbeat())
     log.info(
         "metrics endpoint up",
         extra={"fields": {"url": f"http://{cfg.metrics_host}:{server.port}/metrics"}},

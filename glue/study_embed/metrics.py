@@ -232,7 +232,9 @@ class MetricsServer:
         )
 
     def start(self) -> None:
+        """Serve, and beat on the event loop (call it from the loop's thread)."""
         self._thread.start()
+        self.beat_task = self.loop.create_task(self.heartbeat())
 
     def stop(self) -> None:
         if self.beat_task:

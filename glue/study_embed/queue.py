@@ -8,6 +8,10 @@ results, and the one place that decides what a database error means.
 - Deadlocks and serialization failures are retried a few times, then raised.
 - Everything else (a statement timeout, a lock timeout, a missing privilege) is raised as it
   is: retrying would only repeat it.
+
+complete/fail/release are safe to repeat (they act only on the current claim).  A claim whose
+reply was lost with the connection leaves its rows pending until their lease expires: the price
+of never handing one row to two listeners.
 """
 
 from __future__ import annotations

