@@ -65,16 +65,7 @@ def server_env() -> dict[str, str]:
 
 def client_for(env: dict[str, str]):
     cfg = Settings.resolve(None, "search", {**env, "DATABASE_URL": "unused"})
-    return cfg, make_client(
-        ClientConfig(
-            api=cfg.embedding_api,
-            url=cfg.embedding_url,
-            model=cfg.embedding_model,
-            api_key=cfg.embedding_api_key,
-            timeout=cfg.embedding_timeout,
-            max_inputs=cfg.embedding_max_inputs,
-        )
-    )
+    return cfg, make_client(ClientConfig.of(cfg))
 
 
 def dimension(env: dict[str, str]) -> int:

@@ -47,16 +47,7 @@ def _cmd_migrate(cfg: Settings, args: argparse.Namespace) -> int:
 def _client(cfg: Settings):
     from .embedders import ClientConfig, make_client
 
-    return make_client(
-        ClientConfig(
-            api=cfg.embedding_api,
-            url=cfg.embedding_url,
-            model=cfg.embedding_model,
-            api_key=cfg.embedding_api_key,
-            timeout=cfg.embedding_timeout,
-            max_inputs=cfg.embedding_max_inputs,
-        )
-    )
+    return make_client(ClientConfig.of(cfg))
 
 
 def _queue(cfg: Settings, app: str, max_size: int = 1):

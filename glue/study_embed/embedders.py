@@ -29,6 +29,8 @@ import httpx
 import numpy as np
 import orjson
 
+from .settings import Settings
+
 HEALTH_TIMEOUT = 2.0
 
 
@@ -68,6 +70,17 @@ class ClientConfig:
     api_key: str | None
     timeout: float
     max_inputs: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> ClientConfig:
+        return cls(
+            api=settings.embedding_api,
+            url=settings.embedding_url,
+            model=settings.embedding_model,
+            api_key=settings.embedding_api_key,
+            timeout=settings.embedding_timeout,
+            max_inputs=settings.embedding_max_inputs,
+        )
 
 
 def _snippet(body: str, limit: int = 300) -> str:

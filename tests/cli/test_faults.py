@@ -19,9 +19,9 @@ from psycopg import sql
 from study_embed.migrate import Migrator
 from study_embed.sqlfiles import sql_dir
 from study_embed_dev.embed_server import PROBE, EmbedServer
-from study_embed_dev.localdb import Cluster
+from study_embed_dev.localdb import scratch_database
 
-from ..conftest import _free_port, scratch_dir, url_for
+from ..conftest import url_for
 from ..helpers import (
     QuestionBank,
     assert_ready_with_current_text,
@@ -70,13 +70,7 @@ def test_a_statement_timeout_does_not_wedge_the_listener(bank, db, server, spawn
 
 @pytest.mark.slow
 def test_sigterm_with_the_database_down_ends_within_the_shutdown_timeout(server):
-    cluster = Cluster(datadir=scratch_dir() / "down" / "data", port=_free_port())
-    cluster.init()
-    cluster.start()
-    try:
-        cluster.create_database("app")
-        url = cluster.url("app")
-        Migrator(url, cron=False, log=lambda m: None).run()
+    with scratch_database() as (cluster, url):
         p = subprocess.Popen(
             [sys.executable, "-m", "study_embed.cli", "listen"],
             env=listener_env(url, server, SHUTDOWN_TIMEOUT=3, BATCH_SIZE=5, CONCURRENCY=1),
@@ -101,8 +95,6 @@ def test_sigterm_with_the_database_down_ends_within_the_shutdown_timeout(server)
                 p.wait()
         assert p.returncode == 0, err
         assert "they return when their lease expires" in err
-    finally:
-        cluster.destroy()
 
 
 # -- 5. recovery after an outage of the embedding server --------------------------------------

@@ -14,11 +14,10 @@ import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 
-from study_embed.migrate import Migrator
 from study_embed_dev.embed_server import PROBE, EmbedServer
-from study_embed_dev.localdb import Cluster
+from study_embed_dev.localdb import scratch_database
 
-from ..conftest import _free_port, scratch_dir
+from ..conftest import _free_port
 from ..helpers import (
     QuestionBank,
     assert_ready_with_current_text,
@@ -112,13 +111,7 @@ def test_sigkill_mid_batch_every_row_ready_after_the_lease(bank, db, db_url, ser
 
 
 def test_postgres_restart_during_a_drain(server):
-    cluster = Cluster(datadir=scratch_dir() / "restart" / "data", port=_free_port())
-    cluster.init()
-    cluster.start()
-    try:
-        cluster.create_database("app")
-        url = cluster.url("app")
-        Migrator(url, cron=False, log=lambda m: None).run()
+    with scratch_database() as (cluster, url):
         with psycopg.connect(url, autocommit=True) as conn:
             bank = QuestionBank(conn)
             for _ in range(120):
@@ -143,8 +136,6 @@ def test_postgres_restart_during_a_drain(server):
             register_vector(conn)
             assert statuses(conn) == {"ready": 120}
             assert_ready_with_current_text(conn)
-    finally:
-        cluster.destroy()
 
 
 def test_server_down_then_back_no_row_fails(bank, db, db_url, server, spawn):
