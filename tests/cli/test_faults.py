@@ -5,6 +5,7 @@ message, a migration next to open transactions, an unset DATABASE_URL."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -234,8 +235,6 @@ def test_migrate_behind_an_open_writer_waits_in_short_tries(bank, db, db_url, tm
 
 
 def test_an_unset_database_url_is_a_configuration_error(tmp_path):
-    import os
-
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     r = subprocess.run(
         [sys.executable, "-m", "study_embed.cli", "status"],
