@@ -305,6 +305,16 @@ def make_client(config: ClientConfig) -> EmbeddingClient:
     return CLIENTS[config.api](config)
 
 
+async def embed_query(client: EmbeddingClient, text: str) -> np.ndarray:
+    """One text (a search query, a new question) embedded; any failure is an EmbeddingError."""
+    [vec] = await client.embed([text])
+    if isinstance(vec, RowFailure):
+        raise EmbeddingError(
+            vec.message, Disposition.RETRY_LATER if vec.retryable else Disposition.SPLIT
+        )
+    return vec
+
+
 def check_vectors(vectors: list[np.ndarray], dim: int | None) -> list[np.ndarray | RowFailure]:
     """Per vector: itself when it can be stored, else why not.  A dimension other than the
     column's in every vector is the server's (another model), in some of them a broken reply."""

@@ -78,13 +78,6 @@ class FailedRow:
     waiting_for_edit: bool
 
 
-@dataclass(frozen=True)
-class Hit:
-    id: int
-    similarity: float
-    question_text: str
-
-
 def is_connection_error(e: BaseException) -> bool:
     """Lost or no connection: worth retrying.  psycopg raises OperationalError for these, but
     also for QueryCanceled (statement_timeout) and LockNotAvailable (lock_timeout), which are
@@ -171,6 +164,13 @@ class QueueClient:
                     await asyncio.sleep(0.05 * conflicts)
                 else:
                     raise
+
+    async def fetch(
+        self, name: str, params: dict[str, Any] | None = None, retry: bool = True
+    ) -> list[tuple]:
+        """Run one statement of db/queries.sql under this client's error policy (for the
+        app-facing reads in bank.py)."""
+        return await self._call(name, params, retry)
 
     async def _scalar(self, name: str, params: dict[str, Any] | None = None) -> Any:
         rows = await self._call(name, params)
@@ -267,48 +267,6 @@ class QueueClient:
         None when done)."""
         rows = await self._call("requeue_model", {"model": model, "after_id": after_id})
         return rows[0][0], rows[0][1]
-
-    async def render(self, question: str, choices: Sequence[str]) -> str:
-        c1, c2, c3, c4 = choices
-        return await self._scalar(
-            "render",
-            {
-                "question_text": question,
-                "choice_1": c1,
-                "choice_2": c2,
-                "choice_3": c3,
-                "choice_4": c4,
-            },
-        )
-
-    async def search(
-        self, user_id: int, query: np.ndarray, k: int, topic_id: int | None
-    ) -> list[Hit]:
-        rows = await self._call(
-            "search", {"user_id": user_id, "query": query, "k": k, "topic_id": topic_id}
-        )
-        return [Hit(*r) for r in rows]
-
-    async def search_hybrid(
-        self, user_id: int, query: np.ndarray, text: str, k: int, topic_id: int | None
-    ) -> list[Hit]:
-        """Dense and lexical rankings fused (study_embed.search_questions_hybrid)."""
-        rows = await self._call(
-            "search_hybrid",
-            {"user_id": user_id, "query": query, "text": text, "k": k, "topic_id": topic_id},
-        )
-        return [Hit(*r) for r in rows]
-
-    async def find_duplicates(
-        self, user_id: int, query: np.ndarray, threshold: float | None, answer: str | None = None
-    ) -> list[Hit]:
-        """Near-duplicates of a new question's vector; with `answer` (its correct choice's
-        text), only questions whose correct choice reads the same."""
-        rows = await self._call(
-            "find_duplicates",
-            {"user_id": user_id, "query": query, "threshold": threshold, "answer": answer},
-        )
-        return [Hit(*r) for r in rows]
 
     # -- LISTEN ----------------------------------------------------------------------------------
 

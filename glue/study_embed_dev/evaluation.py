@@ -23,6 +23,7 @@ import psycopg
 import yaml
 from pgvector.psycopg import register_vector
 
+from study_embed.bank import Bank
 from study_embed.embedders import EmbeddingClient, RowFailure
 from study_embed.queue import QueueClient
 
@@ -224,15 +225,16 @@ async def _search_all(
     """Each query through search_questions (dense) and search_questions_hybrid."""
     queue = QueueClient(url, max_size=1, app_name="study-embed eval")
     await queue.open()
+    bank = Bank(queue)
     try:
         vectors = await client.embed([q.text for q in s.queries])
         dense, hybrid = [], []
         for q, vec in zip(s.queries, vectors, strict=True):
             if isinstance(vec, RowFailure):
                 raise SystemExit(f"eval: the server could not embed the query {q.text!r}")
-            hits = await queue.search(user_of[q.subject], vec, 10, None)
+            hits = await bank.search_vector(user_of[q.subject], vec, None, 10, None)
             dense.append([h.id for h in hits])
-            fused = await queue.search_hybrid(user_of[q.subject], vec, q.text, 10, None)
+            fused = await bank.search_vector(user_of[q.subject], vec, q.text, 10, None)
             hybrid.append([h.id for h in fused])
         return dense, hybrid
     finally:

@@ -1,0 +1,225 @@
+"""The app-facing reads: the tenant-safe functions that `study_embed_app` may call (search,
+near-duplicates, similar questions, explanation context, wrong-answer clusters, dismissal), one
+method per statement of db/queries.sql, typed results.
+
+Used by `study-embed search` / `check-duplicate` and by the UI.  Every method takes the user
+explicitly, and the SQL underneath returns nothing of another user's questions.  The queue
+client underneath decides what a database error means; the UI asks with `retry=False`, so that a
+page says "the database is down" instead of waiting for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from .embedders import EmbeddingClient, embed_query
+from .queue import QueueClient, StatusRow
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    similarity: float
+    question_text: str
+
+
+@dataclass(frozen=True)
+class RoleCheck:
+    """What the connected role is and may do (`bank_role`)."""
+
+    name: str
+    superuser: bool
+    pipeline: bool  # a member of study_embed_pipeline, the functions' owner
+    table_owner: bool  # a member of the role that owns study_questions
+    app: bool  # has study_embed_app's rights
+    reads: bool  # SELECT on the four app tables
+    writes: bool  # INSERT, UPDATE, DELETE or TRUNCATE on study_questions
+
+    def refusal(self) -> str | None:
+        """Why a read-only reference UI must not run as this role, or None."""
+        if self.superuser or self.table_owner or self.pipeline:
+            what = (
+                "a superuser"
+                if self.superuser
+                else "the owner of study_questions"
+                if self.table_owner
+                else "a member of study_embed_pipeline"
+            )
+            return (
+                f"role {self.name} is {what}; the UI connects as a role with study_embed_app "
+                "and SELECT on the app's tables, never as an owner"
+            )
+        if not self.app:
+            return f"role {self.name} lacks study_embed_app: GRANT study_embed_app TO {self.name}"
+        if not self.reads:
+            return (
+                f"role {self.name} cannot read the app's tables: GRANT SELECT ON users, "
+                f"study_topics, study_questions, study_question_attempts TO {self.name}"
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str | None  # the users table's name, else its e-mail, where it has either
+    questions: int  # live questions
+    ready: int  # of those, embedded
+
+
+@dataclass(frozen=True)
+class Question:
+    id: int
+    topic_id: int
+    topic: str | None
+    text: str
+    choices: tuple[str, str, str, str]
+    correct_choice: int
+    explanation: str | None
+    status: str
+    model: str | None
+    embedded_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ContextRow:
+    """One question of the context an explanation generator gets (explanation_context)."""
+
+    id: int
+    similarity: float
+    rendered: str
+    correct_choice: int
+    correct_answer: str
+    explanation: str | None
+    ai_explanation: str | None
+
+
+@dataclass(frozen=True)
+class Pair:
+    question_id: int
+    duplicate_of: int
+    similarity: float
+    question_text: str
+    duplicate_text: str
+
+
+@dataclass(frozen=True)
+class ClusterMember:
+    cluster: int
+    representative_id: int
+    question_id: int
+    similarity: float
+    question_text: str
+    last_wrong_at: datetime
+
+
+class Bank:
+    """One user's question bank as study_embed_app sees it."""
+
+    def __init__(self, db: QueueClient, *, retry: bool = True) -> None:
+        self.db = db
+        self.retry = retry
+
+    async def _rows(self, name: str, **params) -> list[tuple]:
+        return await self.db.fetch(name, params, retry=self.retry)
+
+    async def role(self) -> RoleCheck:
+        [row] = await self._rows("bank_role")
+        return RoleCheck(*row)
+
+    async def status(self) -> list[StatusRow]:
+        return [StatusRow(*r) for r in await self._rows("status")]
+
+    async def users(self, limit: int = 200) -> list[User]:
+        return [User(*r) for r in await self._rows("bank_users", user_id=None, limit=limit)]
+
+    async def user(self, user_id: int) -> User | None:
+        rows = await self._rows("bank_users", user_id=user_id, limit=1)
+        return User(*rows[0]) if rows else None
+
+    async def question(self, user_id: int, question_id: int) -> Question | None:
+        rows = await self._rows("bank_question", user_id=user_id, question_id=question_id)
+        if not rows:
+            return None
+        qid, topic_id, topic, text, c1, c2, c3, c4, correct, expl, status, model, at = rows[0]
+        return Question(
+            qid, topic_id, topic, text, (c1, c2, c3, c4), correct, expl, status, model, at
+        )
+
+    async def render(self, question: str, choices: Sequence[str]) -> str:
+        """The text the pipeline embeds, from the pipeline's own renderer."""
+        c1, c2, c3, c4 = choices
+        [(text,)] = await self._rows(
+            "render", question_text=question, choice_1=c1, choice_2=c2, choice_3=c3, choice_4=c4
+        )
+        return text
+
+    async def search(
+        self,
+        user_id: int,
+        client: EmbeddingClient,
+        text: str,
+        k: int = 10,
+        topic_id: int | None = None,
+        dense: bool = False,
+    ) -> list[Hit]:
+        """Free-text search: the text embedded by `client`, then ranked (search_vector).
+        Raises EmbeddingError when the server cannot embed it."""
+        vec = await embed_query(client, text)
+        return await self.search_vector(user_id, vec, None if dense else text, k, topic_id)
+
+    async def search_vector(
+        self, user_id: int, query: np.ndarray, text: str | None, k: int, topic_id: int | None
+    ) -> list[Hit]:
+        """With the query's text, the dense ranking fused with the words' lexical ranking
+        (search_questions_hybrid: make eval measured it better); without, dense alone."""
+        if text is None:
+            rows = await self._rows("search", user_id=user_id, query=query, k=k, topic_id=topic_id)
+        else:
+            rows = await self._rows(
+                "search_hybrid", user_id=user_id, query=query, text=text, k=k, topic_id=topic_id
+            )
+        return [Hit(*r) for r in rows]
+
+    async def find_duplicates(
+        self, user_id: int, query: np.ndarray, threshold: float | None, answer: str | None = None
+    ) -> list[Hit]:
+        """Near-duplicates of a new question's vector; with `answer` (its correct choice's
+        text), only questions whose correct choice reads the same."""
+        rows = await self._rows(
+            "find_duplicates", user_id=user_id, query=query, threshold=threshold, answer=answer
+        )
+        return [Hit(*r) for r in rows]
+
+    async def similar(
+        self, user_id: int, question_id: int, k: int = 10, same_topic: bool = False
+    ) -> list[Hit]:
+        rows = await self._rows(
+            "bank_similar", user_id=user_id, question_id=question_id, k=k, same_topic=same_topic
+        )
+        return [Hit(*r) for r in rows]
+
+    async def explanation_context(
+        self, user_id: int, question_id: int, k: int = 5
+    ) -> list[ContextRow]:
+        rows = await self._rows("bank_context", user_id=user_id, question_id=question_id, k=k)
+        return [ContextRow(*r) for r in rows]
+
+    async def duplicates(self, user_id: int, limit: int = 200) -> list[Pair]:
+        return [Pair(*r) for r in await self._rows("bank_duplicates", user_id=user_id, limit=limit)]
+
+    async def dismiss(self, user_id: int, question_id: int, duplicate_of: int) -> bool:
+        """Close an open pair through study_embed.dismiss_duplicate; False when the user has
+        no such pair."""
+        [(done,)] = await self._rows(
+            "bank_dismiss", user_id=user_id, question_id=question_id, duplicate_of=duplicate_of
+        )
+        return bool(done)
+
+    async def clusters(self, user_id: int, recent: int = 50) -> list[ClusterMember]:
+        rows = await self._rows("bank_clusters", user_id=user_id, recent=recent)
+        return [ClusterMember(*r) for r in rows]
