@@ -20,11 +20,11 @@ deps: ## install PostgreSQL, pgvector, pg_cron and the Python deps (idempotent)
 $(STAMP): pyproject.toml scripts/deps.sh
 	@bash scripts/deps.sh
 
-demo: $(STAMP) ## the whole pipeline on this machine: sample bank, real local model, drain, search output
+demo: $(STAMP) ## the whole pipeline on this machine: sample bank, real local model, drain, search, web UI
 	@$(PY) scripts/demo/run.py
 
-demo-down: ## stop what `make demo` started (its embedding server and the local PostgreSQL)
-	@if [ -x $(PY) ]; then $(PY) scripts/demo/server.py down && $(LOCALDB) down; fi
+demo-down: ## stop what `make demo` started (the web UI, its embedding server, the local PostgreSQL)
+	@if [ -x $(PY) ]; then $(PY) scripts/demo/ui.py down && $(PY) scripts/demo/server.py down && $(LOCALDB) down; fi
 
 db-up: $(STAMP) ## start the project-local PostgreSQL (.pgdata/, loopback, pg_cron preloaded)
 	@$(LOCALDB) up

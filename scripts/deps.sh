@@ -2,7 +2,9 @@
 # make deps — install everything study-embed needs on a fresh Debian 12 or 13 machine.
 #
 #   PostgreSQL server (15 on Debian 12, 17 on Debian 13), pgvector, pg_cron, plpgsql_check
-#   (the test suite lints every PL/pgSQL function with it), and the Python dependencies in .venv.
+#   (the test suite lints every PL/pgSQL function with it), Chromium, ChromeDriver and the Noto
+#   CJK fonts (the UI's browser test: Hangul must render), and the Python dependencies in .venv
+#   (the project with its test, lint and ui extras).
 #
 # Idempotent: a second run checks what is there and returns in seconds.
 # pgvector: the Debian binary package where the release has one (trixie);
@@ -15,7 +17,8 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'deps: %s\n' "$*" >&2; exit 1; }
 
 manual_help="Install by hand: PostgreSQL >= 15 with its server headers, pgvector >= 0.7,
-pg_cron >= 1.4, plpgsql_check (tests only), Python >= 3.11; then run: python3 -m venv .venv && .venv/bin/pip install -e '.[test,lint]'"
+pg_cron >= 1.4, plpgsql_check (tests only), chromium, chromedriver and the Noto CJK fonts (tests
+only), Python >= 3.11; then run: python3 -m venv .venv && .venv/bin/pip install -e '.[test,lint,ui]'"
 
 # ---------------------------------------------------------------- the system
 [ -r /etc/os-release ] || die "cannot read /etc/os-release: this script supports Debian 12 and 13 only.
@@ -33,7 +36,12 @@ ext_dir="/usr/share/postgresql/$pgv/extension"
 have_system() {
   [ -x "$pg_bin/postgres" ] && [ -x "$pg_bin/initdb" ] && command -v psql >/dev/null &&
     [ -f "$ext_dir/vector.control" ] && [ -f "$ext_dir/pg_cron.control" ] &&
-    [ -f "$ext_dir/plpgsql_check.control" ]
+    [ -f "$ext_dir/plpgsql_check.control" ] && have_browser
+}
+
+have_browser() {  # the UI's browser test: Debian's Chromium, its driver, fonts with Hangul
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null &&
+    [ -d /usr/share/fonts/opentype/noto ] && ls /usr/share/fonts/opentype/noto/NotoSansCJK* >/dev/null 2>&1
 }
 
 as_root() {
@@ -87,10 +95,11 @@ build_pgvector_from_trixie_source() {
 }
 
 if have_system; then
-  log "PostgreSQL $pgv, pgvector, pg_cron and plpgsql_check are installed"
+  log "PostgreSQL $pgv, pgvector, pg_cron, plpgsql_check and Chromium are installed"
 else
   apt_install "postgresql-$pgv" "postgresql-client-$pgv" "postgresql-$pgv-cron" \
-    "postgresql-$pgv-plpgsql-check" python3 python3-venv ca-certificates
+    "postgresql-$pgv-plpgsql-check" python3 python3-venv ca-certificates \
+    chromium chromium-driver fonts-noto-cjk
   if [ ! -f "$ext_dir/vector.control" ]; then
     apt_update
     if apt-cache policy "postgresql-$pgv-pgvector" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
@@ -100,7 +109,7 @@ else
       build_pgvector_from_trixie_source
     fi
   fi
-  have_system || die "PostgreSQL $pgv with pgvector, pg_cron and plpgsql_check is still incomplete after installing"
+  have_system || die "PostgreSQL $pgv with pgvector, pg_cron and plpgsql_check, or Chromium, is still incomplete after installing"
 fi
 
 # ---------------------------------------------------------------- Python
@@ -117,7 +126,7 @@ else
   piplog="$venv/pip.log"
   log "installing Python dependencies into $venv (pip's output: $piplog)"
   if ! { "$venv/bin/python" -m pip install --progress-bar off --upgrade pip &&
-         "$venv/bin/python" -m pip install --progress-bar off -e "$here[test,lint]"; } >"$piplog" 2>&1; then
+         "$venv/bin/python" -m pip install --progress-bar off -e "$here[test,lint,ui]"; } >"$piplog" 2>&1; then
     tail -n 20 "$piplog" >&2
     die "pip failed; its whole output is in $piplog"
   fi

@@ -122,5 +122,5 @@ GRANT EXECUTE ON FUNCTION
     study_embed.dismiss_duplicate(bigint, bigint, bigint)
 TO study_embed_app;
 GRANT SELECT ON study_embed.settings, study_embed.model_thresholds, study_embed.duplicate_pairs,
-    study_embed.duplicate_candidates
+    study_embed.duplicate_candidates, study_embed.status
     TO study_embed_app;

@@ -1,4 +1,5 @@
-"""The `study-embed` command: migrate, listen, drain, status, reembed."""
+"""The `study-embed` command: migrate, listen, drain, status, reembed, search, check-duplicate,
+ui."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TextIO, TypeVar
 
 import psycopg
@@ -332,20 +334,18 @@ def _cmd_reembed(cfg: Settings, args: argparse.Namespace) -> int:
 # -- search / check-duplicate ---------------------------------------------------------------------
 
 
-async def _embed_text(cfg: Settings, text: str):
-    """One text through the configured embedding server."""
-    from .embedders import EmbeddingError, RowFailure
+@asynccontextmanager
+async def _embedding(cfg: Settings):
+    """The configured embedding client; a server that cannot embed ends the command."""
+    from .embedders import EmbeddingError
 
     client = _client(cfg)
     try:
-        [vec] = await client.embed([text])
+        yield client
     except EmbeddingError as e:
         raise SystemExit(f"the embedding server at {cfg.embedding_url} failed: {e}") from None
     finally:
         await client.aclose()
-    if isinstance(vec, RowFailure):
-        raise SystemExit(f"the embedding server at {cfg.embedding_url} failed: {vec.message}")
-    return vec
 
 
 def _print_hits(hits, empty: str) -> None:
@@ -359,12 +359,13 @@ def _print_hits(hits, empty: str) -> None:
 
 
 def _cmd_search(cfg: Settings, args: argparse.Namespace) -> int:
+    from .bank import Bank
+
     async def search(queue):
-        vec = await _embed_text(cfg, args.text)
-        if args.dense:
-            return await queue.search(args.user, vec, args.k, args.topic)
-        # dense and lexical rankings fused: make eval measured it better (BENCHMARKS.md)
-        return await queue.search_hybrid(args.user, vec, args.text, args.k, args.topic)
+        async with _embedding(cfg) as client:
+            return await Bank(queue).search(
+                args.user, client, args.text, args.k, args.topic, dense=args.dense
+            )
 
     hits = asyncio.run(_with_queue(cfg, "search", search))
     _print_hits(hits, f"no embedded questions of user {args.user}")
@@ -372,15 +373,62 @@ def _cmd_search(cfg: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_check_duplicate(cfg: Settings, args: argparse.Namespace) -> int:
+    from .bank import Bank
+    from .embedders import embed_query
+
     async def check(queue):
-        text = await queue.render(args.question, args.choices)  # the pipeline's own renderer
+        bank = Bank(queue)
+        text = await bank.render(args.question, args.choices)  # the pipeline's own renderer
         answer = args.choices[args.correct - 1] if args.correct else None
-        return await queue.find_duplicates(
-            args.user, await _embed_text(cfg, text), args.threshold, answer
-        )
+        async with _embedding(cfg) as client:
+            vec = await embed_query(client, text)
+        return await bank.find_duplicates(args.user, vec, args.threshold, answer)
 
     hits = asyncio.run(_with_queue(cfg, "check-duplicate", check))
     _print_hits(hits, f"no near-duplicates among user {args.user}'s questions")
+    return 0
+
+
+# -- ui --------------------------------------------------------------------------------------------
+
+
+def _cmd_ui(cfg: Settings, args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .ui.app import Refused, check_role, create_app
+    except ImportError as e:
+        print(
+            f"ui: the web UI needs the ui extra (missing: {e.name}): pip install 'study-embed[ui]'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    from .bank import Bank
+
+    async def preflight(queue):
+        await check_role(Bank(queue, retry=False))
+
+    try:
+        asyncio.run(_with_queue(cfg, "ui", preflight))
+    except Refused as e:
+        print(f"ui: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    host = f"[{cfg.ui_host}]" if ":" in cfg.ui_host else cfg.ui_host
+    print(
+        f"study-embed ui: http://{host}:{cfg.ui_port}/  (no authentication of its own: "
+        "keep it on loopback or put the app's authentication in front of it)",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        create_app(cfg),
+        host=cfg.ui_host,
+        port=cfg.ui_port,
+        log_config=None,  # the logging set up by logs.setup
+        log_level=cfg.log_level.lower(),
+        access_log=cfg.log_level == "DEBUG",
+        server_header=False,
+    )
     return 0
 
 
@@ -395,6 +443,7 @@ COMMANDS = {
         _cmd_check_duplicate,
         "before inserting a question: its near-duplicates in the user's bank",
     ),
+    "ui": (_cmd_ui, "the reference web UI: search, similar questions, duplicates, clusters"),
 }
 
 

@@ -39,6 +39,8 @@ class Settings:
     log_level: str = "INFO"
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    ui_port: int = 8765
+    ui_host: str = "127.0.0.1"
     embedding_dim: int | None = None
     study_embed_cron: bool = True
 
@@ -145,9 +147,9 @@ def _http_url(s: str) -> str:
     return s
 
 
-ALL = ("listen", "drain", "status", "reembed", "migrate", "search", "check-duplicate")
+ALL = ("listen", "drain", "status", "reembed", "migrate", "search", "check-duplicate", "ui")
 DB = ALL
-EMBED = ("listen", "drain", "search", "check-duplicate")
+EMBED = ("listen", "drain", "search", "check-duplicate", "ui")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", "PostgreSQL connection URL (required)", commands=DB),
@@ -205,6 +207,12 @@ SETTINGS: tuple[Setting, ...] = (
         _port,
     ),
     Setting("METRICS_HOST", "address the metrics endpoint binds to (the container: 0.0.0.0)"),
+    Setting("UI_PORT", "port of `study-embed ui`, the reference web UI", _port, commands=("ui",)),
+    Setting(
+        "UI_HOST",
+        "address the UI binds to (loopback: it has no authentication of its own)",
+        commands=("ui",),
+    ),
     Setting(
         "EMBEDDING_DIM",
         "embedding dimension for a new schema (default 1024, bge-m3); an "

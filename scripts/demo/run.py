@@ -9,7 +9,8 @@
 4. `study-embed drain` with its progress bar;
 5. the near-duplicate pass, then similar questions, near-duplicate pairs and one user's
    wrong-answer clusters;
-6. once, `make eval` (eval/run.py) with the same server, and what it measured.
+6. once, `make eval` (eval/run.py) with the same server, and what it measured;
+7. the web UI (`study-embed ui`, scripts/demo/ui.py) on the demo's bank, as a read-only role.
 
 Safe to run twice: what is there (the server, the database, the rows, their embeddings) is
 reused.  A database made for another model's dimension is dropped and made again.
@@ -34,6 +35,7 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bank
 import server
+import ui
 
 from study_embed.migrate import Migrator
 from study_embed_dev.localdb import default_cluster
@@ -353,10 +355,27 @@ def main() -> None:
     drain(url, served)
     report(url, served)
     quality(served)
+    base = web_ui(served)
     print(
         f"\nmake demo took {time.monotonic() - started:.0f} s.  The database: "
-        f"DATABASE_URL={url}\n`make demo-down` stops the embedding server and PostgreSQL."
+        f"DATABASE_URL={url}\nThe web UI: {base}/\n"
+        "`make demo-down` stops the UI, the embedding server and PostgreSQL."
     )
+
+
+def web_ui(served: server.Served) -> str:
+    cluster = default_cluster()
+    ui.reader_role(cluster.url(DBNAME))
+    base = ui.up(cluster.url(DBNAME, user=ui.ROLE), served)
+    with psycopg.connect(cluster.url(DBNAME)) as conn:
+        minji = conn.execute("SELECT id FROM users WHERE email LIKE 'minji@%'").fetchone()[0]
+    _title(f"The web UI (study-embed ui, as the read-only role {ui.ROLE}; log: .demo/ui.log)")
+    print(
+        f"  {base}/  users and the queue\n"
+        f"  {base}/search?user={minji}&q=%EA%B4%91%ED%95%A9%EC%84%B1  minji searches 광합성\n"
+        f"  {base}/duplicates?user={minji}  her near-duplicate pairs, to dismiss"
+    )
+    return base
 
 
 if __name__ == "__main__":

