@@ -37,6 +37,7 @@ class EmbedServer:
         self.poison_message = "Input validation error: input is too long"
         self.spare_probe = True  # the listener's start-up probe is answered correctly
         self.constant = False  # benchmarks: pre-encoded vectors, next to no server cost
+        self.vector = vector_for  # text, dim -> the vector returned (vectors.bigram_vector)
         self.requests: list[tuple[str, list[str]]] = []  # (path, texts)
         self.health_checks = 0
         self.lock = threading.Lock()
@@ -143,7 +144,7 @@ class EmbedServer:
             return h._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
         if self.constant and mode is None:
             return h._send(200, self._constant_reply(texts, path, body.get("model")))
-        vectors = [vector_for(t, self.dim).tolist() for t in texts]
+        vectors = [self.vector(t, self.dim).tolist() for t in texts]
         if mode == "wrong_count":
             vectors = vectors[:-1] if len(vectors) > 1 else vectors * 2
         elif mode == "wrong_dim":
