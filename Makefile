@@ -9,7 +9,7 @@ LOCALDB := $(PY) -m study_embed_dev.localdb
 WITH_DB := export DATABASE_URL="$${DATABASE_URL:-$$($(LOCALDB) url)}";
 
 .DEFAULT_GOAL := help
-.PHONY: help deps demo demo-down db-up db-down db-url migrate test test-unit lint listen drain status bench bench-full eval clean
+.PHONY: help deps demo demo-down ui screenshot db-up db-down db-url migrate test test-unit lint listen drain status bench bench-full eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,12 @@ drain: migrate ## embed everything waiting, then exit
 
 status: $(STAMP) ## show the embedding queue
 	@$(WITH_DB) $(CLI) status
+
+ui: $(STAMP) ## the reference web UI on DATABASE_URL (a read-only role: README, "The web UI")
+	@$(WITH_DB) $(CLI) ui
+
+screenshot: $(STAMP) ## take the README's picture of the UI (docs/ui-search.png) with the browser test
+	@UI_SCREENSHOT_DIR=docs $(PY) -m pytest tests/cli/test_ui.py -k browser -q $(PYTEST_ARGS)
 
 bench: $(STAMP) ## benchmarks, quick mode (a few minutes): prints a table, writes bench/results/
 	@$(PY) bench/run.py

@@ -28,6 +28,8 @@ __all__ = [
     "wait_until",
     "statuses",
     "assert_ready_with_current_text",
+    "KOREAN",
+    "korean_bank",
 ]
 
 _counter = itertools.count()
@@ -240,3 +242,62 @@ def assert_ready_with_current_text(db, ids=None):
             continue
         assert status == "ready", (qid, status)
         assert np.array_equal(emb.to_numpy(), vector_for(render(q, c1, c2, c3, c4))), qid
+
+
+# -- a small Korean bank of two users (the UI's tests) ------------------------------------------
+
+KOREAN = {
+    "photo": (
+        "광합성이 일어나는 세포 소기관은?",
+        ("미토콘드리아", "엽록체", "리보솜", "골지체"),
+        2,
+    ),
+    "breath": ("세포 호흡이 주로 일어나는 곳은?", ("미토콘드리아", "엽록체", "핵", "액포"), 1),
+    "king": ("훈민정음을 창제한 왕은 누구인가?", ("태조", "세종", "정조", "영조"), 2),
+    # the same question typed again: a near-duplicate pair
+    "king_again": ("훈민정음을 창제한 왕은 누구인가요?", ("태조", "세종", "정조", "영조"), 2),
+    "b_secret": ("비밀B 엽록체에서 일어나는 반응은?", ("명반응", "해당과정", "발효", "전사"), 1),
+}
+MORE_BIOLOGY = [  # more of user a's 생명과학, so that a search has something to rank
+    (
+        "식물 세포에서 광합성을 담당하는 세포 소기관은 무엇인가?",
+        ("엽록체", "핵", "액포", "세포벽"),
+        1,
+    ),
+    ("단백질 합성이 일어나는 세포 소기관은?", ("리보솜", "리소좀", "중심체", "골지체"), 1),
+    ("광합성의 명반응이 일어나는 장소는?", ("틸라코이드", "스트로마", "기질", "세포질"), 1),
+    ("DNA를 구성하는 염기가 아닌 것은?", ("아데닌", "구아닌", "우라실", "사이토신"), 3),
+    ("혈당량을 낮추는 호르몬은?", ("인슐린", "글루카곤", "아드레날린", "티록신"), 1),
+]
+
+
+def korean_bank(bank: QuestionBank) -> dict[str, int]:
+    """User a: photosynthesis and respiration (topic 생명과학), a question typed twice (topic
+    한국사); user b: the same photosynthesis question and one of its own.  Ids by name, and the
+    users as "a" and "b"; nothing embedded yet."""
+    a = bank.new_user()[0]
+    life = _topic(bank, a, "생명과학")
+    history = _topic(bank, a, "한국사")
+    b, b_topic = bank.new_user()
+    ids = {"a": a, "b": b}
+    for name, topic in [
+        ("photo", life),
+        ("breath", life),
+        ("king", history),
+        ("king_again", history),
+    ]:
+        text, choices, correct = KOREAN[name]
+        extra = {"explanation": "엽록체의 틸라코이드"} if name == "photo" else {}
+        ids[name] = bank.insert(text, choices, user=(a, topic), correct=correct, **extra)
+    for text, choices, correct in MORE_BIOLOGY:
+        bank.insert(text, choices, user=(a, life), correct=correct)
+    for name, key in [("b_photo", "photo"), ("b_secret", "b_secret")]:
+        text, choices, correct = KOREAN[key]
+        ids[name] = bank.insert(text, choices, user=(b, b_topic), correct=correct)
+    return ids
+
+
+def _topic(bank: QuestionBank, user_id: int, name: str) -> int:
+    return bank.conn.execute(
+        "INSERT INTO study_topics (user_id, name) VALUES (%s, %s) RETURNING id", (user_id, name)
+    ).fetchone()[0]

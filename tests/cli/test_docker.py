@@ -364,6 +364,8 @@ def test_the_wheel_the_image_installs_migrates_a_database(tmp_path):
         names = z.namelist()
         z.extractall(site)
     assert "study_embed/db/queries.sql" in names
+    # the UI's templates and style sheet (read from the package at run time)
+    assert {"study_embed/ui/templates/search.html", "study_embed/ui/static/style.css"} <= set(names)
     assert any(n.startswith("study_embed/db/migrations/") for n in names)
     assert not any(n.startswith(("tests/", "bench/", "study_embed_dev/")) for n in names)
     assert "study_embed/localdb.py" not in names  # development tools stay in the checkout

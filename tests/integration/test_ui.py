@@ -17,13 +17,12 @@ from study_embed.ui.app import Refused, create_app
 from study_embed_dev.vectors import bigram_vector
 
 from ..conftest import APP_TABLES, url_for
+from ..helpers import KOREAN, korean_bank
 
 UI_ROLE = "se_ui_reader"
-PHOTO = ("광합성이 일어나는 세포 소기관은?", ("미토콘드리아", "엽록체", "리보솜", "골지체"))
-BREATH = ("세포 호흡이 주로 일어나는 곳은?", ("미토콘드리아", "엽록체", "핵", "액포"))
-KING = ("훈민정음을 창제한 왕은 누구인가?", ("태조", "세종", "정조", "영조"))
-KING_AGAIN = ("훈민정음을 창제한 왕은 누구인가요?", ("태조", "세종", "정조", "영조"))
-OTHERS = ("비밀B 엽록체에서 일어나는 반응은?", ("명반응", "해당과정", "발효", "전사"))
+PHOTO, KING, KING_AGAIN, OTHERS = (
+    KOREAN[k][:2] for k in ("photo", "king", "king_again", "b_secret")
+)
 
 
 def reader_url(db, login, name: str = UI_ROLE, *groups: str, select: bool = True) -> str:
@@ -44,27 +43,12 @@ def embed_all(bank) -> None:
 
 @pytest.fixture
 def korean(db, bank):
-    """User a: photosynthesis, respiration, and a question typed twice (another topic); user b:
-    the same photosynthesis question and one of its own.  All embedded; pairs detected."""
-    a, b = (bank.user_id, bank.topic_id), bank.new_user()
-    history_topic = db.execute(
-        "INSERT INTO study_topics (user_id, name) VALUES (%s, '한국사') RETURNING id", (a[0],)
-    ).fetchone()[0]
-    history = (a[0], history_topic)
-    ids = {
-        "photo": bank.insert(
-            PHOTO[0], PHOTO[1], user=a, correct=2, explanation="엽록체의 틸라코이드"
-        ),
-        "breath": bank.insert(BREATH[0], BREATH[1], user=a, correct=1),
-        "king": bank.insert(KING[0], KING[1], user=history, correct=2),
-        "king_again": bank.insert(KING_AGAIN[0], KING_AGAIN[1], user=history, correct=2),
-        "b_photo": bank.insert(PHOTO[0], PHOTO[1], user=b, correct=2),
-        "b_secret": bank.insert(OTHERS[0], OTHERS[1], user=b, correct=1),
-    }
+    """tests.helpers.korean_bank, embedded, its near-duplicate pairs detected."""
+    ids = korean_bank(bank)
     embed_all(bank)
     while db.execute("SELECT study_embed.detect_duplicates()").fetchone()[0]:
         pass
-    return {"a": a[0], "b": b[0], **ids}
+    return ids
 
 
 @pytest.fixture
@@ -98,7 +82,7 @@ def test_search_lists_the_users_matching_question_first_and_nothing_of_another_u
     assert r.status_code == 200, r.text
     hits = question_links(r.text)
     assert hits[0] == korean["photo"]
-    assert set(hits) <= {korean["photo"], korean["breath"], korean["king"], korean["king_again"]}
+    assert set(hits) & {korean["breath"], korean["king"]}
     assert korean["b_photo"] not in hits and "비밀B" not in r.text
     # and the other way round: b's search never shows a's questions
     r = ui.get("/search", params={"user": korean["b"], "q": "광합성 엽록체"})
@@ -116,7 +100,7 @@ def test_search_text_is_escaped_and_bounded(ui, korean):
 def test_a_question_text_with_markup_is_shown_as_text(ui, korean, bank, db):
     qid = bank.insert('<img src=x onerror="alert(1)">광합성?', ("a", "b", "c", "d"))
     embed_all(bank)
-    r = ui.get(f"/questions/{qid}", params={"user": korean["a"]})
+    r = ui.get(f"/questions/{qid}", params={"user": bank.user_id})
     assert r.status_code == 200
     assert "<img" not in r.text and "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in r.text
 
@@ -203,8 +187,11 @@ def test_pages_forbid_scripts_and_frames_and_answer_only_to_loopback_names(ui, k
     assert ui.get("/", headers={"host": "attacker.example"}).status_code == 400
 
 
-def test_the_first_page_lists_users_with_their_bank_and_the_queue(ui, korean, bank):
-    bank.insert("기다리는 문제?", ("a", "b", "c", "d"))
+def test_the_first_page_lists_users_with_their_bank_and_the_queue(ui, korean, bank, db):
+    [topic] = db.execute(
+        "SELECT study_topic_id FROM study_questions WHERE id = %s", (korean["photo"],)
+    ).fetchone()
+    bank.insert("기다리는 문제?", ("a", "b", "c", "d"), user=(korean["a"], topic))
     r = ui.get("/")
     assert r.status_code == 200
     row = re.search(
@@ -213,9 +200,9 @@ def test_the_first_page_lists_users_with_their_bank_and_the_queue(ui, korean, ba
         r.text,
     )
     assert row and row.group(1).endswith("@example.com")
-    assert (int(row.group(2)), int(row.group(3))) == (5, 4)  # 5 live, 4 embedded
+    assert (int(row.group(2)), int(row.group(3))) == (10, 9)  # 10 live, 9 embedded
     assert re.search(r"<td>none</td><td class=\"num\">1</td>", r.text)
-    assert re.search(r"<td>ready</td><td class=\"num\">6</td>", r.text)
+    assert re.search(r"<td>ready</td><td class=\"num\">11</td>", r.text)
 
 
 # -- duplicates and clusters -----------------------------------------------------------------------
