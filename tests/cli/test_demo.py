@@ -7,6 +7,7 @@ protocol, so that loading the bank, the drain and the report are exercised on ev
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import sys
@@ -14,17 +15,20 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
 from study_embed_dev.embed_server import EmbedServer
+from study_embed_dev.localdb import free_port
 
-from ..conftest import drop_database, fresh_database
+from ..conftest import drop_database, fresh_database, url_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "demo"))
 import bank
 import run as demo
 import server as demo_server
+import ui as demo_ui
 
 HANGUL = re.compile("[\uac00-\ud7a3]")
 
@@ -111,3 +115,27 @@ def test_load_drain_report_and_a_second_run_reuses_it(demo_db, loopback, capsys)
     assert len(re.findall(r"^    [01]\.\d{3}  ", block, flags=re.M)) == 3
     pairs = {(u.email, q.twin) for u in bank.users() for q in u.questions if q.twin}
     assert f"The bank holds {len(pairs)} questions that a user typed twice" in out
+
+
+def test_the_demo_ends_with_the_ui_as_a_read_only_role_and_demo_down_stops_it(
+    demo_db, loopback, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(demo_ui, "STATE", tmp_path / "ui.json")
+    monkeypatch.setattr(demo_ui, "LOG", tmp_path / "ui.log")
+    monkeypatch.setattr(demo_ui, "PORT", free_port())
+    demo.load_bank(demo_db)
+    demo.drain(demo_db, loopback)
+    demo_ui.reader_role(demo_db)
+    demo_ui.reader_role(demo_db)  # a second run changes nothing
+    with psycopg.connect(demo_db) as conn:
+        minji = conn.execute("SELECT id FROM users WHERE email LIKE 'minji@%'").fetchone()[0]
+        dbname = conn.info.dbname
+    base = demo_ui.up(url_for(dbname, user=demo_ui.ROLE), loopback)
+    r = httpx.get(f"{base}/search", params={"user": minji, "q": "광합성"})
+    assert r.status_code == 200 and "광합성이 일어나는 세포 소기관은?" in r.text
+    pid = json.loads(demo_ui.STATE.read_text())["pid"]
+    assert demo_server.alive(pid, demo_ui.MARKER)
+    demo_ui.down()
+    assert not demo_server.alive(pid, demo_ui.MARKER) and not demo_ui.STATE.exists()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(base + "/", timeout=2)
