@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -189,3 +191,19 @@ def test_in_a_browser_search_open_dismiss_and_see_nothing_of_another_user(
     page = browser.page_source
     for text in (KOREAN["b_secret"][0], *KOREAN["b_secret"][1]):
         assert text not in page
+
+
+def test_without_the_ui_extra_the_command_says_how_to_install_it(db_url, server):
+    code = (
+        "import sys; sys.modules['uvicorn'] = None; "  # as if the extra were not installed
+        "from study_embed.cli import main; sys.exit(main(['ui']))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=listener_env(db_url, server),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert "pip install 'study-embed[ui]'" in r.stderr and "uvicorn" in r.stderr

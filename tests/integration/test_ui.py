@@ -307,3 +307,19 @@ def test_the_ui_role_cannot_write_even_through_the_pages(ui, korean, ui_settings
             conn.execute("UPDATE study_questions SET question_text = 'x'")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("UPDATE study_embed.duplicate_candidates SET dismissed_at = now()")
+
+
+def test_a_database_that_is_down_gives_a_page_that_says_so(ui, korean, db):
+    assert ui.get("/search", params={"user": korean["a"]}).status_code == 200
+    # the UI's connections are cut and it may not log in again: the database is "down" for it
+    db.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(UI_ROLE)))
+    try:
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (UI_ROLE,)
+        )
+        r = ui.get("/search", params={"user": korean["a"]})
+        assert r.status_code == 503 and "the database cannot be reached" in r.text
+    finally:
+        db.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(UI_ROLE)))
+    # and it comes back by itself
+    assert ui.get("/search", params={"user": korean["a"]}).status_code == 200

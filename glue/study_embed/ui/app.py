@@ -75,7 +75,7 @@ def _page(request: Request, name: str, code: int = 200, **context: Any) -> Respo
     return templates.TemplateResponse(request, name, context, status_code=code, headers=HEADERS)
 
 
-def _whole_number(request: Request, name: str, raw: str | None) -> int:
+def _whole_number(name: str, raw: str | None) -> int:
     if raw is None or raw.strip() == "":
         raise PageError(400, "사용자를 고르세요", f"{name} is missing: add ?{name}=ID to the URL")
     try:
@@ -89,7 +89,7 @@ def _whole_number(request: Request, name: str, raw: str | None) -> int:
 
 async def _user(request: Request):
     bank: Bank = request.app.state.bank
-    user_id = _whole_number(request, "user", request.query_params.get("user"))
+    user_id = _whole_number("user", request.query_params.get("user"))
     user = await bank.user(user_id)
     if user is None:
         raise PageError(404, "없는 사용자", f"there is no user {user_id}")
@@ -163,9 +163,9 @@ async def dismiss(request: Request) -> Response:
     _same_origin(request)
     bank: Bank = request.app.state.bank
     form = await request.form()
-    user_id = _whole_number(request, "user", _field(form, "user"))
-    a = _whole_number(request, "question_id", _field(form, "question_id"))
-    b = _whole_number(request, "duplicate_of", _field(form, "duplicate_of"))
+    user_id = _whole_number("user", _field(form, "user"))
+    a = _whole_number("question_id", _field(form, "question_id"))
+    b = _whole_number("duplicate_of", _field(form, "duplicate_of"))
     if not await bank.dismiss(user_id, a, b):
         raise PageError(404, "없는 중복 후보", f"user {user_id} has no open pair {a} ~ {b}")
     log.info("pair dismissed", extra={"fields": {"user": user_id, "pair": [a, b]}})
@@ -228,7 +228,7 @@ async def _database_down(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("page failed", extra={"fields": {"path": request.url.path}})
+    # (the server logs the exception with its traceback after this page is sent)
     return _page(
         request,
         "error.html",
