@@ -144,24 +144,29 @@ def _ensure_login(name: str, *member_of: str) -> None:
             )
 
 
-def _grant_dml(db: psycopg.Connection, role: str) -> None:
-    for table in APP_TABLES:
-        db.execute(
-            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
-                sql.Identifier(table), sql.Identifier(role)
-            )
+def _grant(db: psycopg.Connection, role: str, privileges: str) -> None:
+    db.execute(
+        sql.SQL("GRANT {} ON {} TO {}").format(
+            sql.SQL(privileges),
+            sql.SQL(", ").join(map(sql.Identifier, APP_TABLES)),
+            sql.Identifier(role),
         )
+    )
 
 
 @pytest.fixture
 def login(db):
-    """login(name, *groups, dml=False) -> a connection to the test database as that role."""
+    """login(name, *groups, dml=False, select=False) -> a connection to the test database as
+    that role (with `dml`: SELECT, INSERT, UPDATE and DELETE on the app's tables, as an app;
+    with `select`: SELECT only, as the UI)."""
     opened: list[psycopg.Connection] = []
 
-    def _login(name: str, *groups: str, dml: bool = False) -> psycopg.Connection:
+    def _login(
+        name: str, *groups: str, dml: bool = False, select: bool = False
+    ) -> psycopg.Connection:
         _ensure_login(name, *groups)
-        if dml:
-            _grant_dml(db, name)
+        if dml or select:
+            _grant(db, name, "SELECT, INSERT, UPDATE, DELETE" if dml else "SELECT")
         conn = psycopg.connect(url_for(db.info.dbname, user=name), autocommit=True)
         register_vector(conn)
         opened.append(conn)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from psycopg import sql
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -29,7 +28,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from study_embed_dev.localdb import free_port
 from study_embed_dev.vectors import bigram_vector
 
-from ..conftest import APP_TABLES, url_for
+from ..conftest import url_for
 from ..helpers import KOREAN, korean_bank, listener_env, run_cli, wait_until
 
 ROLE = "se_ui_cli"
@@ -51,12 +50,7 @@ def drained(db, db_url, bank, server):
 @pytest.fixture
 def reader(db, login) -> str:
     """A login with study_embed_app and SELECT on the app's tables: the UI's role."""
-    login(ROLE, "study_embed_app")
-    db.execute(
-        sql.SQL("GRANT SELECT ON {} TO {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, APP_TABLES)), sql.Identifier(ROLE)
-        )
-    )
+    login(ROLE, "study_embed_app", select=True)
     return url_for(db.info.dbname, user=ROLE)
 
 

@@ -16,7 +16,7 @@ from study_embed.settings import Settings
 from study_embed.ui.app import Refused, create_app
 from study_embed_dev.vectors import bigram_vector
 
-from ..conftest import APP_TABLES, url_for
+from ..conftest import url_for
 from ..helpers import KOREAN, korean_bank
 
 UI_ROLE = "se_ui_reader"
@@ -25,15 +25,10 @@ PHOTO, KING, KING_AGAIN, OTHERS = (
 )
 
 
-def reader_url(db, login, name: str = UI_ROLE, *groups: str, select: bool = True) -> str:
-    login(name, *groups)
-    if select:
-        db.execute(
-            sql.SQL("GRANT SELECT ON {} TO {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, APP_TABLES)), sql.Identifier(name)
-            )
-        )
-    return url_for(db.info.dbname, user=name)
+def reader_url(login, name: str, *groups: str, select: bool = True) -> str:
+    """A login (with SELECT on the app's tables unless told otherwise); its URL."""
+    conn = login(name, *groups, select=select)
+    return url_for(conn.info.dbname, user=name)
 
 
 def embed_all(bank) -> None:
@@ -55,7 +50,7 @@ def korean(db, bank):
 def ui_settings(db, login, server):
     server.vector = bigram_vector
     return Settings(
-        database_url=reader_url(db, login, UI_ROLE, "study_embed_app"),
+        database_url=reader_url(login, UI_ROLE, "study_embed_app"),
         embedding_url=server.url,
         embedding_model="test-model",
     )
@@ -290,10 +285,10 @@ def test_clusters_show_the_users_wrongly_answered_questions(ui, korean, db):
 def test_the_ui_refuses_to_run_as_an_owner_or_without_its_rights(db, login, server, who, says):
     url = {
         "owner": lambda: url_for(db.info.dbname),
-        "no_app": lambda: reader_url(db, login, "se_ui_no_app"),
-        "no_select": lambda: reader_url(db, login, "se_ui_no_sel", "study_embed_app", select=False),
+        "no_app": lambda: reader_url(login, "se_ui_no_app"),
+        "no_select": lambda: reader_url(login, "se_ui_no_sel", "study_embed_app", select=False),
         "pipeline": lambda: reader_url(
-            db, login, "se_ui_pipe", "study_embed_app", "study_embed_pipeline"
+            login, "se_ui_pipe", "study_embed_app", "study_embed_pipeline"
         ),
     }[who]()
     app = create_app(Settings(database_url=url, embedding_url=server.url), pool_size=1)
