@@ -17,7 +17,7 @@ from study_embed.ui.app import Refused, create_app
 from study_embed_dev.vectors import bigram_vector
 
 from ..conftest import url_for
-from ..helpers import KOREAN, korean_bank
+from ..helpers import KOREAN, korean_bank, wait_until
 
 UI_ROLE = "se_ui_reader"
 PHOTO, KING, KING_AGAIN, OTHERS = (
@@ -316,5 +316,9 @@ def test_a_database_that_is_down_gives_a_page_that_says_so(ui, korean, db):
         assert r.status_code == 503 and "the database cannot be reached" in r.text
     finally:
         db.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(UI_ROLE)))
-    # and it comes back by itself
-    assert ui.get("/search", params={"user": korean["a"]}).status_code == 200
+    # and it comes back by itself (the pool reconnects in the background)
+    wait_until(
+        lambda: ui.get("/search", params={"user": korean["a"]}).status_code == 200,
+        timeout=30,
+        what="the UI to reach the database again",
+    )
