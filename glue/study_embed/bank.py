@@ -132,7 +132,7 @@ class Bank:
         return RoleCheck(*row)
 
     async def status(self) -> list[StatusRow]:
-        return [StatusRow(*r) for r in await self._rows("status")]
+        return await self.db.status(retry=self.retry)
 
     async def users(self, limit: int = 200) -> list[User]:
         return [User(*r) for r in await self._rows("bank_users", user_id=None, limit=limit)]
