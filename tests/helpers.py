@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ __all__ = [
     "assert_ready_with_current_text",
     "KOREAN",
     "korean_bank",
+    "question_links",
 ]
 
 _counter = itertools.count()
@@ -301,3 +303,8 @@ def _topic(bank: QuestionBank, user_id: int, name: str) -> int:
     return bank.conn.execute(
         "INSERT INTO study_topics (user_id, name) VALUES (%s, %s) RETURNING id", (user_id, name)
     ).fetchone()[0]
+
+
+def question_links(html: str) -> list[int]:
+    """The question ids a UI page links to, in page order."""
+    return [int(m) for m in re.findall(r'href="/questions/(\d+)\?user=', html)]

@@ -10,7 +10,6 @@ The browser test saves its screenshot of the search page as ui-search.png in UI_
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from study_embed_dev.localdb import free_port
 from study_embed_dev.vectors import bigram_vector
 
 from ..conftest import url_for
-from ..helpers import KOREAN, korean_bank, listener_env, run_cli, wait_until
+from ..helpers import KOREAN, korean_bank, listener_env, question_links, run_cli, wait_until
 
 ROLE = "se_ui_cli"
 
@@ -72,20 +71,16 @@ def ui(reader, server, spawn, drained) -> str:
     return base
 
 
-def linked_ids(html: str) -> list[int]:
-    return [int(m) for m in re.findall(r'href="/questions/(\d+)\?user=', html)]
-
-
 def test_search_on_a_drained_bank_lists_the_users_match_first_and_no_one_elses(ui, drained):
     r = httpx.get(f"{ui}/search", params={"user": drained["a"], "q": "광합성"})
     assert r.status_code == 200
-    ids = linked_ids(r.text)
+    ids = question_links(r.text)
     assert ids[0] == drained["photo"]
     theirs = {drained["b_photo"], drained["b_secret"]}
     assert not theirs & set(ids) and "비밀B" not in r.text
     r = httpx.get(f"{ui}/search", params={"user": drained["b"], "q": "광합성"})
-    assert linked_ids(r.text)[0] == drained["b_photo"]
-    assert set(linked_ids(r.text)) <= theirs
+    assert question_links(r.text)[0] == drained["b_photo"]
+    assert set(question_links(r.text)) <= theirs
 
 
 def test_the_command_refuses_an_owner_and_bad_settings(db_url, server, drained):

@@ -17,7 +17,7 @@ from study_embed.ui.app import Refused, create_app
 from study_embed_dev.vectors import bigram_vector
 
 from ..conftest import url_for
-from ..helpers import KOREAN, korean_bank, wait_until
+from ..helpers import KOREAN, korean_bank, question_links, wait_until
 
 UI_ROLE = "se_ui_reader"
 PHOTO, KING, KING_AGAIN, OTHERS = (
@@ -63,10 +63,6 @@ def ui(ui_settings):
         app, base_url="http://127.0.0.1", raise_server_exceptions=False, follow_redirects=False
     ) as client:
         yield client
-
-
-def question_links(html: str) -> list[int]:
-    return [int(m) for m in re.findall(r'href="/questions/(\d+)\?user=', html)]
 
 
 # -- search ----------------------------------------------------------------------------------------
