@@ -111,11 +111,16 @@ def alive(pid: int, marker: bytes) -> bool:
     return marker in cmdline
 
 
-def _healthy(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Does GET url answer 200 (within 2 s)?"""
     try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _healthy(base: str) -> bool:
+    return answers(f"{base}/health")
 
 
 def current() -> Served | None:

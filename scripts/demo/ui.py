@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import psycopg
 from psycopg import sql
 
@@ -48,18 +47,11 @@ def reader_role(admin_url: str) -> None:
         )
 
 
-def _answers(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def up(url: str, served: server.Served) -> str:
     """Start the UI on the database at `url` (a URL for ROLE); returns its base address."""
     down(quiet=True)
     base = f"http://{HOST}:{PORT}"
-    if _answers(base):
+    if server.answers(f"{base}/"):
         sys.exit(f"port {PORT} is taken by another server: stop it or set DEMO_UI_PORT")
     env = {
         **os.environ,
@@ -80,7 +72,7 @@ def up(url: str, served: server.Served) -> str:
             start_new_session=True,
         )
     started = time.monotonic()
-    while not _answers(base):
+    while not server.answers(f"{base}/"):
         if proc.poll() is not None or time.monotonic() - started > 30:
             tail = LOG.read_text(errors="replace").splitlines()[-15:]
             if proc.poll() is None:
