@@ -245,9 +245,8 @@ DECLARE
     texts text[];
     self_sim double precision[];   -- a question's similarity to itself (1, to rounding)
     n integer;
-    -- the close pairs (similarity >= threshold), both ways, sorted by (a, b): the neighbours of
+    -- the close pairs (similarity >= threshold), both ways, sorted by (i, j): the neighbours of
     -- question i are b[first[i] .. first[i + 1] - 1] (compressed sparse rows)
-    a integer[];
     b integer[];
     sim double precision[];
     first integer[];
@@ -295,30 +294,31 @@ BEGIN
         RETURN;
     END IF;
     -- every pair once, in one statement: the only n^2 step.  The vectors are read out of TOAST
-    -- once, into an array (a join of the table with itself would fetch both per pair).
+    -- once, into an array (a join of the table with itself would fetch both per pair).  The
+    -- join is on a constant (one), so that it can be a hash join: a nested loop copies every
+    -- 4 kB row of its inner side out of the CTE's store once per outer row, which cost more
+    -- than the distances (BENCHMARKS.md).
     WITH v AS MATERIALIZED (
-        SELECT u.i::integer AS i, u.v
+        SELECT u.i::integer AS i, 1 AS one, u.v
         FROM unnest((SELECT array_agg(q.embedding ORDER BY x.i)
                      FROM unnest(qids) WITH ORDINALITY x(id, i)
                      JOIN public.study_questions q ON q.id = x.id)) WITH ORDINALITY u(v, i)),
     close AS (
         SELECT p.i, p.j, p.sim
         FROM (SELECT x.i, y.i AS j, 1 - study_embed._cosine_distance(x.v, y.v) AS sim
-              FROM v x JOIN v y ON x.i < y.i) p
+              FROM v x JOIN v y ON x.one = y.one AND x.i < y.i) p
         WHERE p.sim >= threshold),
     both_ways AS (
         SELECT l.i, l.j, l.sim FROM close l
         UNION ALL
         SELECT l.j, l.i, l.sim FROM close l)
-    SELECT (SELECT array_agg(e.i ORDER BY e.i, e.j) FROM both_ways e),
-           (SELECT array_agg(e.j ORDER BY e.i, e.j) FROM both_ways e),
+    SELECT (SELECT array_agg(e.j ORDER BY e.i, e.j) FROM both_ways e),
            (SELECT array_agg(e.sim ORDER BY e.i, e.j) FROM both_ways e),
-           (SELECT array_agg(1 - study_embed._cosine_distance(x.v, x.v) ORDER BY x.i) FROM v x)
-    INTO a, b, sim, self_sim;
-    degree := array_fill(0, ARRAY[n]);
-    FOR k IN 1..coalesce(cardinality(a), 0) LOOP
-        degree[a[k]] := degree[a[k]] + 1;
-    END LOOP;
+           (SELECT array_agg(1 - study_embed._cosine_distance(x.v, x.v) ORDER BY x.i) FROM v x),
+           (SELECT array_agg(coalesce(d.n, 0) ORDER BY x.i)
+            FROM v x LEFT JOIN (SELECT e.i, count(*)::integer AS n FROM both_ways e GROUP BY e.i) d
+                 ON d.i = x.i)
+    INTO b, sim, self_sim, degree;
     first := array_fill(1, ARRAY[n + 1]);
     FOR k IN 1..n LOOP
         first[k + 1] := first[k] + degree[k];
