@@ -320,12 +320,38 @@ def bench_graph_inserts(url: str, log) -> dict:
     return out
 
 
+# 25 topics: each vector is its topic's centre plus noise, about 0.8 cosine within a topic (so
+# at bge-m3's cluster threshold 0.75 each topic's questions are close pairs, 4,750 of them)
+TOPIC_VECTORS = """
+WITH centre AS (
+    SELECT t, array_agg(random() - 0.5 ORDER BY k) AS c
+    FROM generate_series(0, 24) t, generate_series(1, 1024) k GROUP BY t)
+UPDATE seed.study_questions s
+SET embedding = (SELECT array_agg(c.c[k] + 0.5 * (random() - 0.5) ORDER BY k)::vector(1024)
+                 FROM centre c, generate_series(1, 1024) k WHERE c.t = s.id %% 25)
+WHERE s.id <= %(n)s
+"""
+
+
 def bench_clusters(url: str, log) -> dict:
-    """wrong_answer_clusters at 100, 250 and 500 recent wrong answers (one user)."""
+    """wrong_answer_clusters at 100, 250 and 500 recent wrong answers (one user) with random
+    vectors (no close pairs), then at 500 whose vectors fall into 25 topics."""
     out = {}
     with psycopg.connect(url, autocommit=True) as c:
         reset_rows(url)
-        for recent in (100, 250, 500):
+        for label, recent, topics in (
+            ("100", 100, False),
+            ("250", 250, False),
+            ("500", 500, False),
+            ("500, 25 topics", 500, True),
+        ):
+            if topics:  # new vectors: requeued, then completed with the seed's
+                c.execute(TOPIC_VECTORS, {"n": recent})
+                c.execute(
+                    "UPDATE public.study_questions SET embedding_status = 'stale' WHERE id <= %s",
+                    (recent,),
+                )
+                reset_rows(url)
             c.execute("DELETE FROM study_question_attempts")
             c.execute(
                 "UPDATE public.study_questions SET user_id = 1, study_topic_id = 5 WHERE id <= %s",
@@ -339,16 +365,14 @@ def bench_clusters(url: str, log) -> dict:
                 (recent,),
             )
             times = []
-            for _ in range(3):
+            for _ in range(5):
                 t0 = time.perf_counter()
                 c.execute(
                     "SELECT count(*) FROM study_embed.wrong_answer_clusters(1, %s)", (recent,)
                 ).fetchone()
                 times.append((time.perf_counter() - t0) * 1000)
-            out[str(recent)] = statistics.median(times)
-            log(
-                f"wrong_answer_clusters at {recent} recent wrong answers: {out[str(recent)]:.0f} ms"
-            )
+            out[label] = statistics.median(times)
+            log(f"wrong_answer_clusters at {label} recent wrong answers: {out[label]:.0f} ms")
     return out
 
 
