@@ -9,7 +9,7 @@ LOCALDB := $(PY) -m study_embed_dev.localdb
 WITH_DB := export DATABASE_URL="$${DATABASE_URL:-$$($(LOCALDB) url)}";
 
 .DEFAULT_GOAL := help
-.PHONY: help deps demo demo-down ui screenshot db-up db-down db-url migrate test test-unit lint listen drain status bench bench-full eval clean
+.PHONY: help deps demo demo-down ui screenshot db-up db-down db-url migrate schema test test-unit lint listen drain status bench bench-full eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ db-url: $(STAMP) ## print the local DATABASE_URL
 migrate: $(STAMP) ## apply db/ to DATABASE_URL (local cluster when unset)
 	@if [ -z "$$DATABASE_URL" ]; then $(LOCALDB) up; fi
 	@$(WITH_DB) $(CLI) migrate
+
+schema: $(STAMP) ## regenerate db/schema.sql (the schema after every migration, for reading)
+	@$(PY) -m study_embed_dev.schema
 
 test: $(STAMP) ## run the test suite (starts its own throwaway PostgreSQL)
 	@$(PY) -m pytest $(PYTEST_ARGS)

@@ -165,7 +165,7 @@ def _changed_db_dir(tmp_path):
     """db/ with one byte changed in an idempotent file: migrate re-applies them all."""
     copy = tmp_path / "db"
     shutil.copytree(sql_dir(), copy)
-    f = copy / "idempotent" / "030_status.sql"
+    f = copy / "idempotent" / "050_status.sql"
     f.write_text(f.read_text() + "\n-- changed\n")
     return copy
 

@@ -47,6 +47,6 @@ def test_every_function_is_defined_in_one_file():
 def test_the_claim_check_is_one_helper():
     """complete(), fail() and release() act on a row only while the presented claim is its
     current one; that test is written once."""
-    queue = (sql_dir() / "idempotent" / "020_queue.sql").read_text()
+    queue = (sql_dir() / "idempotent" / "040_queue.sql").read_text()
     assert queue.count("study_embed._claim_is_current(q.embedding_status") == 3
     assert "embedding_claim_token = c.claim_token" not in queue

@@ -1,8 +1,8 @@
--- 036_duplicates.sql — re-runnable.  Near-duplicate questions: the pre-insert check, the
+-- 070_duplicates.sql — re-runnable.  Near-duplicate questions: the pre-insert check, the
 -- near-duplicate pass that consumes study_embed.duplicate_queue (filled by complete()), the open
--- pairs and their dismissal.  Built on _nearest()'s helpers (035_search.sql).
+-- pairs and their dismissal.  Built on _nearest()'s helpers (060_search.sql).
 --
--- Tenant safety as in 035_search.sql: every entry point takes the requesting user explicitly.
+-- Tenant safety as in 060_search.sql: every entry point takes the requesting user explicitly.
 -- The pass (run by tick() and the listener) and the dismissal of a pair are SECURITY DEFINER;
 -- the rest runs with the caller's rights.
 --

@@ -1,10 +1,10 @@
--- 020_queue.sql — re-runnable.  The queue API: the only functions a listener calls.
+-- 040_queue.sql — re-runnable.  The queue API: the only functions a listener calls.
 --
 -- The claim commits before any model call: no transaction or row lock is held while a text is
 -- embedded.  A claim hands out a fresh token per row; complete/fail/release act only while that
 -- token is still the row's current one, which a content edit voids.
 --
--- These functions are SECURITY DEFINER, owned by study_embed_pipeline (040_privileges.sql), so
+-- These functions are SECURITY DEFINER, owned by study_embed_pipeline (095_privileges.sql), so
 -- that the listener role needs EXECUTE on them and no privilege on the tables, and so that the
 -- state machine knows their updates for the pipeline's (010_state_machine.sql).  They name every
 -- object by schema and pin search_path to pg_catalog, pg_temp.
@@ -29,16 +29,6 @@ $$;
 -- index entry, in particular no HNSW insert of a vector that did not change.  Only complete()
 -- (a new vector) and a row joining or leaving the queue (embedding_queued_at) add entries.
 -- Each function records the status counts of the rows it moved in one statement.
-
--- Is anything claimable now?  (The claim's own predicate.)
-CREATE OR REPLACE FUNCTION study_embed._claimable()
-RETURNS boolean
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-RETURN EXISTS (
-    SELECT 1 FROM public.study_questions q
-    WHERE q.deleted_at IS NULL AND q.embedding_queued_at <= now()     -- the queue index
-      AND q.embedding_due_at <= now());
 
 -- A batch size must be between 1 and most.
 CREATE OR REPLACE FUNCTION study_embed._check_batch_size(fn text, batch_size integer,
@@ -143,7 +133,7 @@ RETURN status = 'pending' AND current_token = presented_token;
 
 -- Store the embeddings of a claimed batch in one call.  A row becomes ready only if its claim is
 -- still the current one (so its text has not changed since the claim); the others are left as
--- they are.  The rows written are queued for near-duplicate detection (036_duplicates.sql).
+-- they are.  The rows written are queued for near-duplicate detection (070_duplicates.sql).
 -- Returns the ids written.
 CREATE OR REPLACE FUNCTION study_embed.complete(ids bigint[], claim_tokens uuid[],
                                                 embeddings :"vector_schema".vector[], model text)
@@ -419,66 +409,6 @@ $$;
 COMMENT ON FUNCTION study_embed.retry_failed(bigint[], integer) IS
     'Queue failed rows (all, or the ids given) again now, with a fresh attempt budget; at most '
     'batch_size per call.';
-
--- ------------------------------------------------------------------------------------------
--- A listener's sleep (the handshake is explained in 010_state_machine.sql)
--- ------------------------------------------------------------------------------------------
-
--- Called by a listener that found nothing to do, on the connection it LISTENs on.  Returns:
---   'asleep'  it now holds the sleep lock and nothing is claimable: wait for a NOTIFY;
---   'work'    something became claimable meanwhile (the lock is not held): drain again;
---   'other'   another listener sleeps holding the lock: wait for the NOTIFY that wakes both;
---   'busy'    writers kept the lock for wait_ms: drain again, then try again.
-CREATE OR REPLACE FUNCTION study_embed.listener_sleep(wait_ms integer DEFAULT 1000)
-RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-SET lock_timeout = '1s'       -- scopes the set_config below to this call
-AS $$
-DECLARE
-    k integer[] := study_embed.sleep_lock_key();
-BEGIN
-    PERFORM study_embed.listener_wake();      -- never hold it twice
-    IF NOT pg_try_advisory_lock(k[1], k[2]) THEN
-        IF EXISTS (SELECT 1 FROM pg_locks l
-                   WHERE l.locktype = 'advisory' AND l.classid = k[1]::oid
-                     AND l.objid = k[2]::oid AND l.objsubid = 2
-                     AND l.mode = 'ExclusiveLock' AND l.granted
-                     AND l.database = (SELECT d.oid FROM pg_database d
-                                       WHERE d.datname = current_database())) THEN
-            RETURN 'other';
-        END IF;
-        PERFORM set_config('lock_timeout', greatest(coalesce(wait_ms, 1000), 1)::text, true);
-        BEGIN
-            PERFORM pg_advisory_lock(k[1], k[2]);
-        EXCEPTION WHEN lock_not_available THEN
-            RETURN 'busy';
-        END;
-    END IF;
-    IF study_embed._claimable() THEN
-        PERFORM study_embed.listener_wake();
-        RETURN 'work';
-    END IF;
-    RETURN 'asleep';
-END;
-$$;
-COMMENT ON FUNCTION study_embed.listener_sleep(integer) IS
-    'A listener with nothing to do takes the sleep lock (writers then NOTIFY): asleep, work, '
-    'other or busy.';
-
-CREATE OR REPLACE FUNCTION study_embed.listener_wake()
-RETURNS void
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    k integer[] := study_embed.sleep_lock_key();
-BEGIN
-    WHILE pg_advisory_unlock(k[1], k[2]) LOOP END LOOP;
-END;
-$$;
-COMMENT ON FUNCTION study_embed.listener_wake() IS
-    'Give back the sleep lock (writers stop sending NOTIFY).';
 
 -- The embedding column's declared dimension, from the catalog.
 CREATE OR REPLACE FUNCTION study_embed.embedding_dimension()

@@ -1,4 +1,4 @@
--- 037_tick.sql — re-runnable.  The safety net under NOTIFY, run by pg_cron every minute
+-- 090_tick.sql — re-runnable.  The safety net under NOTIFY, run by pg_cron every minute
 -- (db/cron.sql).  It calls into every earlier file, so it comes after them.
 
 -- What pg_cron runs every minute: the safety net under NOTIFY.  Folds the status-count deltas,

@@ -1,4 +1,4 @@
--- 040_privileges.sql — re-runnable.  Least privilege for every role (000_roles.sql; the threat
+-- 095_privileges.sql — re-runnable.  Least privilege for every role (000_roles.sql; the threat
 -- model is in the README).
 --
 --   study_embed_pipeline  owns the SECURITY DEFINER functions; may read study_questions and
