@@ -1,11 +1,11 @@
 """The app-facing reads: the tenant-safe functions that `study_embed_app` may call (search,
 near-duplicates, similar questions, explanation context, wrong-answer clusters, dismissal), one
-method per statement of db/queries.sql, typed results.
+method per statement of db/queries/bank.sql, typed results.
 
 Used by `study-embed search` / `check-duplicate` and by the UI.  Every method takes the user
-explicitly, and the SQL underneath returns nothing of another user's questions.  The queue
-client underneath decides what a database error means; the UI asks with `retry=False`, so that a
-page says "the database is down" instead of waiting for it.
+explicitly, and the SQL underneath returns nothing of another user's questions.  The database
+layer underneath (database.py) decides what a database error means and raises it typed; the UI
+asks with `retry=False`, so that a page says "the database is down" instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from datetime import datetime
 
 import numpy as np
 
+from .database import Database
 from .embedders import EmbeddingClient, embed_query
-from .queue import QueueClient, StatusRow
+from .queue import StatusRow, read_status
 
 
 @dataclass(frozen=True)
@@ -120,19 +121,24 @@ class ClusterMember:
 class Bank:
     """One user's question bank as study_embed_app sees it."""
 
-    def __init__(self, db: QueueClient, *, retry: bool = True) -> None:
+    def __init__(self, db: Database, *, retry: bool = True) -> None:
         self.db = db
         self.retry = retry
 
+    @staticmethod
+    def database(url: str, *, max_size: int = 4, app_name: str = "study-embed") -> Database:
+        """A database client that knows the bank's statements (open it before use)."""
+        return Database(url, "bank", max_size=max_size, app_name=app_name)
+
     async def _rows(self, name: str, **params) -> list[tuple]:
-        return await self.db.fetch(name, params, retry=self.retry)
+        return await self.db.run(name, params, retry=self.retry)
 
     async def role(self) -> RoleCheck:
         [row] = await self._rows("bank_role")
         return RoleCheck(*row)
 
     async def status(self) -> list[StatusRow]:
-        return await self.db.status(retry=self.retry)
+        return await read_status(self.db, self.retry)
 
     async def users(self, limit: int = 200) -> list[User]:
         return [User(*r) for r in await self._rows("bank_users", user_id=None, limit=limit)]

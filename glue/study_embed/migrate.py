@@ -89,7 +89,7 @@ class Migrator:
         self.embedding_dim = embedding_dim
         self.cron = cron
         self.db_dir = db_dir or sql_dir()
-        self.q = queries()
+        self.q = queries("migrate")
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         psql = shutil.which("psql")
         if not psql:

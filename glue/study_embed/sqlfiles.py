@@ -18,12 +18,16 @@ def sql_dir() -> Path:
 
 
 @cache
-def queries() -> dict[str, str]:
-    """The statements the Python code runs, from db/queries.sql, keyed by their `-- name:`."""
-    text = (sql_dir() / "queries.sql").read_text()
-    parts = re.split(r"^-- name: *(\S+) *$", text, flags=re.M)
-    found = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
-        found[name] = "\n".join(lines).strip().rstrip(";")
+def queries(*files: str) -> dict[str, str]:
+    """The statements of db/queries/FILE.sql for each file named, keyed by their `-- name:`
+    (a name is defined once across them)."""
+    found: dict[str, str] = {}
+    for file in files:
+        text = (sql_dir() / "queries" / f"{file}.sql").read_text()
+        parts = re.split(r"^-- name: *(\S+) *$", text, flags=re.M)
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in found:
+                raise ValueError(f"db/queries/{file}.sql: {name} is defined twice")
+            lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
+            found[name] = "\n".join(lines).strip().rstrip(";")
     return found

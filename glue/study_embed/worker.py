@@ -22,19 +22,12 @@ from collections.abc import Awaitable, Callable
 from itertools import count
 
 import numpy as np
-import psycopg
 
 from .backoff import Backoff, Breaker, sleep_unless
+from .database import DatabaseError, DatabaseUnavailable, NotMigrated, NotPermitted, first_line
 from .embedders import Disposition, EmbeddingClient, EmbeddingError, RowFailure
 from .metrics import Stats
-from .queue import (
-    Claim,
-    DatabaseUnavailable,
-    Failure,
-    QueueClient,
-    first_line,
-    is_connection_error,
-)
+from .queue import Claim, Failure, Queue
 from .settings import Settings
 
 log = logging.getLogger("study_embed.worker")
@@ -57,7 +50,7 @@ class StartupError(Exception):
 
 
 class Worker:
-    def __init__(self, settings: Settings, queue: QueueClient, client: EmbeddingClient) -> None:
+    def __init__(self, settings: Settings, queue: Queue, client: EmbeddingClient) -> None:
         self.s = settings
         self.queue = queue
         self.client = client
@@ -79,18 +72,10 @@ class Worker:
 
     async def open(self) -> None:
         try:
-            has_vector, has_api = await self.queue.schema_ready()
-        except psycopg.OperationalError as e:
-            raise StartupError(f"cannot connect to the database: {e}".strip()) from None
-        if not (has_vector and has_api):
-            raise StartupError(
-                "the database is not migrated (no pgvector type or no "
-                "study_embed schema): run `make migrate`",
-                config=True,
-            )
-        try:
             await self.queue.open()
-        except psycopg.Error as e:  # PoolTimeout is one
+        except NotMigrated as e:
+            raise StartupError(str(e), config=True) from None
+        except DatabaseError as e:
             raise StartupError(f"cannot connect to the database: {e}") from None
 
     async def close(self) -> None:
@@ -101,19 +86,15 @@ class Worker:
         """The column's dimension from the catalog; the server answers with that dimension."""
         try:
             dim = await self.queue.embedding_dimension()
-        except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName):
-            raise StartupError(
-                "the study_embed schema is missing: run `make migrate`", config=True
-            ) from None
-        except psycopg.errors.InsufficientPrivilege:
+        except NotMigrated as e:
+            raise StartupError(str(e), config=True) from None
+        except NotPermitted:
             raise StartupError(
                 "this database role may not run the queue: GRANT study_embed_listener TO it",
                 config=True,
             ) from None
         if dim is None or dim < 1:
-            raise StartupError(
-                "study_questions.embedding is missing: run `make migrate`", config=True
-            )
+            raise StartupError(str(NotMigrated("study_questions.embedding is missing")), True)
         self.dim = dim
         backoff = Backoff(base=1.0, cap=30.0)
         cfg = self.client.config
@@ -284,7 +265,7 @@ class Worker:
                     await self.process(key, claims)
                     self._settled.set()
                 except Exception as e:
-                    if is_connection_error(e) or isinstance(e, DatabaseUnavailable):
+                    if isinstance(e, DatabaseUnavailable):
                         raise  # the rows stay held: given back below, or by the lease
                     # a bug, or a database error writing the outcome: fail the batch, go on
                     log.exception("batch failed inside the listener")
@@ -331,8 +312,8 @@ class Worker:
         in it is logged, and the listener goes on embedding."""
         try:
             await step()
-        except psycopg.Error as e:
-            if is_connection_error(e):
+        except DatabaseError as e:
+            if isinstance(e, DatabaseUnavailable):
                 raise
             log.warning(f"{what} failed; going on", extra={"fields": {"error": first_line(e)}})
 
@@ -358,7 +339,7 @@ class Worker:
         reconnect = Backoff(base=1.0, cap=30.0)
         while not stop.is_set():
             try:
-                async with self.queue.listening(channel) as ln:
+                async with self.queue.sleeping_on(channel) as ln:
                     log.info("listening", extra={"fields": {"channel": channel}})
                     reconnect.reset()
                     while not stop.is_set():
@@ -380,13 +361,13 @@ class Worker:
                         if state == "asleep":
                             await ln.wake()
                         log.debug("woke", extra={"fields": {"by": woke, "slept": state}})
-            except (psycopg.Error, DatabaseUnavailable) as e:
+            except DatabaseError as e:
                 if stop.is_set():
                     break
                 self.stats.reconnected()
                 what = (
                     "lost the database connection; reconnecting"
-                    if is_connection_error(e)
+                    if isinstance(e, DatabaseUnavailable)
                     else "database error; trying again"
                 )
                 delay = reconnect.next_delay()

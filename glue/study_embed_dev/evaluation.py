@@ -25,7 +25,6 @@ from pgvector.psycopg import register_vector
 
 from study_embed.bank import Bank
 from study_embed.embedders import EmbeddingClient, RowFailure
-from study_embed.queue import QueueClient
 
 ROLES = ("base", "same", "flip")
 # cluster thresholds tried besides the pipeline's own (the model's, else the function's default)
@@ -223,9 +222,9 @@ async def _search_all(
     url: str, client: EmbeddingClient, s: EvalSet, user_of: dict[str, int]
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Each query through search_questions (dense) and search_questions_hybrid."""
-    queue = QueueClient(url, max_size=1, app_name="study-embed eval")
-    await queue.open()
-    bank = Bank(queue)
+    db = Bank.database(url, max_size=1, app_name="study-embed eval")
+    await db.open()
+    bank = Bank(db)
     try:
         vectors = await client.embed([q.text for q in s.queries])
         dense, hybrid = [], []
@@ -238,7 +237,7 @@ async def _search_all(
             hybrid.append([h.id for h in fused])
         return dense, hybrid
     finally:
-        await queue.close()
+        await db.close()
         await client.aclose()
 
 

@@ -47,7 +47,7 @@ ORDER BY p.proname, p.oid::regprocedure::text
 
 def defined_in() -> dict[str, str]:
     """Function name -> the idempotent file that defines it."""
-    found = {}
+    found: dict[str, str] = {}
     for path in sorted((sql_dir() / "idempotent").glob("*.sql")):
         for name in DEFINES.findall(path.read_text()):
             found.setdefault(name, path.name)

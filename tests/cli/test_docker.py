@@ -385,7 +385,7 @@ def test_the_wheel_the_image_installs_migrates_a_database(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         z.extractall(site)
-    assert "study_embed/db/queries.sql" in names
+    assert {"study_embed/db/queries/queue.sql", "study_embed/db/queries/bank.sql"} <= set(names)
     # the UI's templates and style sheet (read from the package at run time)
     assert {"study_embed/ui/templates/search.html", "study_embed/ui/static/style.css"} <= set(names)
     assert any(n.startswith("study_embed/db/migrations/") for n in names)

@@ -33,8 +33,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..bank import Bank
+from ..database import DatabaseUnavailable, clean_text
 from ..embedders import ClientConfig, EmbeddingClient, EmbeddingError, make_client
-from ..queue import DatabaseUnavailable, QueueClient, clean_text
 from ..settings import Settings
 
 log = logging.getLogger("study_embed.ui")
@@ -259,18 +259,18 @@ def create_app(
 ) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        queue = QueueClient(settings.database_url, max_size=pool_size, app_name="study-embed ui")
-        await queue.open()
+        db = Bank.database(settings.database_url, max_size=pool_size, app_name="study-embed ui")
+        await db.open()
         client = embedder or make_client(ClientConfig.of(settings))
         try:
-            app.state.bank = Bank(queue, retry=False)  # a page says "down", it does not wait
+            app.state.bank = Bank(db, retry=False)  # a page says "down", it does not wait
             await check_role(app.state.bank)
             app.state.embedder = client
             app.state.settings = settings
             yield
         finally:
             await client.aclose()
-            await queue.close()
+            await db.close()
 
     hosts = ["*"] if settings.ui_host not in LOOPBACK else [*LOOPBACK, "[::1]"]
     return Starlette(

@@ -1,0 +1,48 @@
+-- queue.sql — the listener's statements (study_embed.queue.QueueClient): the queue API
+-- functions and nothing else.
+-- Loaded by study_embed.sqlfiles.queries(); one statement under each `-- name:` header,
+-- named parameters.
+
+-- name: claim
+SELECT id, claim_token, body
+FROM study_embed.claim(%(batch_size)s, make_interval(secs => %(lease_seconds)s));
+
+-- name: complete
+SELECT id FROM study_embed.complete(%(ids)s, %(claim_tokens)s, %(embeddings)b, %(model)s) AS id;
+
+-- name: fail
+SELECT id FROM study_embed.fail(%(ids)s, %(claim_tokens)s, %(errors)s, %(retryable)s) AS id;
+
+-- name: release
+SELECT id FROM study_embed.release(%(ids)s, %(claim_tokens)s,
+                                   make_interval(secs => %(retry_in_seconds)s), %(reason)s) AS id;
+
+-- name: detect_duplicates
+SELECT study_embed.detect_duplicates(make_interval(secs => %(budget_seconds)s));
+
+-- name: compact_counts
+SELECT study_embed.compact_counts();
+
+-- name: listener_sleep
+SELECT study_embed.listener_sleep(%(wait_ms)s);
+
+-- name: listener_wake
+SELECT study_embed.listener_wake();
+
+-- name: embedding_dimension
+SELECT study_embed.embedding_dimension();
+
+-- name: channel
+SELECT study_embed.channel();
+
+-- name: requeue_model
+SELECT requeued, next_after_id FROM study_embed.requeue_model(%(model)s, %(after_id)s);
+
+-- name: failures
+SELECT id, attempts, last_error, next_retry_at, waiting_for_edit
+FROM study_embed.failures
+ORDER BY waiting_for_edit DESC, next_retry_at DESC NULLS FIRST, id DESC
+LIMIT %(limit)s;
+
+-- name: waiting
+SELECT coalesce(sum(live), 0)::bigint FROM study_embed.status WHERE status <> 'ready';
