@@ -56,6 +56,7 @@ class Worker:
         self.client = client
         self.stats = Stats()
         self.breaker = Breaker(Backoff(base=1.0, cap=60.0), probe=client.healthy)
+        self.reconnect = Backoff(base=1.0, cap=30.0)  # the LISTEN connection's
         self.stats.watch(lambda: len(self._held), lambda: self.breaker.is_open)
         self.dim = 0
         self.gave_up = False
@@ -235,28 +236,29 @@ class Worker:
         queue: asyncio.Queue[tuple[int, list[Claim]] | None] = asyncio.Queue(maxsize=1)
 
         async def producer() -> None:
-            try:
-                while not stop.is_set():
-                    await self.breaker.wait(stop)
-                    if stop.is_set():
-                        break
-                    if give_up and self.breaker.failures >= DRAIN_GIVE_UP:
-                        self.gave_up = True
-                        break
-                    self._settled.clear()
-                    claims = await self.queue.claim(self.s.batch_size, self.s.lease_seconds)
-                    if not claims:
-                        if self._held:  # a batch in flight may yet be given back: look
-                            with contextlib.suppress(TimeoutError):  # again when it settles
-                                await asyncio.wait_for(self._settled.wait(), 1.0)
-                            continue
-                        break
-                    key = next(self._seq)
-                    self._held[key] = claims
-                    await queue.put((key, claims))
-            finally:
-                for _ in range(self.s.concurrency):
-                    await queue.put(None)
+            while not stop.is_set():
+                await self.breaker.wait(stop)
+                if stop.is_set():
+                    break
+                if give_up and self.breaker.failures >= DRAIN_GIVE_UP:
+                    self.gave_up = True
+                    break
+                self._settled.clear()
+                claims = await self.queue.claim(self.s.batch_size, self.s.lease_seconds)
+                if not claims:
+                    if self._held:  # a batch in flight may yet be given back: look
+                        with contextlib.suppress(TimeoutError):  # again when it settles
+                            await asyncio.wait_for(self._settled.wait(), 1.0)
+                        continue
+                    break
+                key = next(self._seq)
+                self._held[key] = claims
+                await queue.put((key, claims))
+            # only on the way out of the loop: a cancelled or failed producer is followed by
+            # the consumers' cancellation below, and a sentinel put into a full queue that
+            # nobody reads any more would never return
+            for _ in range(self.s.concurrency):
+                await queue.put(None)
 
         async def consumer() -> None:
             while (item := await queue.get()) is not None:
@@ -336,7 +338,7 @@ class Worker:
         Writers send NOTIFY only while a listener sleeps holding the sleep lock, so that busy
         writers do not serialise their commits on it; the lock's handshake loses no wake-up."""
         channel = await self.queue.channel()
-        reconnect = Backoff(base=1.0, cap=30.0)
+        reconnect = self.reconnect
         while not stop.is_set():
             try:
                 async with self.queue.sleeping_on(channel) as ln:

@@ -13,6 +13,7 @@ from study_embed.embedders import Disposition, EmbeddingError, RowFailure
 from study_embed.queue import Claim
 from study_embed.settings import Settings
 from study_embed.worker import Worker
+from study_embed_dev.memory_queue import InMemoryQueue
 
 
 class Embedder:
@@ -37,7 +38,7 @@ def claims(*bodies: str) -> list[Claim]:
 
 
 def run(embedder, batch):
-    worker = Worker(Settings(), queue=None, client=embedder)  # type: ignore[arg-type]
+    worker = Worker(Settings(), InMemoryQueue(), embedder)  # type: ignore[arg-type]
     return asyncio.run(worker.embed_rows(batch))
 
 
