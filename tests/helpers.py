@@ -15,6 +15,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from study_embed_dev.embed_server import EmbedServer
+from study_embed_dev.rows import add_question, add_topic, add_user
 from study_embed_dev.vectors import DIM, render, vector_for
 
 __all__ = [
@@ -54,13 +55,8 @@ class QuestionBank:
 
     def new_user(self) -> tuple[int, int]:
         n = next(_counter)
-        uid = self.conn.execute(
-            "INSERT INTO users (email) VALUES (%s) RETURNING id", (f"u{n}@example.com",)
-        ).fetchone()[0]
-        tid = self.conn.execute(
-            "INSERT INTO study_topics (user_id, name) VALUES (%s, %s) RETURNING id", (uid, f"t{n}")
-        ).fetchone()[0]
-        return uid, tid
+        uid = add_user(self.conn, f"u{n}@example.com")
+        return uid, add_topic(self.conn, uid, f"t{n}")
 
     def insert(
         self,
@@ -75,23 +71,7 @@ class QuestionBank:
         question = question if question is not None else f"question {n}?"
         choices = choices or (f"a{n}", f"b{n}", f"c{n}", f"d{n}")
         uid, tid = user or (self.user_id, self.topic_id)
-        cols = [
-            "user_id",
-            "study_topic_id",
-            "question_text",
-            "choice_1",
-            "choice_2",
-            "choice_3",
-            "choice_4",
-            "correct_choice",
-            *extra,
-        ]
-        vals = [uid, tid, question, *choices, correct, *extra.values()]
-        q = psycopg.sql.SQL("INSERT INTO study_questions ({}) VALUES ({}) RETURNING id").format(
-            psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, cols)),
-            psycopg.sql.SQL(", ").join(psycopg.sql.Placeholder() * len(vals)),
-        )
-        return self.conn.execute(q, vals).fetchone()[0]
+        return add_question(self.conn, uid, tid, question, choices, correct, **extra)
 
     def update(self, qid: int, **cols) -> None:
         q = psycopg.sql.SQL("UPDATE study_questions SET {} WHERE id = %s").format(
@@ -278,8 +258,8 @@ def korean_bank(bank: QuestionBank) -> dict[str, int]:
     한국사); user b: the same photosynthesis question and one of its own.  Ids by name, and the
     users as "a" and "b"; nothing embedded yet."""
     a = bank.new_user()[0]
-    life = _topic(bank, a, "생명과학")
-    history = _topic(bank, a, "한국사")
+    life = add_topic(bank.conn, a, "생명과학")
+    history = add_topic(bank.conn, a, "한국사")
     b, b_topic = bank.new_user()
     ids = {"a": a, "b": b}
     for name, topic in [
@@ -297,12 +277,6 @@ def korean_bank(bank: QuestionBank) -> dict[str, int]:
         text, choices, correct = KOREAN[key]
         ids[name] = bank.insert(text, choices, user=(b, b_topic), correct=correct)
     return ids
-
-
-def _topic(bank: QuestionBank, user_id: int, name: str) -> int:
-    return bank.conn.execute(
-        "INSERT INTO study_topics (user_id, name) VALUES (%s, %s) RETURNING id", (user_id, name)
-    ).fetchone()[0]
 
 
 def question_links(html: str) -> list[int]:

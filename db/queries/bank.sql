@@ -81,4 +81,4 @@ SELECT study_embed.dismiss_duplicate(%(user_id)s, %(question_id)s, %(duplicate_o
 
 -- name: bank_clusters
 SELECT cluster, representative_id, question_id, similarity, question_text, last_wrong_at
-FROM study_embed.wrong_answer_clusters(%(user_id)s, %(recent)s);
+FROM study_embed.wrong_answer_clusters(%(user_id)s, %(recent)s, %(threshold)s::real);

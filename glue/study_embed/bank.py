@@ -226,6 +226,11 @@ class Bank:
         )
         return bool(done)
 
-    async def clusters(self, user_id: int, recent: int = 50) -> list[ClusterMember]:
-        rows = await self._rows("bank_clusters", user_id=user_id, recent=recent)
+    async def clusters(
+        self, user_id: int, recent: int = 50, threshold: float | None = None
+    ) -> list[ClusterMember]:
+        """Without a threshold, the model's (wrong_answer_clusters)."""
+        rows = await self._rows(
+            "bank_clusters", user_id=user_id, recent=recent, threshold=threshold
+        )
         return [ClusterMember(*r) for r in rows]

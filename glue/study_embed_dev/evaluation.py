@@ -26,6 +26,8 @@ from pgvector.psycopg import register_vector
 from study_embed.bank import Bank
 from study_embed.embedders import EmbeddingClient, RowFailure
 
+from .rows import add_attempts, add_question, add_topic, add_user, one_value
+
 ROLES = ("base", "same", "flip")
 # cluster thresholds tried besides the pipeline's own (the model's, else the function's default)
 CLUSTER_THRESHOLDS = (0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.96)
@@ -164,47 +166,20 @@ def purity(clusters: Sequence[Sequence[Any]], label: dict[Any, Any]) -> dict[str
 # -- running it -----------------------------------------------------------------------------------
 
 
-def _scalar(conn: psycopg.Connection, statement: str, params: Sequence[Any] = ()) -> Any:
-    row = conn.execute(statement, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def _user_of(conn: psycopg.Connection, subject: str, users: dict[str, tuple[int, int]]):
-    if subject not in users:
-        uid = _scalar(
-            conn,
-            "INSERT INTO users (email) VALUES (%s) RETURNING id",
-            (f"eval-{len(users)}@example.com",),
-        )
-        tid = _scalar(
-            conn,
-            "INSERT INTO study_topics (user_id, name) VALUES (%s, %s) RETURNING id",
-            (uid, subject),
-        )
-        users[subject] = (uid, tid)
-    return users[subject]
-
-
 def load(url: str, s: EvalSet) -> tuple[dict[tuple[int, str], int], dict[str, int]]:
     """Every question by plain SQL, one user per subject, each answered wrongly once."""
     ids: dict[tuple[int, str], int] = {}
     users: dict[str, tuple[int, int]] = {}
     with psycopg.connect(url, autocommit=True) as conn:
         for q in s.questions:
-            uid, tid = _user_of(conn, q.subject, users)
-            ids[q.key] = _scalar(
-                conn,
-                "INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,"
-                " choice_2, choice_3, choice_4, correct_choice, subject)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (uid, tid, q.text, *q.choices, q.correct, q.subject),
+            if q.subject not in users:
+                uid = add_user(conn, f"eval-{len(users)}@example.com")
+                users[q.subject] = (uid, add_topic(conn, uid, q.subject))
+            uid, tid = users[q.subject]
+            ids[q.key] = add_question(
+                conn, uid, tid, q.text, q.choices, q.correct, subject=q.subject
             )
-            conn.execute(
-                "INSERT INTO study_question_attempts (user_id, study_question_id, study_topic_id,"
-                " selected_choice, correct_choice, is_correct) VALUES (%s, %s, %s, %s, %s, false)",
-                (uid, ids[q.key], tid, q.correct % 4 + 1, q.correct),
-            )
+            add_attempts(conn, [(uid, ids[q.key], tid, q.correct % 4 + 1, q.correct, None)])
     return ids, {subject: uid for subject, (uid, _) in users.items()}
 
 
@@ -252,7 +227,7 @@ def evaluate(url: str, s: EvalSet, client: EmbeddingClient, env: dict[str, str])
         }
         # the threshold the pipeline uses for these rows: the model's, else the setting
         threshold = float(
-            _scalar(
+            one_value(
                 conn,
                 "SELECT coalesce((SELECT m.duplicate_threshold FROM study_embed.model_thresholds m"
                 " WHERE m.model = (SELECT max(embedding_model) FROM study_questions)),"

