@@ -29,6 +29,7 @@ __all__ = [
     "run_cli",
     "wait_until",
     "statuses",
+    "listener_sleeps",
     "assert_ready_with_current_text",
     "KOREAN",
     "korean_bank",
@@ -206,6 +207,17 @@ def wait_until(pred, timeout: float = 30, every: float = 0.1, what: str = "condi
             return
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def listener_sleeps(db) -> bool:
+    """A listener holds the sleep lock: it scanned, found nothing, and waits for a NOTIFY
+    (study_embed.listener_sleep)."""
+    return db.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l, study_embed.sleep_lock_key() k"
+        " WHERE l.locktype = 'advisory' AND l.classid = k[1]::oid AND l.objid = k[2]::oid"
+        "   AND l.mode = 'ExclusiveLock' AND l.granted AND l.database ="
+        "   (SELECT oid FROM pg_database WHERE datname = current_database()))"
+    ).fetchone()[0]
 
 
 def statuses(db) -> dict[str, int]:

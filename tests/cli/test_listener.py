@@ -22,6 +22,7 @@ from ..helpers import (
     QuestionBank,
     assert_ready_with_current_text,
     listener_env,
+    listener_sleeps,
     render,
     run_cli,
     statuses,
@@ -263,7 +264,7 @@ def test_notify_wakes_an_idle_listener(bank, db, db_url, server, spawn):
         "listen", env=listener_env(db_url, server, POLL_INTERVAL=3600)
     )  # no polling to speak of
     wait_until(lambda: len(server.requests) >= 1, what="the probe")
-    time.sleep(1)  # it scanned, found nothing, and sleeps
+    wait_until(lambda: listener_sleeps(db), what="it scanned, found nothing, and sleeps")
     qid = bank.insert("wake up")
     wait_until(lambda: bank.status(qid) == "ready", timeout=20, what="the NOTIFY to wake it")
     p.terminate()
