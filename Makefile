@@ -44,7 +44,7 @@ schema: $(STAMP) ## regenerate db/schema.sql (the schema after every migration, 
 
 # the suite mostly waits (servers, listeners, timeouts): more workers than cores, each with a
 # PostgreSQL cluster of its own (TEST_WORKERS=0 runs it in one process)
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 
 test: $(STAMP) ## run the test suite (starts a throwaway PostgreSQL per worker)
 	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
