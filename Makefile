@@ -49,7 +49,7 @@ TEST_WORKERS ?= 3
 test: $(STAMP) ## run the test suite (starts a throwaway PostgreSQL per worker)
 	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-test-unit: $(STAMP) ## only tests/unit: no database, no server, about a second
+test-unit: $(STAMP) ## only tests/unit: no database, no server, under five seconds (the worker's loops included)
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff (lint and format) and mypy, as CI runs them

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 from . import __version__, logs
 from .database import Database, DatabaseError, DatabaseUnavailable, NotMigrated
-from .settings import SETTINGS, ConfigError, Settings, add_arguments
+from .settings import EXIT_CONFIG, SETTINGS, ConfigError, Settings, add_arguments
 
-EXIT_CONFIG = 2
 T = TypeVar("T")
 Handler = Callable[[Settings, argparse.Namespace], int]
+Arg = tuple[tuple[str, ...], dict[str, Any]]  # add_argument's positional and keyword arguments
 
 
 @dataclass(frozen=True)
@@ -28,18 +28,18 @@ class Command:
     name: str
     help: str
     handler: Handler
-    arguments: tuple[tuple[tuple[str, ...], dict[str, Any]], ...]
+    arguments: tuple[Arg, ...]
 
 
 COMMANDS: dict[str, Command] = {}
 
 
-def arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+def arg(*flags: str, **options: Any) -> Arg:
     """One argument of a command, as argparse's add_argument takes it."""
     return flags, options
 
 
-def command(name: str, help: str, *arguments: tuple[tuple[str, ...], dict[str, Any]]):
+def command(name: str, help: str, *arguments: Arg) -> Callable[[Handler], Handler]:
     """Declare a command: its name, its one-line help and its own arguments."""
 
     def register(handler: Handler) -> Handler:

@@ -18,11 +18,10 @@ from typing import TextIO
 
 from .embedders import ClientConfig, make_client
 from .queue import QueueClient
-from .settings import ConfigError, Settings
+from .settings import EXIT_CONFIG, ConfigError, Settings
 from .worker import StartupError, Worker
 
 log = logging.getLogger("study_embed")
-EXIT_CONFIG = 2
 
 
 class Progress:

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+EXIT_CONFIG = 2  # the exit status of every command refused for its configuration
+
 
 class ConfigError(Exception):
-    """Bad configuration: the CLI prints the message and exits with status 2."""
+    """Bad configuration: the CLI prints the message and exits with EXIT_CONFIG."""
 
 
 @dataclass(frozen=True)
