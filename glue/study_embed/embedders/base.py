@@ -1,20 +1,6 @@
-"""Embedding clients: TEI, OpenAI-compatible and Ollama, behind one interface.
-
-`embed(texts, dim)` returns, per text in order, a float32 vector or a `RowFailure` (the server
-answered for the batch, but this row's vector cannot be stored: NaN, infinity, a zero vector).
-When the batch as a whole cannot be embedded it raises `EmbeddingError`, whose `disposition`
-says what that means for the rows; each protocol classifies its own server's answers:
-
-- UNREACHABLE: no answer at all (connection refused or reset, timeout).  The rows are fine:
-  give them back and wait, probing the server's health.
-- BACK_OFF: the server answered but will not serve now (408, 429, 5xx, bad credentials, unknown
-  model or route) or answered 2xx with something that is not the embeddings asked for (HTML from
-  a proxy, not JSON, wrong count or dimension, strings or booleans for numbers).  The rows are
-  fine: give them back and leave the server alone for a while.
-- SPLIT: the server rejected the input (400, 413, 422): some row in the request is bad; halve
-  the request to find it.  A single row that is rejected fails for good (until it is edited).
-- RETRY_LATER: the server failed on this input but may not next time (TEI's 424): halve; a
-  single row fails and is retried later.
+"""What every embedding protocol shares: the dispositions, the errors, the configuration, the
+HTTP exchange and the strict checks of a reply.  A protocol (tei.py, openai.py, ollama.py) says
+where to send, how to ask, where the vectors are in the reply and what its error statuses mean.
 """
 
 from __future__ import annotations
@@ -29,7 +15,7 @@ import httpx
 import numpy as np
 import orjson
 
-from .settings import Settings
+from ..settings import Settings
 
 HEALTH_TIMEOUT = 2.0
 
@@ -88,7 +74,7 @@ def _snippet(body: str, limit: int = 300) -> str:
     return body if len(body) <= limit else body[:limit] + "…"
 
 
-def _error_message(resp: httpx.Response) -> str:
+def error_message(resp: httpx.Response) -> str:
     """The server's own words: TEI {error, error_type}, OpenAI {error: {message}},
     Ollama {error}."""
     try:
@@ -149,7 +135,7 @@ class EmbeddingClient:
     def classify(self, resp: httpx.Response) -> EmbeddingError:
         """What an HTTP error status means for the rows in the request."""
         status = resp.status_code
-        msg = f"HTTP {status} from {resp.request.url.path}: {_error_message(resp)}"
+        msg = f"HTTP {status} from {resp.request.url.path}: {error_message(resp)}"
         if status in (400, 413, 422):
             return EmbeddingError(msg, Disposition.SPLIT)
         if status in (401, 403):
@@ -234,75 +220,6 @@ def parse_vectors(raw: list[Any]) -> list[np.ndarray]:
     if len({len(v) for v in raw}) == 1:
         return list(np.asarray(raw, dtype=np.float32))
     return [np.asarray(v, dtype=np.float32) for v in raw]  # ragged: checked per row
-
-
-class TEIClient(EmbeddingClient):
-    """text-embeddings-inference: POST /embed {"inputs": [...]} -> [[...], ...]."""
-
-    path = "/embed"
-    health_path = "/health"
-
-    def payload(self, texts):
-        return {"inputs": texts, "normalize": True, "truncate": False}
-
-    def vectors(self, data):
-        return data
-
-    def classify(self, resp):
-        if resp.status_code == 424:  # the backend failed on this input; may pass another time
-            return EmbeddingError(
-                f"HTTP 424 from {resp.request.url.path}: {_error_message(resp)}",
-                Disposition.RETRY_LATER,
-            )
-        return super().classify(resp)
-
-
-class OpenAIClient(EmbeddingClient):
-    """OpenAI-compatible: POST /v1/embeddings -> {"data": [{"index", "embedding"}]} (any order)."""
-
-    path = "/v1/embeddings"
-    health_path = "/v1/models"
-
-    def payload(self, texts):
-        return {"model": self.config.model, "input": texts, "encoding_format": "float"}
-
-    def vectors(self, data):
-        items = data["data"]
-        if not isinstance(items, list):
-            raise TypeError("data is not a list")
-        indexes = [it["index"] for it in items]
-        if sorted(indexes) != list(range(len(items))):
-            raise ValueError(f"indexes are not 0..{len(items) - 1}: {indexes[:10]}")
-        return [it["embedding"] for it in sorted(items, key=lambda it: it["index"])]
-
-
-class OllamaClient(EmbeddingClient):
-    """Ollama: POST /api/embed {"model", "input": [...]} -> {"embeddings": [[...]]}."""
-
-    path = "/api/embed"
-    health_path = "/api/version"
-
-    def payload(self, texts):
-        return {
-            "model": self.config.model,
-            "input": texts,
-            "truncate": False,
-            "options": {"num_ctx": 8192},
-        }
-
-    def vectors(self, data):
-        return data["embeddings"]
-
-
-CLIENTS: dict[str, type[EmbeddingClient]] = {
-    "tei": TEIClient,
-    "openai": OpenAIClient,
-    "ollama": OllamaClient,
-}
-
-
-def make_client(config: ClientConfig) -> EmbeddingClient:
-    return CLIENTS[config.api](config)
 
 
 async def embed_query(client: EmbeddingClient, text: str) -> np.ndarray:
