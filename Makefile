@@ -49,8 +49,9 @@ TEST_WORKERS ?= 3
 test: $(STAMP) ## run the test suite (starts a throwaway PostgreSQL per worker)
 	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
+# (the unit tests use neither Hypothesis's nor anyio's pytest plugin: loading them is half the run)
 test-unit: $(STAMP) ## only tests/unit: no database, no server, under five seconds (the worker's loops included)
-	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	@$(PY) -m pytest -p no:hypothesispytest -p no:anyio tests/unit $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff (lint and format) and mypy, as CI runs them
 	@$(VENV)/bin/ruff check .
