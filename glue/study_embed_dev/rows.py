@@ -37,9 +37,10 @@ GENERATED_QUESTIONS_MANY_USERS = GENERATED_QUESTIONS.replace(
 
 
 def one_value(
-    conn: psycopg.Connection, query: sql.Composable | str, params: Sequence[Any] = ()
+    conn: psycopg.Connection, query: sql.Composable | str, params: Sequence[Any] | None = None
 ) -> Any:
-    """The first column of the one row `query` returns."""
+    """The first column of the one row `query` returns (without `params`, a `%` in the query is
+    a `%`, as in a LIKE pattern)."""
     row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
     assert row is not None
     return row[0]
