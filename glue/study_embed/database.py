@@ -179,7 +179,7 @@ class Database:
             except (psycopg.Error, PoolTimeout) as e:
                 if is_connection_error(e):
                     if self.closing or not retry:
-                        raise DatabaseUnavailable(first_line(e), e.sqlstate) from e
+                        raise typed(e) from e  # DatabaseUnavailable
                     delay = backoff.next_delay()
                     log.warning(
                         "database unavailable; retrying",

@@ -95,7 +95,9 @@ class Worker:
                 config=True,
             ) from None
         if dim is None or dim < 1:
-            raise StartupError(str(NotMigrated("study_questions.embedding is missing")), True)
+            raise StartupError(
+                str(NotMigrated("study_questions.embedding is missing")), config=True
+            )
         self.dim = dim
         backoff = Backoff(base=1.0, cap=30.0)
         cfg = self.client.config
@@ -338,12 +340,11 @@ class Worker:
         Writers send NOTIFY only while a listener sleeps holding the sleep lock, so that busy
         writers do not serialise their commits on it; the lock's handshake loses no wake-up."""
         channel = await self.queue.channel()
-        reconnect = self.reconnect
         while not stop.is_set():
             try:
                 async with self.queue.sleeping_on(channel) as ln:
                     log.info("listening", extra={"fields": {"channel": channel}})
-                    reconnect.reset()
+                    self.reconnect.reset()
                     while not stop.is_set():
                         await self.drain(stop)
                         await self._optional("near-duplicate pass", self._detect_duplicates)
@@ -372,7 +373,7 @@ class Worker:
                     if isinstance(e, DatabaseUnavailable)
                     else "database error; trying again"
                 )
-                delay = reconnect.next_delay()
+                delay = self.reconnect.next_delay()
                 log.warning(
                     what, extra={"fields": {"error": first_line(e), "retry_in_s": round(delay, 1)}}
                 )

@@ -43,6 +43,14 @@ class Row:
     was: str = "none"  # the status a release returns a pending row to
 
 
+def _due(row: Row, now: float) -> bool:
+    """Claimable now: waiting, a failure whose retry is due, or a claim whose lease expired
+    (the claim's own predicate in 040_queue.sql)."""
+    return row.status in ("none", "stale") or (
+        row.status in ("failed", "pending") and row.due <= now
+    )
+
+
 @dataclass
 class InMemoryQueue:
     dim: int = 4
@@ -100,16 +108,15 @@ class InMemoryQueue:
         for row in self.rows.values():
             if len(out) == batch_size:
                 break
-            expired = row.status == "pending" and row.due <= now
-            if row.status in ("none", "stale") or (row.status == "failed" and row.due <= now):
-                row.was = row.status
-            elif expired:
+            if not _due(row, now):
+                continue
+            if row.status == "pending":
                 row.attempts += 1  # an expired lease counts as an attempt
                 if row.attempts >= self.max_attempts:
                     row.status, row.token = "failed", None
                     continue
             else:
-                continue
+                row.was = row.status
             row.status, row.token, row.due = "pending", uuid.uuid4(), now + lease_seconds
             out.append(Claim(row.id, row.token, row.body))
         return out
@@ -169,10 +176,7 @@ class InMemoryQueue:
 
     def _claimable(self) -> bool:
         now = time.monotonic()
-        return any(
-            r.status in ("none", "stale") or (r.status in ("failed", "pending") and r.due <= now)
-            for r in self.rows.values()
-        )
+        return any(_due(r, now) for r in self.rows.values())
 
     @asynccontextmanager
     async def sleeping_on(self, channel: str) -> AsyncIterator[MemorySleeper]:

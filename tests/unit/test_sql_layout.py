@@ -7,8 +7,8 @@ import re
 from collections import Counter
 
 from study_embed.sqlfiles import sql_dir
+from study_embed_dev.schema import DEFINES, defined_in
 
-DEFINES = re.compile(r"CREATE OR REPLACE FUNCTION study_embed\.(\w+)\s*\(", re.I)
 CALLS = re.compile(r"study_embed\.(\w+)\s*\(")
 FILES = sorted((sql_dir() / "idempotent").glob("*.sql"))
 
@@ -23,16 +23,13 @@ def _code(path) -> str:
 
 
 def test_no_file_calls_a_function_a_later_file_defines():
-    defined_in = {}
-    for i, path in enumerate(FILES):
-        for name in DEFINES.findall(path.read_text()):
-            defined_in.setdefault(name, i)
+    where = defined_in()  # function -> the file that defines it
+    order = [path.name for path in FILES]
     late = []
     for i, path in enumerate(FILES):
         for name in set(CALLS.findall(_code(path))):
-            if defined_in.get(name, -1) > i:
-                later = FILES[defined_in[name]].name
-                late.append(f"{path.name} calls {name}(), defined in {later}")
+            if name in where and order.index(where[name]) > i:
+                late.append(f"{path.name} calls {name}(), defined in {where[name]}")
     assert late == []
 
 
