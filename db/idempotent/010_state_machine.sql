@@ -23,6 +23,8 @@
 --   fail                        pending -> failed
 --   release                     pending -> none|stale|failed (transient error: not counted)
 --   requeue                     ready|failed -> stale (model change, explicit retry)
+--   adopt                       a row from before study-embed (no bookkeeping): queued with
+--                               its status, or ready|none -> stale|none (045_adoption.sql)
 --
 -- Who is the pipeline: an update is the pipeline's only when it runs as study_embed_pipeline,
 -- i.e. inside one of the SECURITY DEFINER queue functions that role owns (000_roles.sql).
@@ -77,6 +79,7 @@ RETURN CASE op
     WHEN 'fail'     THEN old_status = 'pending' AND new_status = 'failed'
     WHEN 'release'  THEN old_status = 'pending' AND new_status IN ('none', 'stale', 'failed')
     WHEN 'requeue'  THEN old_status IN ('ready', 'failed') AND new_status = 'stale'
+    WHEN 'adopt'    THEN new_status = old_status OR new_status IN ('none', 'stale')
     ELSE false
 END;
 COMMENT ON FUNCTION study_embed.transition_allowed(text, text, text) IS
@@ -118,6 +121,15 @@ SET search_path = pg_catalog, pg_temp
 RETURN CASE WHEN a IS NULL OR b IS NULL THEN (a IS NULL) <> (b IS NULL)
             ELSE a OPERATOR(:"vector_schema".<>) b END;
 
+-- A ready row adopted from a bank embedded before study-embed has its source hash in
+-- study_embed.adopted_source (045_adoption.sql), not in the row.  SECURITY DEFINER (owned by
+-- study_embed_pipeline): the check below runs as the writing client, which may not read it.
+CREATE OR REPLACE FUNCTION study_embed._adopted(question_id bigint)
+RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN EXISTS (SELECT 1 FROM study_embed.adopted_source a WHERE a.question_id = _adopted.question_id);
+
 -- Every status must come with the bookkeeping that makes it true.  An assertion about the
 -- pipeline's own writes (a client cannot reach these states: the guards refuse first).
 DROP FUNCTION IF EXISTS study_embed._check_consistent(public.study_questions);
@@ -132,7 +144,8 @@ DECLARE
         WHEN 'ready' THEN CASE
             WHEN q.embedding IS NULL THEN 'it has no embedding'
             WHEN q.embedding_model IS NULL THEN 'it has no embedding_model'
-            WHEN q.embedding_source_sha256 IS NULL THEN 'it has no embedding_source_sha256'
+            WHEN q.embedding_source_sha256 IS NULL AND NOT study_embed._adopted(q.id)
+                THEN 'it has no embedding_source_sha256 (and was not adopted)'
             WHEN q.embedding_claim_token IS NOT NULL OR q.embedding_due_at IS NOT NULL
                  OR q.embedding_queued_at IS NOT NULL
                 THEN 'it is still queued' END
@@ -328,3 +341,67 @@ CREATE OR REPLACE TRIGGER study_embed_guard_update
           OR (OLD.embedding IS NULL) <> (NEW.embedding IS NULL)
           OR OLD.embedding OPERATOR(:"vector_schema".<>) NEW.embedding)
     EXECUTE FUNCTION study_embed._guard_update();
+
+-- A row from before study-embed (an adopted bank: the columns were added under it, so it has
+-- no queue bookkeeping at all) is queued by its first write, whoever makes it: the app's,
+-- before the adoption reaches it (045_adoption.sql), or the adoption's own.
+--   none, stale  waiting from now
+--   pending      a claim of the old worker: an expired lease (the next claim counts it as a
+--                failed attempt, as for any listener that did not finish)
+--   failed       due for a retry now, with a fresh attempt budget
+--   ready without its vector or model, or a status study-embed does not know: stale (none
+--                without a vector)
+-- (A complete `ready` row needs nothing to stay consistent; the adoption decides whether to
+-- keep it.)  The status count of a row whose status changes here is recorded by
+-- study_embed_count_update (030_counts.sql), which fires on any update that changes a status.
+CREATE OR REPLACE FUNCTION study_embed._queued_from_before(q public.study_questions,
+                                                           status text)
+RETURNS public.study_questions
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    q.embedding_status := status;
+    q.embedding_claim_token := CASE WHEN status = 'pending' THEN gen_random_uuid() END;
+    q.embedding_due_at := now();
+    q.embedding_queued_at := now();
+    q.embedding_attempts := 0;
+    q.embedding_last_error := CASE WHEN status = 'failed'
+        THEN 'failed under the worker before study-embed; retried after adoption' END;
+    RETURN q;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION study_embed._queue_unadopted()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- an edit of the text has queued it already (study_embed_guard_update fires first)
+    IF NEW.embedding_queued_at IS NULL AND NEW.embedding_due_at IS NULL
+       AND NEW.embedding_last_error IS NULL
+       AND (NEW.embedding_status <> 'ready' OR NEW.embedding IS NULL
+            OR NEW.embedding_model IS NULL) THEN
+        NEW := study_embed._queued_from_before(NEW, CASE
+            WHEN NEW.embedding_status IN ('none', 'stale', 'pending', 'failed')
+                THEN NEW.embedding_status
+            WHEN NEW.embedding IS NULL THEN 'none'
+            ELSE 'stale' END);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+-- Fires only for a row with no bookkeeping that is not a complete ready row (every row
+-- study-embed has written is ready with its vector and model, or waiting with
+-- embedding_queued_at, or failed with its error): an update of any other row evaluates this
+-- WHEN and nothing else.  Named to fire after study_embed_guard_update.
+CREATE OR REPLACE TRIGGER study_embed_queue_unadopted
+    BEFORE UPDATE ON public.study_questions
+    FOR EACH ROW
+    WHEN (OLD.embedding_queued_at IS NULL AND OLD.embedding_due_at IS NULL
+          AND OLD.embedding_last_error IS NULL
+          AND (OLD.embedding_status <> 'ready' OR OLD.embedding IS NULL
+               OR OLD.embedding_model IS NULL))
+    EXECUTE FUNCTION study_embed._queue_unadopted();

@@ -99,9 +99,10 @@ $$;
 CREATE OR REPLACE TRIGGER study_embed_count_insert
     AFTER INSERT ON public.study_questions
     FOR EACH ROW EXECUTE FUNCTION study_embed._count_row();
+-- (Any UPDATE, not UPDATE OF the columns: a BEFORE trigger may change the status of a row whose
+-- status the statement does not name, study_embed_queue_unadopted in 010.)
 CREATE OR REPLACE TRIGGER study_embed_count_update
-    AFTER UPDATE OF embedding_status, deleted_at, question_text, choice_1, choice_2, choice_3,
-        choice_4 ON public.study_questions
+    AFTER UPDATE ON public.study_questions
     FOR EACH ROW
     WHEN (current_user <> 'study_embed_pipeline'::name
           AND (OLD.embedding_status IS DISTINCT FROM NEW.embedding_status

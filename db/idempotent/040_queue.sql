@@ -177,6 +177,8 @@ BEGIN
     PERFORM study_embed._count_moves(study_embed._all(done, 'pending'::text), deleted,
                                      study_embed._all(done, 'ready'::text), deleted);
     IF done IS NOT NULL THEN   -- near-duplicates are looked for later, off this hot path
+        -- an adopted row's own hash now says where its vector came from
+        DELETE FROM study_embed.adopted_source a WHERE a.question_id = ANY (done);
         INSERT INTO study_embed.duplicate_queue (question_id)
         SELECT unnest(done) ON CONFLICT (question_id) DO UPDATE SET queued_at = now();
     END IF;
@@ -316,7 +318,11 @@ BEGIN
           AND q.embedding_status = 'ready'
           AND CASE why
                 WHEN 'model' THEN q.embedding_model IS DISTINCT FROM _requeue.model
-                ELSE q.embedding_source_sha256 IS DISTINCT FROM study_embed.text_sha256(
+                -- an adopted row's hash is beside it (045_adoption.sql)
+                ELSE coalesce(q.embedding_source_sha256,
+                              (SELECT a.source_sha256 FROM study_embed.adopted_source a
+                               WHERE a.question_id = q.id))
+                     IS DISTINCT FROM study_embed.text_sha256(
                          study_embed.render_question(q.question_text, q.choice_1, q.choice_2,
                                                      q.choice_3, q.choice_4)) END
         RETURNING 1

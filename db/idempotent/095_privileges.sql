@@ -35,7 +35,10 @@ GRANT EXECUTE ON FUNCTION
     study_embed.channel(),
     study_embed._check_consistent(public.study_questions),
     study_embed._guard_insert(),
-    study_embed._guard_update()
+    study_embed._guard_update(),
+    study_embed._queued_from_before(public.study_questions, text),
+    study_embed._queue_unadopted(),
+    study_embed._adopted(bigint)
 TO PUBLIC;
 
 -- ---------------------------------------------------------------- study_embed_pipeline
@@ -51,6 +54,9 @@ GRANT SELECT ON study_embed.settings, study_embed.model_thresholds TO study_embe
 GRANT SELECT, INSERT, DELETE ON study_embed.status_counts TO study_embed_pipeline;
 GRANT SELECT, INSERT, UPDATE, DELETE ON study_embed.duplicate_queue TO study_embed_pipeline;
 GRANT SELECT, INSERT, UPDATE, DELETE ON study_embed.duplicate_candidates TO study_embed_pipeline;
+GRANT SELECT, INSERT, DELETE ON study_embed.adopted_source TO study_embed_pipeline;
+GRANT SELECT, INSERT, UPDATE ON study_embed.adoption, study_embed.adoption_outcomes
+    TO study_embed_pipeline;
 GRANT EXECUTE ON FUNCTION
     study_embed._set_actor(text),
     study_embed._check_batch(text, text[], integer[]),
@@ -86,6 +92,8 @@ ALTER FUNCTION study_embed.detect_duplicates(interval, integer) OWNER TO study_e
 ALTER FUNCTION study_embed.dismiss_duplicate(bigint, bigint, bigint) OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed._count_statement() OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed._count_row() OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed._adopted(bigint) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.adopt(text, boolean, integer) OWNER TO study_embed_pipeline;
 REVOKE CREATE ON SCHEMA study_embed FROM study_embed_pipeline;
 -- (ALTER ... OWNER keeps the grants made above; the owner has EXECUTE on its own functions.)
 

@@ -21,6 +21,12 @@
 --
 -- Queue rows get their bookkeeping from column defaults, so that a plain INSERT needs no
 -- trigger function at all (the guard fires only when a pipeline column is given).
+--
+-- replaces sha256: cfc00be679de24a446ea77ccbefa23fa720f5b9fead490019628aad0decc792b
+--   The earlier version also rewrote, in this transaction, the rows of an adopted bank that had
+--   no bookkeeping yet, and validated the CHECK at once.  Those rows are now left to `migrate`'s
+--   batched adoption (045_adoption.sql) and the CHECK is validated after it.  On a database
+--   that ran the earlier version no such row existed (0001 had queued them all).
 
 ALTER TABLE public.study_questions ALTER COLUMN embedding SET STORAGE EXTERNAL;
 ALTER TABLE public.study_questions SET (fillfactor = 85);
@@ -30,12 +36,14 @@ ALTER TABLE public.study_questions
     ALTER COLUMN embedding_queued_at SET DEFAULT now();
 
 -- Every waiting row carries its queued_at (none and stale rows always did); failed rows whose
--- attempts are used up are parked.
+-- attempts are used up are parked.  (Rows from before study-embed, with no bookkeeping at all,
+-- are the adoption's.)
 UPDATE public.study_questions
 SET embedding_queued_at = CASE WHEN embedding_status = 'failed' AND embedding_due_at IS NULL
                                THEN NULL ELSE coalesce(embedding_queued_at, now()) END
 WHERE embedding_status <> 'ready'
-  AND (embedding_queued_at IS NULL) <> (embedding_status = 'failed' AND embedding_due_at IS NULL);
+  AND (embedding_queued_at IS NULL) <> (embedding_status = 'failed' AND embedding_due_at IS NULL)
+  AND (embedding_due_at IS NOT NULL OR embedding_queued_at IS NOT NULL);
 
 DROP INDEX IF EXISTS public.study_questions_embedding_queue;
 DROP INDEX IF EXISTS public.study_questions_embedding_waiting;
@@ -50,7 +58,7 @@ ALTER TABLE public.study_questions
     ADD CONSTRAINT study_questions_embedding_queued_check
         CHECK (CASE embedding_status WHEN 'ready' THEN embedding_queued_at IS NULL
                                      WHEN 'failed' THEN true          -- NULL: parked
-                                     ELSE embedding_queued_at IS NOT NULL END);
+                                     ELSE embedding_queued_at IS NOT NULL END) NOT VALID;
 
 -- A bound on the retry budget (the backoff's exponent is also capped in fail()).
 UPDATE study_embed.settings SET max_attempts = least(max_attempts, 100);

@@ -49,3 +49,30 @@ SELECT 1 FROM pg_extension WHERE extname = 'pg_cron';
 SELECT 1 FROM cron.job
 WHERE jobname = %(job)s AND schedule = '* * * * *' AND command = 'SELECT study_embed.tick()'
   AND database = %(app_db)s AND active;
+
+-- name: migrate_adoption
+SELECT model, reembed, after_id, started_at IS NOT NULL AS started, finished_at IS NOT NULL AS finished
+FROM study_embed.adoption;
+
+-- name: migrate_adoption_models
+-- the models that made the ready vectors the adoption would keep (rows with no bookkeeping);
+-- read once, before an adoption starts
+SELECT coalesce(q.embedding_model, ''), count(*)
+FROM public.study_questions q
+WHERE q.embedding_status = 'ready' AND q.embedding IS NOT NULL
+  AND q.embedding_source_sha256 IS NULL AND q.embedding_queued_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM study_embed.adopted_source a WHERE a.question_id = q.id)
+GROUP BY 1 ORDER BY 2 DESC;
+
+-- name: migrate_adopt
+SELECT outcome, n, after_id, finished FROM study_embed.adopt(%(model)s, %(reembed)s, %(batch_size)s);
+
+-- name: migrate_adoption_outcomes
+SELECT outcome, n FROM study_embed.adoption_outcomes ORDER BY outcome = 'adopted' DESC, n DESC, outcome;
+
+-- name: migrate_not_valid
+-- the state CHECKs that are still to be validated (added NOT VALID, 0001 and 0005)
+SELECT conname FROM pg_constraint
+WHERE conrelid = 'public.study_questions'::regclass AND contype = 'c' AND NOT convalidated
+  AND conname LIKE 'study\_questions\_embedding\_%'
+ORDER BY conname;

@@ -87,6 +87,12 @@ def _bank_db(cfg: Settings, app: str) -> Database:
         action="store_true",
         help="re-apply functions, triggers and views even if unchanged",
     ),
+    arg(
+        "--reembed-all",
+        action="store_true",
+        help="adopting a bank embedded before study-embed: keep none of its vectors, queue "
+        "every row (by default ready rows made by EMBEDDING_MODEL are kept)",
+    ),
 )
 def _cmd_migrate(cfg: Settings, args: argparse.Namespace) -> int:
     from .migrate import MigrationError, Migrator
@@ -95,6 +101,8 @@ def _cmd_migrate(cfg: Settings, args: argparse.Namespace) -> int:
         report = Migrator(
             cfg.database_url,
             embedding_dim=cfg.embedding_dim,
+            model=cfg.embedding_model,
+            reembed=args.reembed_all,
             cron=cfg.study_embed_cron and not args.no_cron,
         ).run(force=args.force)
     except MigrationError as e:

@@ -7,6 +7,10 @@
   whenever any of them changed since the last run (their combined sha256 is in the ledger).
   The status counts are then recomputed in a transaction of their own, at REPEATABLE READ,
   which blocks no writer.
+- The rows of a bank embedded before study-embed (the columns were added under them) are then
+  adopted, a bounded batch per transaction (study_embed.adopt(), db/idempotent/045_adoption.sql):
+  ready rows whose vector the configured model made are kept as they are, the others queued.
+  The state CHECKs, added NOT VALID, are validated once no such row is left.
 - db/cron.sql schedules study_embed.tick() every minute in pg_cron's database.
 - A session advisory lock serialises concurrent migrators; a second run applies nothing.
 
@@ -39,6 +43,12 @@ IDEMPOTENT_LEDGER_NAME = "idempotent/*"
 MIN_PGVECTOR = (0, 5, 0)  # HNSW
 LOCK_TIMEOUT = "1s"  # longest a migration statement queues other sessions behind itself
 LOCK_TRIES = 30  # transactions tried before migrate gives up on a busy table
+# an edited migration file may name the digests of the versions it replaces: a database that
+# applied one of them has applied this one
+_REPLACES = re.compile(r"^-- replaces sha256: ([0-9a-f]{64})\s*$", re.MULTILINE)
+ADOPT_BATCH = 1000  # rows per adoption transaction to start with
+ADOPT_BATCH_MAX = 20000
+ADOPT_TARGET_SECONDS = 0.5  # an adoption batch holds the row locks of its queued rows this long
 _LOCK_NOT_AVAILABLE = re.compile(r"ERROR:\s+55P03:")  # psql's VERBOSITY=verbose
 _SERIALIZATION = re.compile(r"ERROR:\s+40001:")
 
@@ -52,9 +62,29 @@ class Report:
     applied: list[str] = field(default_factory=list)
     idempotent: bool = False
     cron: str = "skipped"
+    # what the adoption did in this run, by outcome (empty: there was nothing to adopt)
+    adoption: dict[str, int] = field(default_factory=dict)
+    validated: list[str] = field(default_factory=list)
+
+    def adoption_summary(self) -> str:
+        total = sum(self.adoption.values())
+        adopted = self.adoption.get("adopted", 0)
+        queued = sum(n for k, n in self.adoption.items() if k.startswith("queued"))
+        lines = [
+            f"adopt: {total} row(s) walked: {adopted} adopted (kept, no embedding request), "
+            f"{queued} queued, {total - adopted - queued} already study-embed's"
+        ]
+        lines += [f"  {n:>10}  {k}" for k, n in self.adoption.items()]
+        return "\n".join(lines)
 
     def summary(self) -> str:
-        if not self.applied and not self.idempotent and self.cron in ("up to date", "skipped"):
+        if (
+            not self.applied
+            and not self.idempotent
+            and not self.adoption
+            and not self.validated
+            and self.cron in ("up to date", "skipped")
+        ):
             return "migrate: nothing to apply, the database is up to date" + (
                 "" if self.cron == "up to date" else " (pg_cron tick not managed: --no-cron)"
             )
@@ -63,8 +93,11 @@ class Report:
             + (f": {', '.join(self.applied)}" if self.applied else "")
         ]
         parts.append("functions/triggers/views " + ("applied" if self.idempotent else "up to date"))
+        if self.validated:
+            parts.append(f"validated {', '.join(self.validated)}")
         parts.append(f"pg_cron tick {self.cron}")
-        return "migrate: " + "; ".join(parts)
+        text = "migrate: " + "; ".join(parts)
+        return (self.adoption_summary() + "\n" + text) if self.adoption else text
 
 
 def _sha256(data: bytes) -> str:
@@ -81,12 +114,16 @@ class Migrator:
         url: str,
         *,
         embedding_dim: int | None = None,
+        model: str = "BAAI/bge-m3",
+        reembed: bool = False,
         cron: bool = True,
         db_dir: Path | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url
         self.embedding_dim = embedding_dim
+        self.model = model
+        self.reembed = reembed
         self.cron = cron
         self.db_dir = db_dir or sql_dir()
         self.q = queries("migrate")
@@ -222,9 +259,11 @@ class Migrator:
         files = sorted((self.db_dir / "migrations").glob("*.sql"))
         for path in files:
             rel = f"migrations/{path.name}"
-            digest = _sha256(path.read_bytes())
+            content = path.read_bytes()
+            digest = _sha256(content)
             if rel in ledger:
-                if ledger[rel] != digest:
+                replaced = set(_REPLACES.findall(content.decode()))
+                if ledger[rel] != digest and ledger[rel] not in replaced:
                     raise MigrationError(
                         f"db/{rel} was edited after it was applied (applied sha256 "
                         f"{ledger[rel][:12]}…, file now {digest[:12]}…). Applied migrations are "
@@ -275,6 +314,90 @@ class Migrator:
         )
         report.idempotent = True
 
+    def _adopt(self, conn: psycopg.Connection, report: Report) -> None:
+        """Walk the rows written before study-embed, a bounded batch per transaction, until
+        the walk is finished (it resumes where a crashed or stopped run left it)."""
+        row = conn.execute(self.q["migrate_adoption"]).fetchone()
+        assert row is not None
+        model, reembed, after_id, started, done = row
+        if done:
+            if self.reembed:
+                self.log(
+                    "migrate: --reembed-all: the adoption finished earlier, there is nothing left "
+                    "to adopt; `study-embed reembed` queues rows of another model"
+                )
+            return
+        if started and (model, reembed) != (self.model, self.reembed):
+            raise MigrationError(
+                f"an adoption is under way (up to id {after_id}) keeping the vectors of {model!r}"
+                f"{' (re-embedding all)' if reembed else ''}; run migrate again with "
+                f"EMBEDDING_MODEL={model}{' and --reembed-all' if reembed else ''} to finish it"
+            )
+        if not started and not self.reembed:
+            models: dict[str, int] = dict(
+                conn.execute(self.q["migrate_adoption_models"]).fetchall()
+            )
+            if models and self.model not in models:
+                found = ", ".join(
+                    f"{n} by {m or '(no model recorded)'!r}" for m, n in models.items()
+                )
+                raise MigrationError(
+                    f"the bank has ready rows from before study-embed ({found}) but none made by "
+                    f"the configured model {self.model!r}: adopting now would re-embed them all. "
+                    "Set EMBEDDING_MODEL to the name the old worker stored (if it is the same "
+                    "model), or pass --reembed-all to re-embed every row."
+                )
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
+        batch, tries = ADOPT_BATCH, 0
+        backoff = Backoff(base=0.5, cap=5.0)
+        last_log = time.monotonic()
+        params = {"model": self.model, "reembed": self.reembed}
+        while True:
+            began = time.monotonic()
+            try:
+                rows = conn.execute(
+                    self.q["migrate_adopt"], {**params, "batch_size": batch}
+                ).fetchall()
+            except psycopg.errors.LockNotAvailable:
+                tries += 1
+                if tries >= LOCK_TRIES:
+                    raise MigrationError(
+                        f"the adoption: rows stayed locked by other sessions through {tries} "
+                        "tries; what it did so far is kept. Run migrate again to go on."
+                    ) from None
+                time.sleep(backoff.next_delay())
+                continue
+            tries = 0
+            took = time.monotonic() - began
+            for outcome, n, reached, _ in rows:
+                if outcome is not None:
+                    report.adoption[outcome] = report.adoption.get(outcome, 0) + n
+                after_id = reached
+            if rows[0][3]:  # the walk is finished
+                break
+            # keep each batch (and the row locks it holds) short, and the walk quick
+            if took > ADOPT_TARGET_SECONDS:
+                batch = max(50, batch // 2)
+            elif took < ADOPT_TARGET_SECONDS / 4:
+                batch = min(ADOPT_BATCH_MAX, batch * 2)
+            if time.monotonic() - last_log > 2:
+                last_log = time.monotonic()
+                walked = sum(report.adoption.values())
+                self.log(f"migrate: adopting: {walked} row(s) walked, up to id {after_id}")
+        conn.execute("RESET lock_timeout")
+
+    def _validate(self, conn: psycopg.Connection, report: Report) -> None:
+        """Validate the state CHECKs added NOT VALID: a scan that blocks no reader or writer
+        (SHARE UPDATE EXCLUSIVE)."""
+        for (name,) in conn.execute(self.q["migrate_not_valid"]).fetchall():
+            self.log(f"migrate: validating {name}")
+            self._psql(
+                'ALTER TABLE public.study_questions VALIDATE CONSTRAINT :"constraint";\n',
+                {"constraint": name},
+                what=f"validating {name}",
+            )
+            report.validated.append(name)
+
     def _schedule_cron(self, variables: dict[str, str], report: Report) -> None:
         app_db, cron_db = variables["app_db"], variables["cron_db"]
         job = f"study_embed_tick:{app_db}"
@@ -324,6 +447,8 @@ class Migrator:
                 self._apply_migrations(ledger, variables, report)
                 variables["vector_schema"] = self._vector_schema(conn)
                 self._apply_idempotent(ledger, variables, report, force)
+                self._adopt(conn, report)
+                self._validate(conn, report)
                 if self.cron:
                     self._schedule_cron(variables, report)
             finally:

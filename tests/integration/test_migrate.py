@@ -7,33 +7,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
-import numpy as np
 import psycopg
 import pytest
-from pgvector.psycopg import register_vector
 
 from study_embed.migrate import MigrationError, Migrator
 from study_embed.sqlfiles import sql_dir
-from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.localdb import Cluster
 
-from ..conftest import CLUSTER, _free_port, scratch_dir, url_for
-from ..helpers import render, vector_for
-
-
-@pytest.fixture
-def empty_db():
-    name = f"mig_{uuid.uuid4().hex[:10]}"
-    CLUSTER.create_database(name)
-    yield url_for(name)
-    with psycopg.connect(url_for("postgres"), autocommit=True) as c:
-        if c.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'").fetchone():
-            c.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s", (name,))
-        c.execute(
-            psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(psycopg.sql.Identifier(name))
-        )
+from ..conftest import _free_port, scratch_dir, url_for
 
 
 def _columns(url: str) -> dict[str, str]:
@@ -357,98 +339,3 @@ def test_pg_cron_not_preloaded_is_a_clear_error():
         assert Migrator(other.url("app"), cron=False, log=lambda m: None).run().applied
     finally:
         other.destroy()
-
-
-SEED_SCHEMA = """
-CREATE EXTENSION vector;
-CREATE TABLE users (id bigserial PRIMARY KEY, email varchar(320));
-CREATE TABLE study_topics (id bigserial PRIMARY KEY, user_id bigint REFERENCES users,
-                           name varchar(200) NOT NULL);
-CREATE TABLE study_questions (
-    id bigserial PRIMARY KEY, user_id bigint NOT NULL REFERENCES users,
-    study_topic_id bigint NOT NULL REFERENCES study_topics, question_text text NOT NULL,
-    choice_1 text NOT NULL, choice_2 text NOT NULL, choice_3 text NOT NULL, choice_4 text NOT NULL,
-    correct_choice smallint NOT NULL, subject varchar(120), scope varchar(200),
-    exam_name varchar(120), exam_round varchar(120), explanation text, source_note text,
-    is_active boolean NOT NULL DEFAULT true, ai_explanation text,
-    ai_explanation_status varchar(20) NOT NULL DEFAULT 'none',
-    ai_explanation_generated_at timestamptz, ai_explanation_model varchar(120),
-    embedding vector(1024), embedding_status varchar(20) NOT NULL DEFAULT 'none',
-    embedding_updated_at timestamptz, embedding_model varchar(120),
-    created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(),
-    deleted_at timestamptz);
-INSERT INTO users (email) VALUES ('seed@x');
-INSERT INTO study_topics (user_id, name) VALUES (1, 't');
-"""
-
-
-def test_adopts_a_bank_the_seeds_code_wrote(empty_db):
-    """An app database that ran the seed's code: 'ready' rows with no record of their text,
-    'pending' rows with no claim.  Migrating queues every row again (a vector is kept until its
-    replacement lands), the counts are exact, and a drain makes every live row ready with the
-    vector of its current text."""
-    old = "[" + ",".join(["0.5"] * 1024) + "]"
-    with psycopg.connect(empty_db, autocommit=True) as c:
-        c.execute(SEED_SCHEMA)
-        for i, (status, vec, deleted) in enumerate(
-            [
-                ("ready", old, False),
-                ("ready", old, True),
-                ("pending", None, False),
-                ("failed", old, False),
-                ("stale", old, False),
-                ("none", None, False),
-                ("none", old, False),
-            ]
-        ):
-            c.execute(
-                "INSERT INTO study_questions (user_id, study_topic_id, question_text,"
-                " choice_1, choice_2, choice_3, choice_4, correct_choice, embedding,"
-                " embedding_status, embedding_model, deleted_at) VALUES (1, 1, %s, 'a',"
-                " 'b', 'c', 'd', 1, %s, %s, %s, CASE WHEN %s THEN now() END)",
-                (f"q{i}", vec, status, "seed-model" if vec else None, deleted),
-            )
-    Migrator(empty_db, cron=False, log=lambda m: None).run()
-    with psycopg.connect(empty_db) as c:
-        rows = c.execute(
-            "SELECT question_text, embedding_status, embedding IS NOT NULL"
-            " FROM study_questions ORDER BY id"
-        ).fetchall()
-        assert rows == [
-            ("q0", "stale", True),
-            ("q1", "stale", True),
-            ("q2", "none", False),
-            ("q3", "stale", True),
-            ("q4", "stale", True),
-            ("q5", "none", False),
-            ("q6", "stale", True),
-        ]
-        status = dict(c.execute("SELECT status, live FROM study_embed.status").fetchall())
-        assert status == {"none": 2, "stale": 4, "pending": 0, "failed": 0, "ready": 0}
-    server = EmbedServer(dim=1024)
-    try:
-        r = _cli(
-            "drain",
-            env={
-                "DATABASE_URL": empty_db,
-                "EMBEDDING_URL": server.url,
-                "EMBEDDING_MODEL": "bge-m3",
-            },
-        )
-        assert r.returncode == 0, r.stderr
-    finally:
-        server.stop()
-    with psycopg.connect(empty_db) as c:
-        register_vector(c)
-        live = c.execute(
-            "SELECT question_text, embedding_status, embedding_model, embedding"
-            " FROM study_questions WHERE deleted_at IS NULL ORDER BY id"
-        ).fetchall()
-        assert len(live) == 6
-        for text, status, model, emb in live:
-            assert (status, model) == ("ready", "bge-m3")
-            assert np.allclose(
-                emb.to_numpy(), vector_for(render(text, "a", "b", "c", "d")), atol=1e-6
-            )
-        status = dict(c.execute("SELECT status, live FROM study_embed.status").fetchall())
-        assert status["ready"] == 6 and status["none"] == status["stale"] == 0

@@ -80,6 +80,9 @@ def test_listener_can_run_the_queue(bank, listener_conn):
         "SET ROLE study_embed_pipeline",
         "UPDATE study_embed.duplicate_candidates SET dismissed_at = now()",
         "SELECT * FROM study_embed.search_questions(1, NULL)",
+        "SELECT * FROM study_embed.adopt('BAAI/bge-m3')",
+        "SELECT * FROM study_embed.adopted_source",
+        "SELECT * FROM study_embed.adoption",
     ],
 )
 def test_listener_cannot_touch_anything_else(bank, listener_conn, statement):

@@ -227,6 +227,11 @@ def test_no_session_setting_lets_a_client_pose_as_the_pipeline(bank, login, acto
         "SELECT * FROM study_embed.duplicate_pairs",
         "SELECT * FROM study_embed.status",
         "CREATE FUNCTION study_embed.render_question(varchar) RETURNS text LANGUAGE sql RETURN 'x'",
+        "SELECT * FROM study_embed.adopt('BAAI/bge-m3')",
+        "INSERT INTO study_embed.adopted_source (question_id, source_sha256) VALUES (1, 'x')",
+        "SELECT * FROM study_embed.adopted_source",
+        "UPDATE study_embed.adoption SET finished_at = NULL, after_id = 0",
+        "DELETE FROM study_embed.adoption_outcomes",
     ],
 )
 def test_hostile_role_reaches_nothing_of_the_pipeline(bank, login, statement):
@@ -259,6 +264,10 @@ def test_public_may_execute_only_pure_helpers(db, login):
         "_guard_insert",
         "_guard_update",
         "answer_key",
+        # a row from before study-embed: queued by its first write (045_adoption.sql)
+        "_queued_from_before",
+        "_queue_unadopted",
+        "_adopted",
     }
     # and _actor() says `client` for it, whatever it sets
     evil.execute("SELECT set_config('study_embed.actor', 'complete', false)")
