@@ -76,3 +76,9 @@ SELECT conname FROM pg_constraint
 WHERE conrelid = 'public.study_questions'::regclass AND contype = 'c' AND NOT convalidated
   AND conname LIKE 'study\_questions\_embedding\_%'
 ORDER BY conname;
+
+-- name: migrate_installed
+SELECT to_regnamespace('study_embed') IS NOT NULL;
+
+-- name: migrate_unschedule_tick
+SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %(job)s;

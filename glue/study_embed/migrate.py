@@ -427,6 +427,54 @@ class Migrator:
         )
         report.cron = "scheduled"
 
+    def uninstall(self) -> str:
+        """Remove what study-embed added to the database (db/uninstall.sql) and its pg_cron
+        job; the app's tables, the seed's embedding columns, their values and the HNSW index
+        stay.  Refuses, changing nothing, when an object of the app depends on study-embed.
+        The roles are cluster-wide (other databases may use them): they stay."""
+        try:
+            conn = psycopg.connect(
+                self.url, autocommit=True, application_name="study-embed uninstall"
+            )
+        except psycopg.OperationalError as e:
+            raise MigrationError(f"cannot connect to the database: {e}".strip()) from e
+        with conn:
+            lock = {"key": LOCK_KEY}
+            conn.execute(self.q["migrate_lock"], lock)
+            try:
+                installed = conn.execute(self.q["migrate_installed"]).fetchone()
+                if not (installed and installed[0]):
+                    return "uninstall: study-embed is not installed in this database"
+                self.log("uninstall: removing study-embed's schema, triggers and columns")
+                self._psql((self.db_dir / "uninstall.sql").read_text(), {}, what="db/uninstall.sql")
+                cron = "no pg_cron job to remove"
+                if self.cron:
+                    cron = self._unschedule_cron(conn.info.dbname)
+            finally:
+                conn.execute(self.q["migrate_unlock"], lock)
+        return (
+            "uninstall: removed the study_embed schema, its triggers, the pipeline's columns "
+            f"and CHECKs of study_questions; {cron}. Kept: the app's tables, embedding, "
+            "embedding_status, embedding_updated_at, embedding_model, their values and the "
+            "HNSW index; the roles study_embed_pipeline, study_embed_listener and "
+            "study_embed_app (cluster-wide: DROP ROLE them once no database uses them)."
+        )
+
+    def _unschedule_cron(self, app_db: str) -> str:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute(self.q["migrate_cron_database"]).fetchone()
+        cron_db = row[0] if row else None
+        if not cron_db:
+            return "pg_cron is not loaded: no job to remove"
+        cron_url = self.url if cron_db == app_db else _with_dbname(self.url, cron_db)
+        with psycopg.connect(cron_url, autocommit=True) as cconn:
+            if not cconn.execute(self.q["migrate_has_pg_cron"]).fetchone():
+                return "no pg_cron job to remove"
+            removed = cconn.execute(
+                self.q["migrate_unschedule_tick"], {"job": f"study_embed_tick:{app_db}"}
+            ).fetchall()
+        return "removed its pg_cron job" if removed else "no pg_cron job to remove"
+
     def run(self, *, force: bool = False) -> Report:
         report = Report()
         try:

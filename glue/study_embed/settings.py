@@ -164,8 +164,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("EMBEDDING_URL", "embedding server base URL", _http_url, commands=EMBED),
     Setting(
         "EMBEDDING_MODEL",
-        "model name sent to the server and stored in embedding_model",
-        commands=(*EMBED, "reembed"),
+        "model name sent to the server and stored in embedding_model (migrate: the model "
+        "whose vectors an adopted bank keeps)",
+        commands=(*EMBED, "reembed", "migrate"),
     ),
     Setting(
         "EMBEDDING_API_KEY", "bearer token for the embedding server (optional)", commands=EMBED

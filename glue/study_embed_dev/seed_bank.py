@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import psycopg
+from pgvector.psycopg import register_vector
 
 from .vectors import render, vector_for
 
@@ -91,20 +92,29 @@ def owner(conn: psycopg.Connection) -> tuple[int, int]:
 
 def add_seed_rows(conn: psycopg.Connection, rows: Iterable[SeedRow]) -> list[int]:
     """Write rows as the seed's app and worker did (before study-embed: no trigger runs)."""
+    register_vector(conn)
     user_id, topic_id = owner(conn)
     ids = []
     for r in rows:
-        emb = r.embedding()
-        vec = None if emb is None else "[" + ",".join(f"{x:.8g}" for x in emb) + "]"
+        vec = r.embedding()
         ids.append(
             conn.execute(
                 "INSERT INTO study_questions (user_id, study_topic_id, question_text, choice_1,"
                 " choice_2, choice_3, choice_4, correct_choice, embedding, embedding_status,"
                 " embedding_model, embedding_updated_at, deleted_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, 1, %s::vector, %s, %s,"
-                "         CASE WHEN %s::vector IS NOT NULL THEN now() END,"
-                "         CASE WHEN %s THEN now() END) RETURNING id",
-                (user_id, topic_id, r.text, *r.choices, vec, r.status, r.model, vec, r.deleted),
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, 1, %s, %s, %s,"
+                "         CASE WHEN %s THEN now() END, CASE WHEN %s THEN now() END) RETURNING id",
+                (
+                    user_id,
+                    topic_id,
+                    r.text,
+                    *r.choices,
+                    vec,
+                    r.status,
+                    r.model,
+                    vec is not None,
+                    r.deleted,
+                ),
             ).fetchone()[0]  # type: ignore[index]
         )
     return ids
