@@ -11,8 +11,10 @@
 --   The earlier version queued every existing row again, in this one transaction.  Rows of an
 --   adopted bank are now left as they are here and adopted by `migrate` afterwards, in bounded
 --   batches (045_adoption.sql); the state CHECKs are added NOT VALID and validated once no row
---   is left from before study-embed.  A database that ran the earlier version went through the
---   earlier adoption (every row queued): its rows are consistent and its CHECKs valid.
+--   is left from before study-embed, and a trigger queues such a row on the app's first write
+--   to it.  A database that ran the earlier version went through the earlier adoption (every
+--   row queued): its rows are consistent, its CHECKs valid, and 0007 gives it the ready CHECK
+--   of this version.
 
 CREATE EXTENSION IF NOT EXISTS vector;
 
@@ -88,6 +90,45 @@ ALTER TABLE public.study_questions
 -- Rows already in the table (an adopted bank, written before study-embed) have none of the
 -- bookkeeping yet: they are left as they are, and `migrate` adopts them afterwards in bounded
 -- batches (045_adoption.sql).  On a new, empty table there is nothing to adopt.
+--
+-- Meanwhile the app goes on writing them, and the CHECKs below hold for every row it writes:
+-- this trigger queues such a row on its first write, before the CHECKs see it.  It is here, and
+-- not only in db/idempotent (010_state_machine.sql, which replaces it with the same rule), so
+-- that no write between this transaction and that one trips a CHECK.
+CREATE OR REPLACE FUNCTION study_embed._queue_unadopted()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.embedding_queued_at IS NULL AND NEW.embedding_due_at IS NULL
+       AND NEW.embedding_last_error IS NULL
+       AND (NEW.embedding_status <> 'ready' OR NEW.embedding IS NULL
+            OR NEW.embedding_model IS NULL) THEN
+        NEW.embedding_status := CASE
+            WHEN NEW.embedding_status IN ('none', 'stale', 'pending', 'failed')
+                THEN NEW.embedding_status
+            WHEN NEW.embedding IS NULL THEN 'none'
+            ELSE 'stale' END;
+        NEW.embedding_claim_token := CASE WHEN NEW.embedding_status = 'pending'
+                                          THEN gen_random_uuid() END;
+        NEW.embedding_due_at := now();
+        NEW.embedding_queued_at := now();
+        NEW.embedding_attempts := 0;
+        NEW.embedding_last_error := CASE WHEN NEW.embedding_status = 'failed'
+            THEN 'failed under the worker before study-embed; retried after adoption' END;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER study_embed_queue_unadopted
+    BEFORE UPDATE ON public.study_questions
+    FOR EACH ROW
+    WHEN (OLD.embedding_queued_at IS NULL AND OLD.embedding_due_at IS NULL
+          AND OLD.embedding_last_error IS NULL
+          AND (OLD.embedding_status <> 'ready' OR OLD.embedding IS NULL
+               OR OLD.embedding_model IS NULL))
+    EXECUTE FUNCTION study_embed._queue_unadopted();
 ALTER TABLE public.study_questions
     ALTER COLUMN embedding_status SET DEFAULT 'none',
     ALTER COLUMN embedding_status SET NOT NULL;
@@ -98,10 +139,11 @@ ALTER TABLE public.study_questions
 ALTER TABLE public.study_questions
     ADD CONSTRAINT study_questions_embedding_status_check
         CHECK (embedding_status IN ('none', 'pending', 'ready', 'failed', 'stale')) NOT VALID,
+    -- (a ready row's source hash is in the row, or in study_embed.adopted_source: 0007)
     ADD CONSTRAINT study_questions_embedding_ready_check
         CHECK (embedding_status <> 'ready'
-               OR (embedding IS NOT NULL AND embedding_source_sha256 IS NOT NULL
-                   AND embedding_model IS NOT NULL AND embedding_claim_token IS NULL)) NOT VALID,
+               OR (embedding IS NOT NULL AND embedding_model IS NOT NULL
+                   AND embedding_claim_token IS NULL)) NOT VALID,
     ADD CONSTRAINT study_questions_embedding_pending_check
         CHECK (embedding_status <> 'pending'
                OR (embedding_claim_token IS NOT NULL AND embedding_due_at IS NOT NULL)) NOT VALID;

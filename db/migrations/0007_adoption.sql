@@ -23,7 +23,8 @@ COMMENT ON TABLE study_embed.adopted_source IS
     '(their own embedding_source_sha256 stays NULL until they are next embedded).';
 
 -- A ready row has its hash in the row (complete()) or here (adopt()): the CHECK can no longer
--- see it, _check_consistent() does.
+-- see it, _check_consistent() does.  (0001 adds this form now; a database that ran its earlier
+-- version gets it here.)
 ALTER TABLE public.study_questions
     DROP CONSTRAINT study_questions_embedding_ready_check,
     ADD CONSTRAINT study_questions_embedding_ready_check

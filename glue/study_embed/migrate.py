@@ -29,7 +29,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -432,26 +433,13 @@ class Migrator:
         job; the app's tables, the seed's embedding columns, their values and the HNSW index
         stay.  Refuses, changing nothing, when an object of the app depends on study-embed.
         The roles are cluster-wide (other databases may use them): they stay."""
-        try:
-            conn = psycopg.connect(
-                self.url, autocommit=True, application_name="study-embed uninstall"
-            )
-        except psycopg.OperationalError as e:
-            raise MigrationError(f"cannot connect to the database: {e}".strip()) from e
-        with conn:
-            lock = {"key": LOCK_KEY}
-            conn.execute(self.q["migrate_lock"], lock)
-            try:
-                installed = conn.execute(self.q["migrate_installed"]).fetchone()
-                if not (installed and installed[0]):
-                    return "uninstall: study-embed is not installed in this database"
-                self.log("uninstall: removing study-embed's schema, triggers and columns")
-                self._psql((self.db_dir / "uninstall.sql").read_text(), {}, what="db/uninstall.sql")
-                cron = "no pg_cron job to remove"
-                if self.cron:
-                    cron = self._unschedule_cron(conn.info.dbname)
-            finally:
-                conn.execute(self.q["migrate_unlock"], lock)
+        with self._locked("study-embed uninstall") as conn:
+            installed = conn.execute(self.q["migrate_installed"]).fetchone()
+            if not (installed and installed[0]):
+                return "uninstall: study-embed is not installed in this database"
+            self.log("uninstall: removing study-embed's schema, triggers and columns")
+            self._psql((self.db_dir / "uninstall.sql").read_text(), {}, what="db/uninstall.sql")
+            cron = self._unschedule_cron(conn) if self.cron else "no pg_cron job"
         return (
             "uninstall: removed the study_embed schema, its triggers, the pipeline's columns "
             f"and CHECKs of study_questions; {cron}. Kept: the app's tables, embedding, "
@@ -460,9 +448,9 @@ class Migrator:
             "study_embed_app (cluster-wide: DROP ROLE them once no database uses them)."
         )
 
-    def _unschedule_cron(self, app_db: str) -> str:
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            row = conn.execute(self.q["migrate_cron_database"]).fetchone()
+    def _unschedule_cron(self, conn: psycopg.Connection) -> str:
+        app_db = conn.info.dbname
+        row = conn.execute(self.q["migrate_cron_database"]).fetchone()
         cron_db = row[0] if row else None
         if not cron_db:
             return "pg_cron is not loaded: no job to remove"
@@ -475,12 +463,11 @@ class Migrator:
             ).fetchall()
         return "removed its pg_cron job" if removed else "no pg_cron job to remove"
 
-    def run(self, *, force: bool = False) -> Report:
-        report = Report()
+    @contextmanager
+    def _locked(self, app_name: str) -> Iterator[psycopg.Connection]:
+        """A connection holding the migrators' advisory lock (one migrator at a time)."""
         try:
-            conn = psycopg.connect(
-                self.url, autocommit=True, application_name="study-embed migrate"
-            )
+            conn = psycopg.connect(self.url, autocommit=True, application_name=app_name)
         except psycopg.OperationalError as e:
             raise MigrationError(f"cannot connect to the database: {e}".strip()) from e
         with conn:
@@ -490,17 +477,22 @@ class Migrator:
                 self.log("migrate: another migrator holds the lock; waiting for it")
                 conn.execute(self.q["migrate_lock"], lock)
             try:
-                variables = self._preflight(conn)
-                ledger = self._ledger(conn)
-                self._apply_migrations(ledger, variables, report)
-                variables["vector_schema"] = self._vector_schema(conn)
-                self._apply_idempotent(ledger, variables, report, force)
-                self._adopt(conn, report)
-                self._validate(conn, report)
-                if self.cron:
-                    self._schedule_cron(variables, report)
+                yield conn
             finally:
                 conn.execute(self.q["migrate_unlock"], lock)
+
+    def run(self, *, force: bool = False) -> Report:
+        report = Report()
+        with self._locked("study-embed migrate") as conn:
+            variables = self._preflight(conn)
+            ledger = self._ledger(conn)
+            self._apply_migrations(ledger, variables, report)
+            variables["vector_schema"] = self._vector_schema(conn)
+            self._apply_idempotent(ledger, variables, report, force)
+            self._adopt(conn, report)
+            self._validate(conn, report)
+            if self.cron:
+                self._schedule_cron(variables, report)
         return report
 
 

@@ -278,7 +278,9 @@ def test_postgres_preloads_pg_cron_for_the_application_database():
 
 def _third_party_imports() -> dict[str, str]:
     """Every third-party module the package imports -> "core", or "ui" where only the `ui`
-    extra needs it (the ui subpackage, and imports guarded by `except ImportError`)."""
+    extra needs it (the ui subpackage, and imports guarded by `except ImportError`), or
+    "alembic" where only the `alembic` extra does (study_embed.alembic, which an Alembic
+    project imports)."""
     package = ROOT / "glue" / "study_embed"
     found: dict[str, str] = {}
 
@@ -297,8 +299,9 @@ def _third_party_imports() -> dict[str, str]:
             for n in ast.walk(stmt)
         }
         in_ui = "ui" in path.relative_to(package).parts
+        extra = "alembic" if path.relative_to(package).parts == ("alembic.py",) else "ui"
         for node in ast.walk(tree):
-            where = "ui" if in_ui or id(node) in guarded else "core"
+            where = extra if in_ui or extra == "alembic" or id(node) in guarded else "core"
             if isinstance(node, ast.Import):
                 for a in node.names:
                     add(a.name.split(".")[0], where)
@@ -313,14 +316,17 @@ def _requirement_name(req: str) -> str:
 
 def test_pyproject_declares_everything_the_package_imports():
     core = {_requirement_name(r) for r in PYPROJECT["project"]["dependencies"]}
-    ui = {_requirement_name(r) for r in PYPROJECT["project"]["optional-dependencies"]["ui"]}
+    extras = {
+        name: {_requirement_name(r) for r in PYPROJECT["project"]["optional-dependencies"][name]}
+        for name in ("ui", "alembic")
+    }
     dists = packages_distributions()
     imported = _third_party_imports()
     assert imported, "the scan found no imports"
     assert {"jinja2", "starlette", "uvicorn"} <= {m for m, w in imported.items() if w == "ui"}
     for module, where in imported.items():
         names = {d.lower().replace("_", "-") for d in dists.get(module, [module])}
-        declared = core if where == "core" else core | ui
+        declared = core if where == "core" else core | extras[where]
         assert names & declared, f"{module} is imported ({where}) but not in pyproject"
 
 
