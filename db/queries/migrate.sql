@@ -82,3 +82,6 @@ SELECT to_regnamespace('study_embed') IS NOT NULL;
 
 -- name: migrate_unschedule_tick
 SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %(job)s;
+
+-- name: migrate_last_id
+SELECT max(id) FROM public.study_questions;

@@ -348,6 +348,8 @@ class Migrator:
                     "Set EMBEDDING_MODEL to the name the old worker stored (if it is the same "
                     "model), or pass --reembed-all to re-embed every row."
                 )
+        last = conn.execute(self.q["migrate_last_id"]).fetchone()
+        last_id = (last[0] if last else None) or 0
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
         batch, tries = ADOPT_BATCH, 0
         backoff = Backoff(base=0.5, cap=5.0)
@@ -384,7 +386,10 @@ class Migrator:
             if time.monotonic() - last_log > 2:
                 last_log = time.monotonic()
                 walked = sum(report.adoption.values())
-                self.log(f"migrate: adopting: {walked} row(s) walked, up to id {after_id}")
+                self.log(
+                    f"migrate: adopting: {walked} row(s) walked in this run, up to id "
+                    f"{after_id} of {last_id} ({min(100, 100 * after_id // max(last_id, 1))} %)"
+                )
         conn.execute("RESET lock_timeout")
 
     def _validate(self, conn: psycopg.Connection, report: Report) -> None:

@@ -5,6 +5,7 @@ that resume; the app keeps writing meanwhile."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 
@@ -194,10 +195,15 @@ def test_trusted_vectors_are_kept_unwritten_and_the_rest_queued(empty_db):
 
 def test_reembed_all_keeps_no_vector(empty_db):
     _seed(empty_db)
-    report = Migrator(
-        empty_db, model=SEED_MODEL, reembed=True, cron=False, log=lambda m: None
-    ).run()
-    assert report.adoption == {"queued: re-embed of every row asked for": len(BANK)}
+    r = run_cli(
+        "migrate", "--no-cron", "--reembed-all", env={**os.environ, "DATABASE_URL": empty_db}
+    )
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"{len(BANK)} row(s) walked: 0 adopted (kept, no embedding request), {len(BANK)} queued"
+        in r.stderr
+    )
+    assert f"{len(BANK)}  queued: re-embed of every row asked for" in r.stderr
     with psycopg.connect(empty_db) as c:
         assert {t: s for t, (s, *_) in _rows(c).items()} == {
             "kept": "stale",
