@@ -48,11 +48,13 @@ async def sleep_unless(stop: asyncio.Event | None, seconds: float) -> bool:
 
 class Breaker:
     """Closed: work goes to the embedding server.  Open: nothing does until the backoff has
-    passed.  When the server could not be reached at all, its health is probed meanwhile (a
-    request with no rows in it) and the breaker half-opens as soon as it answers: work resumes
-    within a probe interval of the server's return however long the backoff had grown.  When
-    the server did answer (overloaded, erroring, unusable replies), it is left alone for the
-    whole backoff.  Only a batch that succeeds closes the breaker and resets the backoff."""
+    passed, and the server is probed meanwhile, whatever the outage looked like (refused, timed
+    out, 5xx JSON or a proxy's HTML): at most one probe at a time, one a `probe_every` seconds
+    (the client's honest probe: its health route, then the smallest real request).  The breaker
+    half-opens as soon as a probe succeeds, so work resumes within about a second of the
+    server's return however long the backoff had grown.  Only a batch that succeeds closes it
+    and resets the backoff.  (A rate limit is not an outage: the client's pacer waits it out,
+    the breaker is not involved.)"""
 
     def __init__(
         self, backoff: Backoff, probe: Callable[[], Awaitable[bool]], probe_every: float = 1.0
@@ -61,7 +63,12 @@ class Breaker:
         self.probe = probe
         self.probe_every = probe_every
         self.open_until = 0.0
-        self.unreachable = False
+        self.down_since: float | None = None  # the first failure since the last success
+
+    @property
+    def down_for(self) -> float:
+        """Seconds since the server last served a batch, when it has failed since (else 0)."""
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
 
     @property
     def is_open(self) -> bool:
@@ -77,24 +84,27 @@ class Breaker:
             log.info("embedding server is answering again")
         self.backoff.reset()
         self.open_until = 0.0
-        self.unreachable = False
+        self.down_since = None
 
-    def record_failure(self, unreachable: bool) -> float:
+    def record_failure(self) -> float:
         delay = self.backoff.next_delay()
         self.open_until = time.monotonic() + delay
-        self.unreachable = unreachable
+        if self.down_since is None:
+            self.down_since = time.monotonic()
         return delay
 
-    async def wait(self, stop: asyncio.Event) -> None:
-        """Until the breaker half-opens (backoff over, or a probe answered) or stop."""
+    async def wait(self, stop: asyncio.Event, down_at_most: float | None = None) -> None:
+        """Until the breaker half-opens (backoff over, or a probe answered), or stop, or (with
+        `down_at_most`) the server has been down that many seconds."""
         while not stop.is_set():
+            if down_at_most is not None and self.down_for >= down_at_most:
+                return
             remaining = self.open_until - time.monotonic()
             if remaining <= 0:
                 return
-            step = min(remaining, self.probe_every) if self.unreachable else remaining
-            if not await sleep_unless(stop, step):
+            if not await sleep_unless(stop, min(remaining, self.probe_every)):
                 return
-            if self.unreachable and self.is_open and await self.probe():
+            if self.is_open and await self.probe():
                 log.info("embedding server is reachable again; resuming")
                 self.open_until = 0.0
                 return

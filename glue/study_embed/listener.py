@@ -182,8 +182,10 @@ def drain_summary(worker: Worker, interrupted: bool, left_failed: int, stream: T
         print(f"  failed x{n}: {reason}", file=stream)
     if worker.gave_up:
         print(
-            f"drain: stopped: the embedding server failed {worker.breaker.failures} times in "
-            "a row; the rows it did not embed are waiting (given back, no attempt spent)",
+            "drain: stopped: the embedding server served no batch for "
+            f"{worker.breaker.down_for:.0f} s "
+            f"(DRAIN_GIVE_UP_AFTER={worker.s.drain_give_up_after:g}); the rows it did not "
+            "embed are waiting (given back, no attempt spent)",
             file=stream,
         )
     if left_failed:

@@ -32,11 +32,14 @@ class Settings:
     embedding_api_key: str | None = None
     embedding_timeout: float = 15.0
     embedding_max_inputs: int = 32
+    embedding_rpm: int | None = None
+    embedding_tpm: int | None = None
     batch_size: int = 10
     concurrency: int = 2
     lease_seconds: float = 120.0
     poll_interval: float = 30.0
     shutdown_timeout: float = 20.0
+    drain_give_up_after: float = 120.0
     log_format: str = "text"
     log_level: str = "INFO"
     metrics_port: int | None = None
@@ -184,6 +187,20 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         commands=EMBED,
     ),
+    Setting(
+        "EMBEDDING_RPM",
+        "requests per minute the listener keeps under (a paid API's budget; off when unset, "
+        "and the server's x-ratelimit-limit-requests when smaller)",
+        _positive_int,
+        commands=EMBED,
+    ),
+    Setting(
+        "EMBEDDING_TPM",
+        "tokens per minute the listener keeps under, estimated from the texts' length "
+        "(off when unset; the server's x-ratelimit-limit-tokens when smaller)",
+        _positive_int,
+        commands=EMBED,
+    ),
     Setting("BATCH_SIZE", "rows claimed per batch", _positive_int),
     Setting("CONCURRENCY", "batches in flight at once", _positive_int),
     Setting(
@@ -201,6 +218,13 @@ SETTINGS: tuple[Setting, ...] = (
         "SHUTDOWN_TIMEOUT",
         "seconds to finish in-flight batches on SIGTERM/SIGINT before releasing them",
         _positive_float,
+    ),
+    Setting(
+        "DRAIN_GIVE_UP_AFTER",
+        "`drain` stops, rows waiting, when the embedding server has served no batch for this "
+        "many seconds (a rate limit does not count)",
+        _positive_float,
+        commands=("drain",),
     ),
     Setting("LOG_FORMAT", "log format", choices=("text", "json"), commands=ALL),
     Setting("LOG_LEVEL", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), commands=ALL),

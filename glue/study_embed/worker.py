@@ -38,7 +38,6 @@ SLEEP_LOCK_WAIT_MS = 50
 FOLD_EVERY = 10.0  # seconds between two foldings of the status counts by an idle listener
 DUPLICATE_BUDGET = 0.5  # seconds of near-duplicate work between two drains
 GIVE_BACK_TIMEOUT = 5.0  # seconds a shutdown spends giving back unfinished rows
-DRAIN_GIVE_UP = 5  # `drain` stops after this many server failures in a row
 
 
 class StartupError(Exception):
@@ -187,9 +186,18 @@ class Worker:
         try:
             done, failed = await self.embed_rows(claims)
         except EmbeddingError as e:
-            delay = self.breaker.record_failure(
-                unreachable=e.disposition is Disposition.UNREACHABLE
-            )
+            if e.disposition is Disposition.RATE_LIMITED:
+                # not an outage: the client's pacer holds every request until the time the
+                # server named; the rows go back, due at once, and no attempt is spent
+                log.info(
+                    "rate limited by the embedding server; batch given back",
+                    extra={"fields": {"rows": len(claims), "wait_s": e.retry_after}},
+                )
+                await self.queue.release(claims, 0, f"rate limited: {e}")
+                self.stats.released_rows(len(claims), "rate_limited")
+                self._held.pop(key, None)
+                return
+            delay = self.breaker.record_failure()
             log.warning(
                 "embedding server unavailable; batch given back",
                 extra={
@@ -232,17 +240,19 @@ class Worker:
     # -- the loops -------------------------------------------------------------------------------
 
     async def drain(self, stop: asyncio.Event, give_up: bool = False) -> None:
-        """Claim and process until nothing is claimable (or stop; or, with `give_up`, until the
-        server failed DRAIN_GIVE_UP times in a row).  One batch is claimed ahead while
-        `concurrency` batches are in flight, so the server never waits for the database."""
+        """Claim and process until nothing is claimable (or stop; or, with `give_up`, once the
+        server has served no batch for DRAIN_GIVE_UP_AFTER seconds).  One batch is claimed
+        ahead while `concurrency` batches are in flight, so the server never waits for the
+        database."""
         queue: asyncio.Queue[tuple[int, list[Claim]] | None] = asyncio.Queue(maxsize=1)
 
         async def producer() -> None:
             while not stop.is_set():
-                await self.breaker.wait(stop)
+                bound = self.s.drain_give_up_after if give_up else None
+                await self.breaker.wait(stop, bound)
                 if stop.is_set():
                     break
-                if give_up and self.breaker.failures >= DRAIN_GIVE_UP:
+                if give_up and self.breaker.down_for >= self.s.drain_give_up_after:
                     self.gave_up = True
                     break
                 self._settled.clear()

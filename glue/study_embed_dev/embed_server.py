@@ -5,12 +5,19 @@ It speaks the three protocols the listener knows (TEI `POST /embed`, OpenAI `POS
 (`helpers.vector_for`), records every text it receives, and can be told to misbehave: delay,
 answer with an error status, HTML, wrong counts, wrong dimensions, NaN, zero vectors, numbers
 as strings or booleans, reject
-"poison" texts with 422, or go down altogether (connection refused).
+"poison" texts with 422, or go down altogether (connection refused).  The outages of a real
+deployment: `mode = 503` (TEI with an unhealthy backend: 503 JSON on every route),
+"half_broken" (503 on the embedding route, health still 200), "proxy" (a reverse proxy with no
+upstream: 502 HTML on every route), "stall" (requests hang until the mode changes).  And a paid
+API's budgets: `rpm` and `tpm` enforced as OpenAI documents them (per minute, replenished
+continuously; 429 with Retry-After and x-ratelimit-* headers), with
+`usage.prompt_tokens` in OpenAI replies.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -25,6 +32,35 @@ from .vectors import vector_for
 
 PROBE = PROBE_TEXT  # what the listener embeds at start-up
 TEI_ERRORS = {422: "Validation", 424: "Backend", 429: "Overloaded", 503: "Unhealthy", 400: "Empty"}
+PROXY_PAGE = (
+    b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
+    b"</h1></center><hr><center>nginx</center></body></html>"
+)
+
+
+def tokens_of(texts: list[str]) -> int:
+    """The server's count of tokens: one per 3 bytes of UTF-8 (about what bge-m3's tokenizer
+    makes of Korean, a little more than of English)."""
+    return sum(max(1, math.ceil(len(t.encode()) / 3)) for t in texts)
+
+
+class Budget:
+    """One rate limit as OpenAI documents it: `per_minute`, replenished continuously, a full
+    minute's worth at most."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.level = float(per_minute)
+        self.at = time.monotonic()
+
+    def refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.per_minute, self.level + (now - self.at) * self.per_minute / 60)
+        self.at = now
+
+    def wait_for(self, amount: float) -> float:
+        self.refill()
+        return 0.0 if self.level >= amount else (amount - self.level) * 60 / self.per_minute
 
 
 class EmbedServer:
@@ -40,6 +76,10 @@ class EmbedServer:
         self.vector = vector_for  # text, dim -> the vector returned (vectors.bigram_vector)
         self.requests: list[tuple[str, list[str]]] = []  # (path, texts)
         self.health_checks = 0
+        self.rpm: Budget | None = None  # set_budget()
+        self.tpm: Budget | None = None
+        self.rate_limited = 0  # requests answered 429
+        self.tokens_served = 0
         self.lock = threading.Lock()
         self._open: set[socket.socket] = set()  # live connections, cut by stop()
         self._port = port
@@ -77,6 +117,8 @@ class EmbedServer:
                 with server.lock:
                     server.health_checks += 1
                 mode = server.mode
+                if mode == "proxy":
+                    return self._send(502, PROXY_PAGE, "text/html")
                 status = mode if isinstance(mode, int) and mode >= 500 else 200
                 if self.path in ("/health", "/v1/models", "/api/version"):
                     self._send(status, b"{}")
@@ -88,8 +130,16 @@ class EmbedServer:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 server._handle(self, self.path, body)
 
-            def _send(self, status: int, payload: bytes, ctype: str = "application/json"):
+            def _send(
+                self,
+                status: int,
+                payload: bytes,
+                ctype: str = "application/json",
+                headers: dict[str, str] | None = None,
+            ):
                 self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.send_header("content-type", ctype)
                 self.send_header("content-length", str(len(payload)))
                 self.end_headers()
@@ -114,6 +164,36 @@ class EmbedServer:
                     pass
             self._open.clear()
 
+    def set_budget(self, rpm: int | None = None, tpm: int | None = None) -> None:
+        with self.lock:
+            self.rpm = Budget(rpm) if rpm else None
+            self.tpm = Budget(tpm) if tpm else None
+
+    def _charge(self, texts: list[str]) -> tuple[float, dict[str, str]]:
+        """Count a request against the budgets: (seconds to wait, 0 if it is within them;
+        the x-ratelimit-* headers)."""
+        with self.lock:
+            tokens = tokens_of(texts)
+            wait, headers = 0.0, {}
+            for kind, budget, amount in (("requests", self.rpm, 1), ("tokens", self.tpm, tokens)):
+                if budget is None:
+                    continue
+                w = budget.wait_for(amount)
+                wait = max(wait, w)
+                headers[f"x-ratelimit-limit-{kind}"] = str(budget.per_minute)
+                headers[f"x-ratelimit-reset-{kind}"] = f"{max(w, 0.001):.3f}s"
+            if wait == 0:
+                for budget, amount in ((self.rpm, 1), (self.tpm, tokens)):
+                    if budget is not None:
+                        budget.level -= amount
+                self.tokens_served += tokens
+            else:
+                self.rate_limited += 1
+            for kind, budget in (("requests", self.rpm), ("tokens", self.tpm)):
+                if budget is not None:
+                    headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(budget.level)))
+            return wait, headers
+
     def texts(self) -> list[str]:
         with self.lock:
             return [t for _, ts in self.requests for t in ts]
@@ -133,9 +213,21 @@ class EmbedServer:
         texts = [texts] if isinstance(texts, str) else list(texts or [])
         with self.lock:
             self.requests.append((path, texts))
+        mode = None if self.spare_probe and texts == [PROBE] else self.mode
+        if mode == "proxy":
+            return h._send(502, PROXY_PAGE, "text/html")
+        if mode == "half_broken":
+            return self._error(h, path, 503, "simulated 503 on the embedding route")
+        if mode == "stall":  # hang (up to a minute) until the mode changes
+            deadline = time.monotonic() + 60
+            while self.mode == "stall" and time.monotonic() < deadline:
+                time.sleep(0.02)
+        wait, limits = self._charge(texts)
+        if wait:
+            limits["retry-after"] = str(math.ceil(wait))
+            return self._error(h, path, 429, "Rate limit reached: please retry", limits)
         if self.delay or self.cost_per_text:
             time.sleep(self.delay + self.cost_per_text * len(texts))
-        mode = None if self.spare_probe and texts == [PROBE] else self.mode
         if any(p in t for p in self.poison for t in texts):
             return self._error(h, path, 422, self.poison_message)
         if isinstance(mode, int):
@@ -143,7 +235,9 @@ class EmbedServer:
         if mode == "html":
             return h._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
         if self.constant and mode is None:
-            return h._send(200, self._constant_reply(texts, path, body.get("model")))
+            return h._send(
+                200, self._constant_reply(texts, path, body.get("model")), headers=limits
+            )
         vectors = [self.vector(t, self.dim).tolist() for t in texts]
         if mode == "wrong_count":
             vectors = vectors[:-1] if len(vectors) > 1 else vectors * 2
@@ -169,11 +263,11 @@ class EmbedServer:
                     {"object": "embedding", "index": i, "embedding": v}
                     for i, v in reversed(list(enumerate(vectors)))
                 ],
-                "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                "usage": {"prompt_tokens": tokens_of(texts), "total_tokens": tokens_of(texts)},
             }
         else:
             payload = {"model": body.get("model"), "embeddings": vectors}
-        h._send(200, json.dumps(payload).encode())
+        h._send(200, json.dumps(payload).encode(), headers=limits)
 
     def _constant_reply(self, texts: list[str], path: str, model) -> bytes:
         """4,096 distinct pre-encoded unit vectors, picked by a hash of the text: distinct
@@ -188,11 +282,14 @@ class EmbedServer:
             return ("[" + ",".join(vs) + "]").encode()
         if path == "/v1/embeddings":
             items = ",".join(f'{{"index": {i}, "embedding": {v}}}' for i, v in enumerate(vs))
-            return f'{{"data": [{items}], "model": {json.dumps(model)}}}'.encode()
+            usage = json.dumps({"prompt_tokens": tokens_of(texts)})
+            return f'{{"data": [{items}], "model": {json.dumps(model)}, "usage": {usage}}}'.encode()
         return f'{{"embeddings": [{",".join(vs)}]}}'.encode()
 
     @staticmethod
-    def _error(h, path: str, status: int, message: str) -> None:
+    def _error(
+        h, path: str, status: int, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         payload: dict[str, Any]
         if path == "/embed":
             payload = {"error": message, "error_type": TEI_ERRORS.get(status, "Backend")}
@@ -202,4 +299,4 @@ class EmbedServer:
             }
         else:
             payload = {"error": message}
-        h._send(status, json.dumps(payload).encode())
+        h._send(status, json.dumps(payload).encode(), headers=headers)

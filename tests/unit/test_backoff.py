@@ -23,7 +23,7 @@ def test_backoff_never_overflows():
     assert b.next_delay() <= 60.0
 
 
-def test_an_unreachable_server_is_probed_and_the_breaker_half_opens_when_it_answers():
+def test_a_server_that_fails_is_probed_and_the_breaker_half_opens_when_it_answers():
     answers = iter([False, False, True])
     probes = []
 
@@ -33,7 +33,7 @@ def test_an_unreachable_server_is_probed_and_the_breaker_half_opens_when_it_answ
 
     async def run() -> float:
         br = Breaker(Backoff(base=30.0, cap=30.0, jitter=0), probe, probe_every=0.02)
-        br.record_failure(unreachable=True)
+        br.record_failure()
         t0 = time.monotonic()
         await br.wait(asyncio.Event())
         assert not br.is_open and br.failures == 1  # half-open: only a success resets
@@ -43,22 +43,26 @@ def test_an_unreachable_server_is_probed_and_the_breaker_half_opens_when_it_answ
     assert len(probes) == 3
 
 
-def test_a_server_that_answered_is_not_probed_but_left_alone():
-    probes = []
+def test_probes_come_one_at_a_time_about_once_a_probe_interval():
+    """Whatever the outage looked like (an error answered, a stall), the server is asked again
+    within a probe interval, never faster, and the wait ends at the first probe that works."""
+    probes: list[float] = []
 
     async def probe() -> bool:
-        probes.append(1)
-        return True
+        probes.append(time.monotonic())
+        await asyncio.sleep(0.03)  # a probe that takes a while: the next waits for it
+        return len(probes) == 4
 
     async def run() -> None:
-        br = Breaker(Backoff(base=0.2, cap=0.2, jitter=0), probe, probe_every=0.01)
-        br.record_failure(unreachable=False)
-        assert br.is_open
-        await br.wait(asyncio.Event())
-        assert not br.is_open
+        br = Breaker(Backoff(base=60.0, cap=60.0, jitter=0), probe, probe_every=0.05)
+        br.record_failure()
+        await asyncio.wait_for(br.wait(asyncio.Event()), 5)
+        assert not br.is_open and br.down_for > 0  # half-open: still down until a success
 
     asyncio.run(run())
-    assert probes == []
+    assert len(probes) == 4
+    gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
+    assert min(gaps) >= 0.05 + 0.03 - 0.005  # the interval after the previous probe ended
 
 
 def test_success_closes_and_resets():
@@ -67,10 +71,11 @@ def test_success_closes_and_resets():
 
     br = Breaker(Backoff(base=1.0, cap=60.0), probe)
     for _ in range(5):
-        br.record_failure(unreachable=False)
+        br.record_failure()
     assert br.failures == 5 and br.is_open
+    assert br.down_for > 0
     br.record_success()
-    assert br.failures == 0 and not br.is_open
+    assert br.failures == 0 and not br.is_open and br.down_for == 0
 
 
 def test_stop_ends_the_wait():
@@ -79,7 +84,7 @@ def test_stop_ends_the_wait():
 
     async def run() -> None:
         br = Breaker(Backoff(base=60.0, cap=60.0), probe, probe_every=0.01)
-        br.record_failure(unreachable=True)
+        br.record_failure()
         stop = asyncio.Event()
         asyncio.get_running_loop().call_later(0.05, stop.set)
         await asyncio.wait_for(br.wait(stop), 5)

@@ -59,7 +59,7 @@ def disposition(api: str, handler, **kw) -> Disposition:
         (403, Disposition.BACK_OFF),
         (404, Disposition.BACK_OFF),
         (408, Disposition.BACK_OFF),
-        (429, Disposition.BACK_OFF),
+        (429, Disposition.RATE_LIMITED),
         (500, Disposition.BACK_OFF),
         (503, Disposition.BACK_OFF),
     ],
@@ -164,17 +164,45 @@ def test_row_problems_fail_the_row_and_a_wrong_dimension_everywhere_is_the_serve
     assert e.value.disposition is Disposition.BACK_OFF and "3 dimensions" in str(e.value)
 
 
+def ok_reply(api: str, n: int = 1) -> dict | list:
+    vectors = [[0.1, 0.2, 0.3]] * n
+    if api == "tei":
+        return vectors
+    if api == "openai":
+        return {"data": [{"index": i, "embedding": v} for i, v in enumerate(vectors)]}
+    return {"embeddings": vectors}
+
+
 @pytest.mark.parametrize(
     "api,path", [("tei", "/health"), ("openai", "/v1/models"), ("ollama", "/api/version")]
 )
-def test_health_uses_each_protocols_route(api, path):
+def test_health_asks_the_route_then_the_smallest_real_request(api, path):
+    """A health route can say 200 while every embedding fails (a half-broken server): the
+    probe is honest only with a real request behind it."""
     seen = []
+    embed_status = [503]
 
     def handler(request):
-        seen.append(request.url.path)
-        return httpx.Response(503 if len(seen) == 1 else 200)
+        seen.append((request.method, request.url.path))
+        if request.method == "GET":
+            return httpx.Response(503 if len(seen) == 1 else 200)
+        return httpx.Response(embed_status[0], json=ok_reply(api))
 
     c = client(api, handler)
-    assert asyncio.run(c.healthy()) is False  # 5xx: not healthy
+    assert asyncio.run(c.healthy()) is False  # the route says 5xx: not asked further
+    assert asyncio.run(c.healthy()) is False  # the route says 200, embedding fails
+    embed_status[0] = 200
     assert asyncio.run(c.healthy()) is True
-    assert seen == [path, path]
+    post = CLIENTS[api].path
+    assert seen == [("GET", path), ("GET", path), ("POST", post), ("GET", path), ("POST", post)]
+    # a request that succeeded stands for the server's health a few seconds: no probe
+    assert asyncio.run(c.healthy()) is True and len(seen) == 5
+
+
+def test_a_proxys_html_error_page_on_every_route_is_not_healthy():
+    def handler(request):
+        return httpx.Response(
+            502, content=b"<html>502 Bad Gateway</html>", headers={"content-type": "text/html"}
+        )
+
+    assert asyncio.run(client("tei", handler).healthy()) is False

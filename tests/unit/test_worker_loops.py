@@ -16,7 +16,7 @@ from study_embed.backoff import Backoff, Breaker
 from study_embed.database import DatabaseUnavailable
 from study_embed.embedders import ClientConfig, Disposition, EmbeddingError
 from study_embed.settings import Settings
-from study_embed.worker import DRAIN_GIVE_UP, PROBE_TEXT, Worker
+from study_embed.worker import PROBE_TEXT, Worker
 from study_embed_dev.memory_queue import InMemoryQueue
 
 DIM = 4
@@ -84,11 +84,11 @@ def test_a_rejected_row_fails_alone_and_the_drain_goes_on():
 
 
 def test_an_unreachable_server_gives_the_batch_back_without_spending_an_attempt():
-    _, queue, client, worker = make()
+    _, queue, client, worker = make(drain_give_up_after=0.05)
     queue.insert("a", "b")
     client.down = True
     asyncio.run(worker.drain(asyncio.Event(), give_up=True))
-    assert worker.gave_up and worker.breaker.failures >= DRAIN_GIVE_UP
+    assert worker.gave_up and worker.breaker.down_for >= 0.05
     assert queue.statuses() == {"none": 2}
     assert all(r.attempts == 0 for r in queue.rows.values())
     assert "release" in queue.calls and "fail" not in queue.calls

@@ -5,9 +5,11 @@ where to send, how to ask, where the vectors are in the reply and what its error
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +18,13 @@ import numpy as np
 import orjson
 
 from ..settings import Settings
+from .pacing import Pacer, retry_after
 
 HEALTH_TIMEOUT = 2.0
+PROBE_FRESH = 5.0  # seconds a successful embedding request stands for the server's health
+# the smallest real request, when the server must be asked whether it embeds (not the listener's
+# start-up probe, which the test server may be told to spare)
+HEALTH_PROBE_TEXT = "문제: ?"
 
 
 class Disposition(enum.Enum):
@@ -25,19 +32,28 @@ class Disposition(enum.Enum):
     BACK_OFF = "back off"
     SPLIT = "split"
     RETRY_LATER = "retry later"
+    RATE_LIMITED = "rate limited"  # 429: not an outage; wait as long as the server says
 
 
 class EmbeddingError(Exception):
-    """A batch could not be embedded; `disposition` says what that means for its rows."""
+    """A batch could not be embedded; `disposition` says what that means for its rows;
+    `retry_after`, the seconds the server asked for (a 429)."""
 
-    def __init__(self, message: str, disposition: Disposition) -> None:
+    def __init__(
+        self, message: str, disposition: Disposition, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.disposition = disposition
+        self.retry_after = retry_after
 
     @property
     def server_side(self) -> bool:
-        """The server cannot serve: nothing is wrong with the rows."""
-        return self.disposition in (Disposition.UNREACHABLE, Disposition.BACK_OFF)
+        """The server cannot serve now: nothing is wrong with the rows."""
+        return self.disposition in (
+            Disposition.UNREACHABLE,
+            Disposition.BACK_OFF,
+            Disposition.RATE_LIMITED,
+        )
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,8 @@ class ClientConfig:
     api_key: str | None
     timeout: float
     max_inputs: int
+    rpm: int | None = None  # requests per minute the listener keeps under
+    tpm: int | None = None  # tokens per minute (estimated: pacing.py)
 
     @classmethod
     def of(cls, settings: Settings) -> ClientConfig:
@@ -66,6 +84,8 @@ class ClientConfig:
             api_key=settings.embedding_api_key,
             timeout=settings.embedding_timeout,
             max_inputs=settings.embedding_max_inputs,
+            rpm=settings.embedding_rpm,
+            tpm=settings.embedding_tpm,
         )
 
 
@@ -118,6 +138,9 @@ class EmbeddingClient:
 
     def __init__(self, config: ClientConfig, http: httpx.AsyncClient | None = None) -> None:
         self.config = config
+        self.pacer = Pacer(config.rpm, config.tpm)
+        self.answered_at = float("-inf")  # the last time an embedding request succeeded
+        self._probing = asyncio.Lock()
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self.http = http or httpx.AsyncClient(
             base_url=config.url.rstrip("/"),
@@ -132,10 +155,16 @@ class EmbeddingClient:
     def vectors(self, data: Any) -> Any:
         raise NotImplementedError
 
+    def usage(self, data: Any) -> int | None:
+        """The tokens the server counted for the request, where its reply says (OpenAI)."""
+        return None
+
     def classify(self, resp: httpx.Response) -> EmbeddingError:
         """What an HTTP error status means for the rows in the request."""
         status = resp.status_code
         msg = f"HTTP {status} from {resp.request.url.path}: {error_message(resp)}"
+        if status == 429:  # a rate limit, or TEI's full queue: wait as long as it says
+            return EmbeddingError(msg, Disposition.RATE_LIMITED, retry_after(resp.headers))
         if status in (400, 413, 422):
             return EmbeddingError(msg, Disposition.SPLIT)
         if status in (401, 403):
@@ -145,19 +174,35 @@ class EmbeddingClient:
                 msg + " — check EMBEDDING_URL, EMBEDDING_API and EMBEDDING_MODEL",
                 Disposition.BACK_OFF,
             )
-        return EmbeddingError(msg, Disposition.BACK_OFF)  # 408, 425, 429, 5xx, anything else
+        return EmbeddingError(msg, Disposition.BACK_OFF)  # 408, 425, 5xx, anything else
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
     async def healthy(self) -> bool:
-        """Does the server answer at all (a request without rows)?  Any answer below 500
-        counts: an error in the embedding request itself shows up there."""
-        try:
-            resp = await self.http.get(self.health_path, timeout=HEALTH_TIMEOUT)
-        except httpx.HTTPError:
-            return False
-        return resp.status_code < 500
+        """Can the server embed now?  True at once when an embedding request succeeded in the
+        last PROBE_FRESH seconds.  Otherwise its health route, where it has one (cheap, and
+        TEI's answers 503 while its backend is down), then the smallest real request: a health
+        route can answer 200 while every embedding fails (a half-broken server), and a proxy
+        with no upstream answers HTML.  A rate limit is an answer: the server is up.  One probe
+        at a time."""
+        if time.monotonic() - self.answered_at < PROBE_FRESH:
+            return True
+        async with self._probing:
+            if time.monotonic() - self.answered_at < PROBE_FRESH:
+                return True
+            if self.health_path:
+                try:
+                    resp = await self.http.get(self.health_path, timeout=HEALTH_TIMEOUT)
+                except httpx.HTTPError:
+                    return False
+                if resp.status_code >= 500:
+                    return False
+            try:
+                await self._embed_request([HEALTH_PROBE_TEXT], timeout=HEALTH_TIMEOUT)
+            except EmbeddingError as e:
+                return e.disposition is Disposition.RATE_LIMITED
+            return True
 
     async def embed(
         self, texts: list[str], dim: int | None = None
@@ -170,12 +215,16 @@ class EmbeddingClient:
             out += check_vectors(await self._embed_request(texts[i : i + step]), dim)
         return out
 
-    async def _embed_request(self, texts: list[str]) -> list[np.ndarray]:
+    async def _embed_request(
+        self, texts: list[str], timeout: float | None = None
+    ) -> list[np.ndarray]:
+        await self.pacer.acquire(texts)
+        limit = timeout or self.config.timeout
         try:
-            resp = await self.http.post(self.path, json=self.payload(texts))
+            resp = await self.http.post(self.path, json=self.payload(texts), timeout=limit)
         except httpx.TimeoutException as e:
             raise EmbeddingError(
-                f"timed out after {self.config.timeout:g} s ({type(e).__name__})",
+                f"timed out after {limit:g} s ({type(e).__name__})",
                 Disposition.UNREACHABLE,
             ) from e
         except httpx.HTTPError as e:
@@ -183,8 +232,12 @@ class EmbeddingClient:
                 f"{type(e).__name__}: {e or 'connection failed'}", Disposition.UNREACHABLE
             ) from e
         if resp.status_code >= 300:
-            raise self.classify(resp)
+            err = self.classify(resp)
+            if err.disposition is Disposition.RATE_LIMITED:
+                err.retry_after = self.pacer.pause(err.retry_after)
+            raise err
         data = _parse_json(resp)
+        self.pacer.observe(resp.headers, texts, _usage(self, data))
         try:
             raw = self.vectors(data)
         except (KeyError, TypeError, IndexError, ValueError) as e:
@@ -195,7 +248,17 @@ class EmbeddingClient:
         if not isinstance(raw, list) or len(raw) != len(texts):
             got = len(raw) if isinstance(raw, list) else type(raw).__name__
             raise _unusable(f"asked for {len(texts)} embeddings, got {got}")
-        return parse_vectors(raw)
+        vectors = parse_vectors(raw)
+        self.answered_at = time.monotonic()
+        return vectors
+
+
+def _usage(client: EmbeddingClient, data: Any) -> int | None:
+    try:
+        n = client.usage(data)
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return n if isinstance(n, int) else None
 
 
 def _unusable(message: str) -> EmbeddingError:

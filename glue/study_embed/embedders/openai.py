@@ -22,3 +22,6 @@ class OpenAIClient(EmbeddingClient):
         if sorted(indexes) != list(range(len(items))):
             raise ValueError(f"indexes are not 0..{len(items) - 1}: {indexes[:10]}")
         return [it["embedding"] for it in sorted(items, key=lambda it: it["index"])]
+
+    def usage(self, data):
+        return data["usage"]["prompt_tokens"]
