@@ -79,6 +79,7 @@ class EmbedServer:
         self.rpm: Budget | None = None  # set_budget()
         self.tpm: Budget | None = None
         self.rate_limited = 0  # requests answered 429
+        self.limit_headers = True  # False: a gateway that says only Retry-After
         self.tokens_served = 0
         self.lock = threading.Lock()
         self._open: set[socket.socket] = set()  # live connections, cut by stop()
@@ -192,7 +193,7 @@ class EmbedServer:
             for kind, budget in (("requests", self.rpm), ("tokens", self.tpm)):
                 if budget is not None:
                     headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(budget.level)))
-            return wait, headers
+            return wait, headers if self.limit_headers else {}
 
     def texts(self) -> list[str]:
         with self.lock:

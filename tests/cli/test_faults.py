@@ -17,12 +17,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from study_embed.embedders.base import HEALTH_PROBE_TEXT
 from study_embed.migrate import Migrator
 from study_embed.sqlfiles import sql_dir
 from study_embed_dev.embed_server import PROBE, EmbedServer
 from study_embed_dev.localdb import scratch_database
 
-from ..conftest import url_for
+from ..conftest import _free_port, url_for
 from ..helpers import (
     QuestionBank,
     assert_ready_with_current_text,
@@ -35,7 +36,7 @@ from ..helpers import (
 
 def _batches(server: EmbedServer) -> int:
     """Requests that carried rows (not the start-up or health probes)."""
-    return sum(1 for _, texts in server.requests if texts != [PROBE])
+    return sum(1 for _, texts in server.requests if texts not in ([PROBE], [HEALTH_PROBE_TEXT]))
 
 
 # -- 1. a statement_timeout on the listener's role ---------------------------------------------
@@ -117,6 +118,92 @@ def test_work_resumes_within_seconds_of_the_servers_return(bank, db, db_url, ser
     assert_ready_with_current_text(db, set(ids))
     p.terminate()
     p.wait(30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "outage",
+    [
+        503,  # TEI with an unhealthy backend: 503 JSON on /embed and on /health
+        "half_broken",  # 503 on /embed, /health still 200
+        "proxy",  # a reverse proxy with no upstream: 502 HTML on every route
+        "stall",  # requests hang past EMBEDDING_TIMEOUT
+    ],
+)
+def test_every_shape_of_outage_ends_within_seconds_of_the_return(
+    bank, db, db_url, server, spawn, outage
+):
+    """Rows wait through an outage long enough for the backoff to grow past 8 s; /readyz
+    says 503 meanwhile; once the server is back every row is ready within seconds (the
+    listener probes whatever the outage looked like), no row failed, no attempt was spent."""
+    from .test_metrics import get
+
+    port = _free_port()
+    p = spawn(
+        "listen",
+        env=listener_env(db_url, server, POLL_INTERVAL=0.5, METRICS_PORT=port, EMBEDDING_TIMEOUT=2),
+    )
+    wait_until(lambda: get(port, "/readyz")[0] == 200, what="ready")
+    server.mode = outage
+    ids = [bank.insert() for _ in range(6)]
+    wait_until(lambda: get(port, "/readyz")[0] == 503, timeout=10, what="not ready")
+    time.sleep(12)
+    assert statuses(db).get("ready", 0) == 0
+    assert get(port, "/readyz")[0] == 503
+    server.mode = None
+    wait_until(lambda: statuses(db) == {"ready": 6}, timeout=8, what="ready soon after return")
+    wait_until(lambda: get(port, "/readyz")[0] == 200, timeout=8, what="ready again")
+    assert db.execute("SELECT max(embedding_attempts) FROM study_questions").fetchone()[0] == 0
+    assert_ready_with_current_text(db, set(ids))
+    p.terminate()
+    p.wait(30)
+
+
+@pytest.mark.slow
+def test_drain_waits_out_rate_limits_and_finishes(bank, db, db_url, server):
+    """A server that enforces 30 requests a minute and says only Retry-After when it refuses:
+    `drain` is refused, waits as long as it is told, and embeds every row; a 429 spends no
+    attempt and is no outage."""
+    server.set_budget(rpm=30)
+    server.limit_headers = False
+    ids = [bank.insert() for _ in range(36)]
+    r = run_cli(
+        "drain",
+        env=listener_env(
+            db_url, server, BATCH_SIZE=2, EMBEDDING_MAX_INPUTS=1, DRAIN_GIVE_UP_AFTER=5
+        ),
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr
+    assert server.rate_limited >= 1
+    assert statuses(db) == {"ready": 36}
+    assert db.execute("SELECT max(embedding_attempts) FROM study_questions").fetchone()[0] == 0
+    assert_ready_with_current_text(db, set(ids))
+    assert "rate limited by the embedding server; the request waits" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("told", ["settings", "headers"])
+def test_a_listener_paces_itself_under_a_budget_instead_of_bouncing_off_it(
+    bank, db, db_url, server, told
+):
+    """Budgets known (EMBEDDING_RPM/TPM, or the server's x-ratelimit-limit-* headers): the
+    drain keeps under them and is never refused."""
+    server.set_budget(rpm=60, tpm=2000)
+    server.limit_headers = told == "headers"
+    for i in range(24):
+        bank.insert(f"문제 {i}: 광합성이 일어나는 세포 소기관은 무엇인가?")
+    budget = {"EMBEDDING_RPM": 60, "EMBEDDING_TPM": 2000} if told == "settings" else {}
+    r = run_cli(
+        "drain",
+        env=listener_env(
+            db_url, server, EMBEDDING_API="openai", BATCH_SIZE=4, EMBEDDING_MAX_INPUTS=2, **budget
+        ),
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr
+    assert statuses(db) == {"ready": 24}
+    assert server.rate_limited == 0
 
 
 # -- 6. replies that are not what was asked for -------------------------------------------------

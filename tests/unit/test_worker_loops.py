@@ -30,6 +30,7 @@ class Embedder:
     def __init__(self) -> None:
         self.config = ClientConfig.of(Settings())
         self.down = False
+        self.rate_limited = 0  # the next this many requests are refused with a 429
         self.hold: asyncio.Event | None = None
         self.requests = 0
         self.arrived = asyncio.Event()
@@ -49,6 +50,9 @@ class Embedder:
             await self.hold.wait()
         if self.down:
             raise EmbeddingError("connection refused", Disposition.UNREACHABLE)
+        if self.rate_limited:
+            self.rate_limited -= 1
+            raise EmbeddingError("HTTP 429: slow down", Disposition.RATE_LIMITED, 0.01)
         if any("REJECT" in t for t in texts):
             raise EmbeddingError("422 input too long", Disposition.SPLIT)
         return [np.full(DIM, 0.5, dtype=np.float32) for _ in texts]
@@ -92,6 +96,20 @@ def test_an_unreachable_server_gives_the_batch_back_without_spending_an_attempt(
     assert queue.statuses() == {"none": 2}
     assert all(r.attempts == 0 for r in queue.rows.values())
     assert "release" in queue.calls and "fail" not in queue.calls
+
+
+def test_a_rate_limit_gives_the_batch_back_and_is_no_outage():
+    """A batch the rate limit held too long goes back without an attempt spent; the breaker
+    stays closed (nothing is probed, `drain` does not count it towards giving up), and the
+    rows are embedded in the same drain."""
+    _, queue, client, worker = make(drain_give_up_after=0.05)
+    queue.insert("a", "b", "c")
+    client.rate_limited = 3
+    asyncio.run(worker.drain(asyncio.Event(), give_up=True))
+    assert not worker.gave_up and worker.breaker.down_for == 0
+    assert queue.statuses() == {"ready": 3}
+    assert all(r.attempts == 0 for r in queue.rows.values())
+    assert worker.stats.released == 9  # three times a batch of three
 
 
 def test_the_breaker_resumes_the_drain_as_soon_as_the_server_answers():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ import orjson
 from ..settings import Settings
 from .pacing import Pacer, retry_after
 
+log = logging.getLogger("study_embed.embedders")
 HEALTH_TIMEOUT = 2.0
 PROBE_FRESH = 5.0  # seconds a successful embedding request stands for the server's health
+RATE_LIMIT_PATIENCE = 30.0  # seconds a batch waits out rate limits before it is given back
 # the smallest real request, when the server must be asked whether it embeds (not the listener's
 # start-up probe, which the test server may be told to spare)
 HEALTH_PROBE_TEXT = "문제: ?"
@@ -212,8 +215,29 @@ class EmbeddingClient:
         out: list[np.ndarray | RowFailure] = []
         step = self.config.max_inputs
         for i in range(0, len(texts), step):
-            out += check_vectors(await self._embed_request(texts[i : i + step]), dim)
+            out += check_vectors(await self._paced_request(texts[i : i + step]), dim)
         return out
+
+    async def _paced_request(self, texts: list[str]) -> list[np.ndarray]:
+        """One request; refused for a rate limit, it is sent again once the time the server
+        named has passed (the pacer holds it), so that the requests of a batch that went
+        through are not thrown away with it.  A limit that would hold a batch longer than
+        RATE_LIMIT_PATIENCE seconds in all gives the batch back (RATE_LIMITED)."""
+        waited = 0.0
+        while True:
+            try:
+                return await self._embed_request(texts)
+            except EmbeddingError as e:
+                pause = e.retry_after or 0.0
+                if e.disposition is not Disposition.RATE_LIMITED or (
+                    waited + pause > RATE_LIMIT_PATIENCE
+                ):
+                    raise
+                waited += pause
+                log.info(
+                    "rate limited by the embedding server; the request waits",
+                    extra={"fields": {"wait_s": round(pause, 2), "texts": len(texts)}},
+                )
 
     async def _embed_request(
         self, texts: list[str], timeout: float | None = None
