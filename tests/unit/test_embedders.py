@@ -65,7 +65,15 @@ def disposition(api: str, handler, **kw) -> Disposition:
     ],
 )
 def test_error_statuses(api, status, expected):
-    assert disposition(api, answer(status, {"error": "x"})) is expected
+    handler = answer(status, {"error": "x"})
+    if status == 429:  # a wait longer than a batch waits in place: the batch goes back
+
+        def handler(request, inner=handler):
+            r = inner(request)
+            r.headers["retry-after"] = "3600"
+            return r
+
+    assert disposition(api, handler) is expected
 
 
 def test_teis_424_is_its_own_retry_later_and_only_teis():

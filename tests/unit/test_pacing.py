@@ -106,11 +106,40 @@ def test_a_429_pauses_every_request_of_the_client_for_the_time_it_names():
 
     async def run() -> None:
         with pytest.raises(EmbeddingError) as e:
-            await c.embed(["a"])
+            await c._embed_request(["a"])  # the request itself: refused, the client paused
         assert e.value.disposition is Disposition.RATE_LIMITED and e.value.retry_after == 1.0
         assert e.value.server_side  # nothing is wrong with the rows: never split, never failed
-        await c.embed(["a"])
+        await c.embed(["a"])  # waits until the time named, then goes through
 
     asyncio.run(run())
     assert calls[1] - calls[0] >= 0.95
     assert c.pacer.rate_limited == 1
+
+
+def test_a_batch_waits_out_a_short_limit_in_place_and_gives_up_on_a_long_one():
+    answers = iter([429, 200, 429])
+
+    def handler(request):
+        status = next(answers)
+        wait = "0.2" if len(seen) == 0 else "3600"
+        seen.append(status)
+        if status == 429:
+            return httpx.Response(429, json={"error": "slow down"}, headers={"retry-after": wait})
+        return httpx.Response(200, json=[[0.1, 0.2]])
+
+    seen: list[int] = []
+    config = ClientConfig(
+        api="tei", url="http://x.test", model="m", api_key=None, timeout=5.0, max_inputs=1
+    )
+    c = CLIENTS["tei"](
+        config, http=httpx.AsyncClient(base_url=config.url, transport=httpx.MockTransport(handler))
+    )
+
+    async def run() -> None:
+        assert len(await c.embed(["a"])) == 1  # 429 for 0.2 s, then 200: one result
+        with pytest.raises(EmbeddingError) as e:
+            await c.embed(["b"])  # an hour: given back
+        assert e.value.disposition is Disposition.RATE_LIMITED
+
+    asyncio.run(run())
+    assert seen == [429, 200, 429]
