@@ -8,8 +8,9 @@ thread of its own:
             per status, the age of the oldest waiting row), read at scrape time at most every
             DB_EVERY seconds through the listener's own connection pool;
 - /healthz  200 while the listener's event loop is alive (it beats every second);
-- /readyz   200 only while the database answers, the embedding server is reachable and the
-            breaker is closed; checked when asked, at most every READY_EVERY seconds.
+- /readyz   200 only while the database answers, the embedding server embeds (the client's
+            honest probe) and the breaker is closed; checked when asked, at most every
+            READY_EVERY seconds.
 """
 
 from __future__ import annotations

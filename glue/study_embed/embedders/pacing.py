@@ -10,7 +10,7 @@ One `Pacer` per embedding client, shared by every batch of the listener:
   token per 2 bytes of UTF-8 at first (a Korean syllable is 3 bytes and about one token of
   bge-m3's tokenizer, an English word of 4-5 letters about one token: the estimate is high for
   both), then the ratio of tokens to bytes the server reports (OpenAI's `usage.prompt_tokens`),
-  with a 5 % margin, from the first count it reports (then raised at once by a batch that had
+  with a 3 % margin, from the first count it reports (then raised at once by a batch that had
   more, lowered slowly).
 - **What the server says wins.** A 429's `Retry-After` (seconds or an HTTP date) or its
   `x-ratelimit-reset-requests` / `-tokens` (durations such as `12ms`, `1s`, `6m0s`): no request
@@ -29,7 +29,7 @@ from email.utils import parsedate_to_datetime
 REFILL_SHARE = 0.97  # of the budget: a margin for clocks and the server's window
 BURST_SECONDS = 10.0  # a bucket holds at most this many seconds of its budget
 BYTES_PER_TOKEN = 2.0  # the first estimate, deliberately high
-TOKEN_MARGIN = 1.05  # over the ratio the server reports
+TOKEN_MARGIN = 1.03  # over the ratio the server reports
 DEFAULT_RETRY_AFTER = 1.0  # a 429 that names no time
 
 
