@@ -1,7 +1,9 @@
 """Operational faults, each tried from outside as an operator or a broken neighbour would cause
-it: a statement_timeout, SIGTERM with PostgreSQL down, an outage of the embedding server, a
-proxy that answers 200 with HTML, numbers sent as strings or booleans, NUL in a server's error
-message, a migration next to open transactions, an unset DATABASE_URL."""
+it: a statement_timeout, SIGTERM with PostgreSQL down, an outage of the embedding server in each
+of its shapes (refused, 503 everywhere, 503 behind a healthy health route, a proxy's HTML, a
+stall), a server's rate limit and budget, a proxy that answers 200 with HTML, numbers sent as
+strings or booleans, NUL in a server's error message, a migration next to open transactions,
+an unset DATABASE_URL."""
 
 from __future__ import annotations
 
