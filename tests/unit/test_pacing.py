@@ -143,3 +143,24 @@ def test_a_batch_waits_out_a_short_limit_in_place_and_gives_up_on_a_long_one():
 
     asyncio.run(run())
     assert seen == [429, 200, 429]
+
+
+def test_a_client_paused_by_a_rate_limit_is_healthy_without_asking():
+    """/readyz during a rate limit: the server answered, it is up; the probe does not wait out
+    the pause (nor spend the budget)."""
+    seen = []
+
+    def handler(request):
+        seen.append(request.method)
+        return httpx.Response(503)
+
+    config = ClientConfig(
+        api="tei", url="http://x.test", model="m", api_key=None, timeout=5.0, max_inputs=1
+    )
+    c = CLIENTS["tei"](
+        config,
+        http=httpx.AsyncClient(base_url=config.url, transport=httpx.MockTransport(handler)),
+    )
+    assert asyncio.run(c.healthy()) is False and seen == ["GET"]
+    c.pacer.pause(60)
+    assert asyncio.run(c.healthy()) is True and seen == ["GET"]

@@ -189,8 +189,8 @@ class EmbeddingClient:
         route can answer 200 while every embedding fails (a half-broken server), and a proxy
         with no upstream answers HTML.  A rate limit is an answer: the server is up.  One probe
         at a time."""
-        if time.monotonic() - self.answered_at < PROBE_FRESH:
-            return True
+        if time.monotonic() - self.answered_at < PROBE_FRESH or self.pacer.paused_for > 0:
+            return True  # (paused: it answered with a rate limit, which is no outage)
         async with self._probing:
             if time.monotonic() - self.answered_at < PROBE_FRESH:
                 return True
