@@ -662,6 +662,8 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> trigger  SECURITY DEFINER  [030_counts.sql]
 -- study_embed._count_statement()
 --     -> trigger  SECURITY DEFINER  [030_counts.sql]
+-- study_embed._from_before(public.study_questions)
+--     -> boolean  [045_adoption.sql]
 -- study_embed._guard_insert()
 --     -> trigger  [010_state_machine.sql]
 -- study_embed._guard_update()

@@ -21,6 +21,20 @@
 -- the row; so a ready row's vector is of its current text, and the hash recorded is the hash
 -- of the text it came from.
 
+-- A row from before study-embed: none of the pipeline's bookkeeping.  Every row study-embed has
+-- written is ready with its source hash (in the row, or beside it once adopted), or carries a
+-- queue time, a claim or an error.  (The trigger study_embed_queue_unadopted, 010, tests the
+-- part of this that a write must fix, inline in its WHEN.)
+CREATE OR REPLACE FUNCTION study_embed._from_before(q public.study_questions)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+RETURN q.embedding_source_sha256 IS NULL AND q.embedding_queued_at IS NULL
+       AND q.embedding_due_at IS NULL AND q.embedding_claim_token IS NULL
+       AND q.embedding_last_error IS NULL
+       AND NOT EXISTS (SELECT 1 FROM study_embed.adopted_source a
+                       WHERE a.question_id = q.id);
+
 CREATE OR REPLACE FUNCTION study_embed.adopt(model text, reembed boolean DEFAULT false,
                                              batch_size integer DEFAULT 1000)
 RETURNS TABLE (outcome text, n bigint, after_id bigint, finished boolean)
@@ -79,12 +93,7 @@ BEGIN
         SELECT q.id, q.embedding_status::text AS embedding_status,
                q.embedding IS NOT NULL AS has_vector,
             CASE
-                WHEN q.embedding_source_sha256 IS NOT NULL OR q.embedding_queued_at IS NOT NULL
-                     OR q.embedding_due_at IS NOT NULL OR q.embedding_claim_token IS NOT NULL
-                     OR q.embedding_last_error IS NOT NULL
-                     OR EXISTS (SELECT 1 FROM study_embed.adopted_source a
-                                WHERE a.question_id = q.id)
-                    THEN 'already study-embed''s'
+                WHEN NOT study_embed._from_before(q) THEN 'already study-embed''s'
                 WHEN reembed THEN 'queued: re-embed of every row asked for'
                 WHEN q.embedding_status = 'ready' THEN CASE
                     WHEN q.embedding IS NULL THEN 'queued: ready without a vector'
@@ -121,9 +130,7 @@ BEGIN
              FROM study_embed._queued_from_before(q, b.now_is) f)
         FROM unnest(ids, outcomes, was, now_is) AS b(id, outcome, was, now_is)
         WHERE q.id = b.id AND b.outcome LIKE 'queued: %'
-          AND q.embedding_source_sha256 IS NULL AND q.embedding_queued_at IS NULL
-          AND q.embedding_due_at IS NULL AND q.embedding_claim_token IS NULL
-          AND q.embedding_last_error IS NULL
+          AND study_embed._from_before(q)
         RETURNING b.was, b.now_is, q.deleted_at IS NOT NULL AS deleted
     )
     SELECT array_agg(m.was), array_agg(m.now_is), array_agg(m.deleted)

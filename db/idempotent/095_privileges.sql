@@ -73,6 +73,7 @@ GRANT EXECUTE ON FUNCTION
     study_embed.sleep_lock_key(),
     study_embed._claimable(),
     study_embed._requeue(text, text, bigint, integer),
+    study_embed._from_before(public.study_questions),
     study_embed.listener_wake()
 TO study_embed_pipeline;
 

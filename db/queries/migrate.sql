@@ -59,9 +59,7 @@ FROM study_embed.adoption;
 -- read once, before an adoption starts
 SELECT coalesce(q.embedding_model, ''), count(*)
 FROM public.study_questions q
-WHERE q.embedding_status = 'ready' AND q.embedding IS NOT NULL
-  AND q.embedding_source_sha256 IS NULL AND q.embedding_queued_at IS NULL
-  AND NOT EXISTS (SELECT 1 FROM study_embed.adopted_source a WHERE a.question_id = q.id)
+WHERE q.embedding_status = 'ready' AND q.embedding IS NOT NULL AND study_embed._from_before(q)
 GROUP BY 1 ORDER BY 2 DESC;
 
 -- name: migrate_adopt
