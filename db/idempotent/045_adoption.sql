@@ -25,15 +25,19 @@
 -- written is ready with its source hash (in the row, or beside it once adopted), or carries a
 -- queue time, a claim or an error.  (The trigger study_embed_queue_unadopted, 010, tests the
 -- part of this that a write must fix, inline in its WHEN.)
+-- (A quoted body, resolved when it runs: a SQL-standard body would bind the table's row type,
+-- and PostgreSQL then refuses every ALTER TABLE study_questions ADD COLUMN, the app's own.)
 CREATE OR REPLACE FUNCTION study_embed._from_before(q public.study_questions)
 RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
-RETURN q.embedding_source_sha256 IS NULL AND q.embedding_queued_at IS NULL
-       AND q.embedding_due_at IS NULL AND q.embedding_claim_token IS NULL
-       AND q.embedding_last_error IS NULL
-       AND NOT EXISTS (SELECT 1 FROM study_embed.adopted_source a
-                       WHERE a.question_id = q.id);
+AS $$
+    SELECT q.embedding_source_sha256 IS NULL AND q.embedding_queued_at IS NULL
+           AND q.embedding_due_at IS NULL AND q.embedding_claim_token IS NULL
+           AND q.embedding_last_error IS NULL
+           AND NOT EXISTS (SELECT 1 FROM study_embed.adopted_source a
+                           WHERE a.question_id = q.id)
+$$;
 
 CREATE OR REPLACE FUNCTION study_embed.adopt(model text, reembed boolean DEFAULT false,
                                              batch_size integer DEFAULT 1000)
