@@ -93,6 +93,27 @@ CREATE TABLE study_embed.status_counts (
 COMMENT ON TABLE study_embed.status_counts IS 'Append-only per-status row-count deltas of study_questions; sum(n) by status is exact.';
 
 --
+-- Name: generations; Type: TABLE; Schema: study_embed; Owner: -
+--
+
+CREATE TABLE study_embed.generations (
+    slot text NOT NULL,
+    model text NOT NULL,
+    dimension integer NOT NULL,
+    was_served boolean DEFAULT false NOT NULL,
+    since timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT generations_dimension_check CHECK (((dimension >= 1) AND (dimension <= 16000))),
+    CONSTRAINT generations_model_check CHECK (((model <> ''::text) AND (length(model) <= 120))),
+    CONSTRAINT generations_slot_check CHECK ((slot = ANY (ARRAY['served'::text, 'shadow'::text])))
+);
+
+--
+-- Name: TABLE generations; Type: COMMENT; Schema: study_embed; Owner: -
+--
+
+COMMENT ON TABLE study_embed.generations IS 'The embedding generations: served (embedding, embedding_status, ...: what every search compares) and, during a model change, shadow (embedding_shadow, embedding_shadow_status, ...: the next model being built, or the previous one kept for a switch back).';
+
+--
 -- Name: duplicate_candidates; Type: TABLE; Schema: study_embed; Owner: -
 --
 
@@ -456,6 +477,13 @@ ALTER TABLE ONLY study_embed.duplicate_queue
     ADD CONSTRAINT duplicate_queue_pkey PRIMARY KEY (question_id);
 
 --
+-- Name: generations generations_pkey; Type: CONSTRAINT; Schema: study_embed; Owner: -
+--
+
+ALTER TABLE ONLY study_embed.generations
+    ADD CONSTRAINT generations_pkey PRIMARY KEY (slot);
+
+--
 -- Name: model_thresholds model_thresholds_pkey; Type: CONSTRAINT; Schema: study_embed; Owner: -
 --
 
@@ -648,6 +676,8 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> void  [040_queue.sql]
 -- study_embed._check_consistent(public.study_questions)
 --     -> void  [010_state_machine.sql]
+-- study_embed._check_shadow_consistent(public.study_questions)
+--     -> void  [046_generations.sql]
 -- study_embed._claim_is_current(text,uuid,uuid)
 --     -> boolean  [040_queue.sql]
 -- study_embed._claimable()
@@ -662,12 +692,20 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> trigger  SECURITY DEFINER  [030_counts.sql]
 -- study_embed._count_statement()
 --     -> trigger  SECURITY DEFINER  [030_counts.sql]
+-- study_embed._dims(public.vector)
+--     -> integer  [060_search.sql]
 -- study_embed._from_before(public.study_questions)
 --     -> boolean  [045_adoption.sql]
 -- study_embed._guard_insert()
 --     -> trigger  [010_state_machine.sql]
+-- study_embed._guard_shadow()
+--     -> trigger  [046_generations.sql]
+-- study_embed._guard_shadow_insert()
+--     -> trigger  [046_generations.sql]
 -- study_embed._guard_update()
 --     -> trigger  [010_state_machine.sql]
+-- study_embed._has_shadow()
+--     -> boolean  [046_generations.sql]
 -- study_embed._nearest(bigint,public.vector,integer,bigint,bigint,boolean)
 --     -> TABLE(id bigint, distance double precision)  [060_search.sql]
 -- study_embed._queue_unadopted()
@@ -676,10 +714,18 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> public.study_questions  [010_state_machine.sql]
 -- study_embed._record_duplicates(bigint[])
 --     -> void  [070_duplicates.sql]
+-- study_embed._refuse_dependents(text)
+--     -> void  [046_generations.sql]
 -- study_embed._requeue(text,text,bigint,integer)
 --     -> TABLE(requeued bigint, next_after_id bigint)  [040_queue.sql]
 -- study_embed._set_actor(text)
 --     -> void  [010_state_machine.sql]
+-- study_embed._shadow(text)
+--     -> study_embed.generations  [046_generations.sql]
+-- study_embed._slot_columns()
+--     -> text[]  [046_generations.sql]
+-- study_embed._slot_dependents()
+--     -> TABLE(what text)  [046_generations.sql]
 -- study_embed._tune_hnsw_scan(integer)
 --     -> void  [060_search.sql]
 -- study_embed._vectors_differ(public.vector,public.vector)
@@ -692,26 +738,40 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> TABLE(outcome text, n bigint, after_id bigint, finished boolean)  SECURITY DEFINER  [045_adoption.sql]
 -- study_embed.answer_key(text,text,text,text,integer)
 --     -> text  [070_duplicates.sql]
+-- study_embed.begin_generation(text,integer)
+--     -> void  [046_generations.sql]
 -- study_embed.channel()
 --     -> text  [020_wake.sql]
 -- study_embed.claim(integer,interval)
 --     -> TABLE(id bigint, claim_token uuid, body text)  SECURITY DEFINER  [040_queue.sql]
+-- study_embed.claim_shadow(integer,interval)
+--     -> TABLE(id bigint, claim_token uuid, body text)  SECURITY DEFINER  [046_generations.sql]
 -- study_embed.compact_counts()
 --     -> void  SECURITY DEFINER  [030_counts.sql]
 -- study_embed.complete(bigint[],uuid[],public.vector[],text)
 --     -> SETOF bigint  SECURITY DEFINER  [040_queue.sql]
+-- study_embed.complete_shadow(bigint[],uuid[],public.vector[],text)
+--     -> SETOF bigint  SECURITY DEFINER  [046_generations.sql]
 -- study_embed.detect_duplicates(interval,integer)
 --     -> bigint  SECURITY DEFINER  [070_duplicates.sql]
 -- study_embed.dismiss_duplicate(bigint,bigint,bigint)
 --     -> boolean  SECURITY DEFINER  [070_duplicates.sql]
+-- study_embed.drop_generation()
+--     -> text  [046_generations.sql]
 -- study_embed.embedding_dimension()
 --     -> integer  SECURITY DEFINER  [040_queue.sql]
 -- study_embed.explanation_context(bigint,bigint,integer)
 --     -> TABLE(id bigint, similarity double precision, question_text text, correct_choice smallint, correct_answer text, explanation text, ai_explanation text)  [060_search.sql]
 -- study_embed.fail(bigint[],uuid[],text[],boolean)
 --     -> SETOF bigint  SECURITY DEFINER  [040_queue.sql]
+-- study_embed.fail_shadow(bigint[],uuid[],text[],boolean)
+--     -> SETOF bigint  SECURITY DEFINER  [046_generations.sql]
 -- study_embed.find_duplicates(bigint,public.vector,real,text)
 --     -> TABLE(id bigint, similarity double precision, question_text text)  [070_duplicates.sql]
+-- study_embed.generation_models()
+--     -> TABLE(slot text, model text, dimension integer)  SECURITY DEFINER  [046_generations.sql]
+-- study_embed.generation_status()
+--     -> TABLE(slot text, model text, dimension integer, role text, since timestamp with time zone, live bigint, ready bigint, failed bigint)  SECURITY DEFINER  [046_generations.sql]
 -- study_embed.listener_sleep(integer)
 --     -> text  SECURITY DEFINER  [020_wake.sql]
 -- study_embed.listener_wake()
@@ -722,6 +782,8 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> void  [030_counts.sql]
 -- study_embed.release(bigint[],uuid[],interval,text)
 --     -> SETOF bigint  SECURITY DEFINER  [040_queue.sql]
+-- study_embed.release_shadow(bigint[],uuid[],interval,text)
+--     -> SETOF bigint  SECURITY DEFINER  [046_generations.sql]
 -- study_embed.render_question(text,text,text,text,text)
 --     -> text  [010_state_machine.sql]
 -- study_embed.requeue_changed_text(bigint,integer)
@@ -734,10 +796,14 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> TABLE(id bigint, similarity double precision, study_topic_id bigint, question_text text)  [060_search.sql]
 -- study_embed.search_questions_hybrid(bigint,public.vector,text,integer,bigint)
 --     -> TABLE(id bigint, similarity double precision, study_topic_id bigint, question_text text, score double precision)  [060_search.sql]
+-- study_embed.served_model()
+--     -> text  SECURITY DEFINER  [010_state_machine.sql]
 -- study_embed.similar_questions(bigint,bigint,integer,boolean)
 --     -> TABLE(id bigint, similarity double precision, study_topic_id bigint, question_text text)  [060_search.sql]
 -- study_embed.sleep_lock_key()
 --     -> integer[]  [020_wake.sql]
+-- study_embed.switch_generation(boolean)
+--     -> bigint  [046_generations.sql]
 -- study_embed.text_sha256(text)
 --     -> bytea  [010_state_machine.sql]
 -- study_embed.tick()

@@ -30,7 +30,7 @@ from study_embed.migrate import Migrator
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.localdb import Cluster
 
-from .helpers import QuestionBank
+from .helpers import TEST_MODEL, QuestionBank
 
 
 def _free_port() -> int:
@@ -59,7 +59,9 @@ def fresh_database(name: str, embedding_dim: int | None = None) -> str:
     drop_database(name)
     CLUSTER.create_database(name)
     url = url_for(name)
-    Migrator(url, embedding_dim=embedding_dim, cron=False, log=lambda _msg: None).run()
+    Migrator(
+        url, embedding_dim=embedding_dim, model=TEST_MODEL, cron=False, log=lambda _msg: None
+    ).run()
     return url
 
 
@@ -83,7 +85,7 @@ def pg_cluster():
 def _load_schema(host, port, user, dbname, password=None, **kwargs):
     # No cron job for the template: pg_cron's worker would hold a connection to it, and a
     # template with connections cannot be cloned.  The cron tests schedule their own.
-    Migrator(url_for(dbname), cron=False, log=lambda _msg: None).run()
+    Migrator(url_for(dbname), model=TEST_MODEL, cron=False, log=lambda _msg: None).run()
 
 
 pg_noproc = factories.postgresql_noproc(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import re
@@ -17,6 +18,9 @@ from pgvector.psycopg import register_vector
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.rows import add_question, add_topic, add_user
 from study_embed_dev.vectors import DIM, render, vector_for
+
+# the model every test database serves (the template is migrated with it, tests/conftest.py)
+TEST_MODEL = "test-model"
 
 __all__ = [
     "DIM",
@@ -108,7 +112,7 @@ class QuestionBank:
         return [Claimed(*r) for r in rows]
 
     def complete(
-        self, claimed: list[Claimed], model: str = "test-model", vectors=None, conn=None
+        self, claimed: list[Claimed], model: str = TEST_MODEL, vectors=None, conn=None
     ) -> set[int]:
         vectors = vectors or [vector_for(c.body) for c in claimed]
         rows = (
@@ -183,7 +187,7 @@ def listener_env(db_url: str, server: EmbedServer, **extra) -> dict:
         "DATABASE_URL": db_url,
         "EMBEDDING_URL": server.url,
         "EMBEDDING_API": "tei",
-        "EMBEDDING_MODEL": "test-model",
+        "EMBEDDING_MODEL": TEST_MODEL,
         "LOG_LEVEL": "INFO",
     }
     env.update({k: str(v) for k, v in extra.items()})
@@ -294,3 +298,18 @@ def korean_bank(bank: QuestionBank) -> dict[str, int]:
 def question_links(html: str) -> list[int]:
     """The question ids a UI page links to, in page order."""
     return [int(m) for m in re.findall(r'href="/questions/(\d+)\?user=', html)]
+
+
+def legacy_ready(bank, model: str) -> int:
+    """A ready row embedded by another model than the served one (a bank from before
+    generations, where a listener could store any model's name), copied in by the owner."""
+    q, choices = f"legacy {model} {np.random.rand()}", ("a", "b", "c", "d")
+    text = render(q, *choices)
+    return bank.insert(
+        q,
+        choices,
+        embedding_status="ready",
+        embedding_model=model,
+        embedding=vector_for(text),
+        embedding_source_sha256=hashlib.sha256(text.encode()).digest(),
+    )

@@ -66,6 +66,17 @@ RETURN sha256(convert_to(body, 'UTF8'));
 COMMENT ON FUNCTION study_embed.text_sha256(text) IS
     'sha256 of a rendered text: what embedding_source_sha256 records.';
 
+-- The model whose vectors the `embedding` column serves (study_embed.generations; a model change
+-- is 046_generations.sql): complete() takes no other, search compares no other.  SECURITY
+-- DEFINER: the app's and the listener's roles may not read the table.
+CREATE OR REPLACE FUNCTION study_embed.served_model()
+RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN (SELECT g.model FROM study_embed.generations g WHERE g.slot = 'served');
+COMMENT ON FUNCTION study_embed.served_model() IS
+    'The model whose vectors search serves (and with which a query must be embedded).';
+
 CREATE OR REPLACE FUNCTION study_embed.transition_allowed(op text, old_status text, new_status text)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE

@@ -131,10 +131,11 @@ RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN status = 'pending' AND current_token = presented_token;
 
--- Store the embeddings of a claimed batch in one call.  A row becomes ready only if its claim is
--- still the current one (so its text has not changed since the claim); the others are left as
--- they are.  The rows written are queued for near-duplicate detection (070_duplicates.sql).
--- Returns the ids written.
+-- Store the embeddings of a claimed batch in one call, made by the served model (study_embed.
+-- generations, 046_generations.sql).  A row becomes ready only if its claim is still the
+-- current one (so its text has not changed since the claim); the others are left as they are.
+-- The rows written are queued for near-duplicate detection (070_duplicates.sql).  Returns the
+-- ids written.
 CREATE OR REPLACE FUNCTION study_embed.complete(ids bigint[], claim_tokens uuid[],
                                                 embeddings :"vector_schema".vector[], model text)
 RETURNS SETOF bigint
@@ -150,6 +151,14 @@ BEGIN
     IF model IS NULL OR model = '' OR length(model) > 120 THEN
         RAISE EXCEPTION 'complete: model must be a name of 1 to 120 characters'
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- one model per generation: a listener set up for another model is told, not obeyed
+    IF model IS DISTINCT FROM study_embed.served_model() THEN
+        RAISE EXCEPTION 'complete: the database serves model %, not %',
+            study_embed.served_model(), model
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Set EMBEDDING_MODEL to the served model; to change the model, '
+                         'study-embed model begin.';
     END IF;
     PERFORM study_embed._set_actor('complete');
     WITH written AS (

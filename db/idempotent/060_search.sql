@@ -24,6 +24,12 @@ RETURN a OPERATOR(:"vector_schema".<=>) b;
 COMMENT ON FUNCTION study_embed._cosine_distance(:"vector_schema".vector, :"vector_schema".vector) IS
     'pgvector''s cosine distance (<=>), schema-qualified; inlined by the planner.';
 
+-- pgvector's vector_dims(), schema-qualified (as _cosine_distance).
+CREATE OR REPLACE FUNCTION study_embed._dims(v :"vector_schema".vector)
+RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN :"vector_schema".vector_dims(v);
+
 -- Search settings for the HNSW index, for the current function call: callers carry a SET
 -- clause, which scopes these set_config calls to them.  On pgvector >= 0.8 the iterative scan
 -- goes on until enough rows pass the filters (relaxed order: callers sort at the end).
@@ -42,6 +48,8 @@ END;
 $$;
 
 -- The k nearest live, embedded questions of one user: the one KNN query everything else uses.
+-- Only vectors of the served model (study_embed.generations, 046_generations.sql) are compared,
+-- and only with a query of the served model's dimension.
 -- It repeats the partial HNSW index's predicate so that the index can serve it, and on pgvector
 -- >= 0.8 uses an iterative index scan, so that a user who owns a sliver of a large table still
 -- gets k results (the scan goes on until k rows pass the user filter).  Relaxed order is
@@ -56,6 +64,8 @@ SET search_path = pg_catalog, pg_temp
 SET hnsw.ef_search = 100      -- the SET clause also scopes the set_config calls below
 SET jit = off
 AS $$
+DECLARE
+    served text := study_embed.served_model();
 BEGIN
     IF for_user IS NULL THEN
         RAISE EXCEPTION 'a user must be given' USING ERRCODE = 'invalid_parameter_value';
@@ -67,12 +77,19 @@ BEGIN
     IF query IS NULL THEN
         RETURN;
     END IF;
+    IF study_embed._dims(query) <> study_embed.embedding_dimension() THEN
+        RAISE EXCEPTION 'the query vector has % dimensions, but the served model % has %',
+            study_embed._dims(query), served, study_embed.embedding_dimension()
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Embed the query with the served model (study_embed.served_model()).';
+    END IF;
     PERFORM study_embed._tune_hnsw_scan(k);
     RETURN QUERY
     WITH nearest AS MATERIALIZED (
         SELECT q.id, study_embed._cosine_distance(q.embedding, query) AS distance
         FROM public.study_questions q
         WHERE q.deleted_at IS NULL AND q.embedding IS NOT NULL      -- the HNSW index predicate
+          AND q.embedding_model = served         -- never a vector of another model (0008)
           AND q.user_id = for_user
           AND (topic_id IS NULL OR q.study_topic_id = topic_id)
           AND (exclude_id IS NULL OR q.id <> exclude_id)
@@ -145,6 +162,7 @@ BEGIN ATOMIC
                            w.tsq) AS rank
             FROM public.study_questions q, words w
             WHERE q.user_id = for_user AND q.deleted_at IS NULL AND q.embedding IS NOT NULL
+              AND q.embedding_model = (SELECT study_embed.served_model())
               AND (search_questions_hybrid.topic_id IS NULL
                    OR q.study_topic_id = search_questions_hybrid.topic_id)
               AND to_tsvector('simple', concat_ws(' ', q.question_text, q.choice_1, q.choice_2,
@@ -185,7 +203,7 @@ BEGIN ATOMIC
         CASE WHEN same_topic THEN src.study_topic_id END, src.id) n
     JOIN public.study_questions q ON q.id = n.id AND q.user_id = src.user_id
     WHERE src.id = similar_questions.question_id AND src.user_id = similar_questions.for_user
-      AND src.deleted_at IS NULL
+      AND src.deleted_at IS NULL AND src.embedding_model = (SELECT study_embed.served_model())
     ORDER BY n.distance, q.id;
 END;
 COMMENT ON FUNCTION study_embed.similar_questions(bigint, bigint, integer, boolean) IS
@@ -214,7 +232,7 @@ BEGIN ATOMIC
     CROSS JOIN LATERAL study_embed._nearest(src.user_id, src.embedding, k, NULL, src.id, true) n
     JOIN public.study_questions q ON q.id = n.id AND q.user_id = src.user_id
     WHERE src.id = explanation_context.question_id AND src.user_id = explanation_context.for_user
-      AND src.deleted_at IS NULL
+      AND src.deleted_at IS NULL AND src.embedding_model = (SELECT study_embed.served_model())
     ORDER BY n.distance, q.id;
 END;
 COMMENT ON FUNCTION study_embed.explanation_context(bigint, bigint, integer) IS

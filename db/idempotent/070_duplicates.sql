@@ -33,7 +33,7 @@ BEGIN ATOMIC
     FROM study_embed.settings s
     CROSS JOIN LATERAL study_embed._nearest(for_user, query, s.duplicate_neighbours) n
     JOIN public.study_questions q ON q.id = n.id AND q.user_id = for_user
-    LEFT JOIN study_embed.model_thresholds m ON m.model = q.embedding_model
+    LEFT JOIN study_embed.model_thresholds m ON m.model = q.embedding_model   -- the served one
     WHERE 1 - n.distance >= coalesce(find_duplicates.threshold, m.duplicate_threshold,
                                      s.duplicate_threshold)
       AND (find_duplicates.answer IS NULL OR NOT s.duplicate_same_answer
@@ -64,6 +64,7 @@ DECLARE
     neighbours smallint;
     threshold real;
     same_answer boolean;
+    served text := study_embed.served_model();    -- one model's vectors with each other only
 BEGIN
     SELECT s.duplicate_neighbours, s.duplicate_threshold, s.duplicate_same_answer
     INTO neighbours, threshold, same_answer
@@ -81,10 +82,11 @@ BEGIN
                                       o.correct_choice) AS answer
         FROM public.study_questions o
         WHERE o.deleted_at IS NULL AND o.embedding IS NOT NULL      -- the HNSW index predicate
+          AND o.embedding_model = served
           AND o.user_id = q.user_id AND o.id <> q.id
         ORDER BY study_embed._cosine_distance(o.embedding, q.embedding)
         LIMIT neighbours) n
-    WHERE q.id = ANY (ids) AND q.deleted_at IS NULL
+    WHERE q.id = ANY (ids) AND q.deleted_at IS NULL AND q.embedding_model = served
       AND 1 - n.distance >= coalesce(m.duplicate_threshold, threshold)
       -- a question one word away that asks for another answer is not a duplicate
       AND (NOT same_answer

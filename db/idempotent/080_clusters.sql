@@ -11,9 +11,9 @@
 -- Every member is therefore within `threshold` of its representative (no chaining), and a
 -- question with no close neighbour is a cluster of its own.  Cost: the pairwise similarities
 -- of the `recent` vectors (one set-based statement over vectors read once), then a pass per
--- cluster over the questions and the close pairs (BENCHMARKS.md: 500 wrong answers).  Without
--- a threshold, the model's (model_thresholds.cluster_threshold, for the model that embedded
--- most of the user's questions), else 0.75.
+-- cluster over the questions and the close pairs (BENCHMARKS.md: 500 wrong answers).  Only
+-- vectors of the served model are compared.  Without a threshold, the served model's
+-- (model_thresholds.cluster_threshold), else 0.75.
 CREATE OR REPLACE FUNCTION study_embed.wrong_answer_clusters(
     for_user bigint, recent integer DEFAULT 50, threshold real DEFAULT NULL)
 RETURNS TABLE (cluster integer, representative_id bigint, question_id bigint,
@@ -52,10 +52,7 @@ BEGIN
     IF threshold IS NULL THEN
         SELECT m.cluster_threshold INTO threshold
         FROM study_embed.model_thresholds m
-        WHERE m.model = (SELECT q.embedding_model FROM public.study_questions q
-                         WHERE q.user_id = for_user AND q.deleted_at IS NULL
-                           AND q.embedding_model IS NOT NULL
-                         GROUP BY q.embedding_model ORDER BY count(*) DESC, 1 LIMIT 1);
+        WHERE m.model = study_embed.served_model();
         threshold := coalesce(threshold, 0.75);
     END IF;
     SELECT array_agg(x.id ORDER BY x.answered_at DESC, x.id),
@@ -70,6 +67,7 @@ BEGIN
                 ORDER BY t.study_question_id, t.answered_at DESC) w      -- latest attempt
           JOIN public.study_questions q ON q.id = w.study_question_id AND q.user_id = for_user
           WHERE NOT w.is_correct AND q.deleted_at IS NULL AND q.embedding IS NOT NULL
+            AND q.embedding_model = study_embed.served_model()
           ORDER BY w.answered_at DESC, w.study_question_id
           LIMIT recent) x;
     n := coalesce(cardinality(qids), 0);

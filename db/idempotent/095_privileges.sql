@@ -10,6 +10,8 @@
 --                         on study_questions) and dismissing a pair of its user.
 --   PUBLIC                USAGE on the schema and the pure helpers the triggers call as the
 --                         writing client; nothing else.
+--   (the table's owner)   begin_generation, switch_generation, drop_generation: DDL on
+--                         study_questions, which only its owner may do (`study-embed model`).
 --
 -- psql variables: :"vector_schema".
 
@@ -38,7 +40,10 @@ GRANT EXECUTE ON FUNCTION
     study_embed._guard_update(),
     study_embed._queued_from_before(public.study_questions, text),
     study_embed._queue_unadopted(),
-    study_embed._adopted(bigint)
+    study_embed._adopted(bigint),
+    study_embed._check_shadow_consistent(public.study_questions),
+    study_embed._guard_shadow_insert(),
+    study_embed._guard_shadow()
 TO PUBLIC;
 
 -- ---------------------------------------------------------------- study_embed_pipeline
@@ -50,7 +55,16 @@ GRANT UPDATE (embedding, embedding_status, embedding_updated_at, embedding_model
               embedding_source_sha256, embedding_claim_token, embedding_due_at,
               embedding_queued_at, embedding_attempts, embedding_last_error)
     ON public.study_questions TO study_embed_pipeline;
-GRANT SELECT ON study_embed.settings, study_embed.model_thresholds TO study_embed_pipeline;
+\if :study_embed_has_shadow
+GRANT UPDATE (embedding_shadow, embedding_shadow_status, embedding_shadow_updated_at,
+              embedding_shadow_model, embedding_shadow_source_sha256,
+              embedding_shadow_claim_token, embedding_shadow_due_at,
+              embedding_shadow_queued_at, embedding_shadow_attempts,
+              embedding_shadow_last_error)
+    ON public.study_questions TO study_embed_pipeline;
+\endif
+GRANT SELECT ON study_embed.settings, study_embed.model_thresholds, study_embed.generations,
+    study_embed.status TO study_embed_pipeline;
 GRANT SELECT, INSERT, DELETE ON study_embed.status_counts TO study_embed_pipeline;
 GRANT SELECT, INSERT, UPDATE, DELETE ON study_embed.duplicate_queue TO study_embed_pipeline;
 GRANT SELECT, INSERT, UPDATE, DELETE ON study_embed.duplicate_candidates TO study_embed_pipeline;
@@ -74,7 +88,10 @@ GRANT EXECUTE ON FUNCTION
     study_embed._claimable(),
     study_embed._requeue(text, text, bigint, integer),
     study_embed._from_before(public.study_questions),
-    study_embed.listener_wake()
+    study_embed.listener_wake(),
+    study_embed._has_shadow(),
+    study_embed._shadow(text),
+    study_embed.served_model()          -- its own, but the REVOKE above took it on a re-run
 TO study_embed_pipeline;
 
 ALTER FUNCTION study_embed.claim(integer, interval) OWNER TO study_embed_pipeline;
@@ -95,6 +112,16 @@ ALTER FUNCTION study_embed._count_statement() OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed._count_row() OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed._adopted(bigint) OWNER TO study_embed_pipeline;
 ALTER FUNCTION study_embed.adopt(text, boolean, integer) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.served_model() OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.generation_status() OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.generation_models() OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.claim_shadow(integer, interval) OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.complete_shadow(bigint[], uuid[], :"vector_schema".vector[], text)
+    OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.fail_shadow(bigint[], uuid[], text[], boolean)
+    OWNER TO study_embed_pipeline;
+ALTER FUNCTION study_embed.release_shadow(bigint[], uuid[], interval, text)
+    OWNER TO study_embed_pipeline;
 REVOKE CREATE ON SCHEMA study_embed FROM study_embed_pipeline;
 -- (ALTER ... OWNER keeps the grants made above; the owner has EXECUTE on its own functions.)
 
@@ -110,7 +137,14 @@ GRANT EXECUTE ON FUNCTION
     study_embed.compact_counts(),
     study_embed.embedding_dimension(),
     study_embed.listener_sleep(integer),
-    study_embed.listener_wake()
+    study_embed.listener_wake(),
+    study_embed.claim_shadow(integer, interval),
+    study_embed.complete_shadow(bigint[], uuid[], :"vector_schema".vector[], text),
+    study_embed.fail_shadow(bigint[], uuid[], text[], boolean),
+    study_embed.release_shadow(bigint[], uuid[], interval, text),
+    study_embed.served_model(),
+    study_embed.generation_models(),
+    study_embed.generation_status()
 TO study_embed_listener;
 GRANT SELECT ON study_embed.status, study_embed.failures TO study_embed_listener;
 
@@ -128,7 +162,12 @@ GRANT EXECUTE ON FUNCTION
     study_embed.search_questions_hybrid(bigint, :"vector_schema".vector, text, integer, bigint),
     study_embed._words_query(text),
     study_embed.wrong_answer_clusters(bigint, integer, real),
-    study_embed.dismiss_duplicate(bigint, bigint, bigint)
+    study_embed.dismiss_duplicate(bigint, bigint, bigint),
+    study_embed._dims(:"vector_schema".vector),
+    study_embed.embedding_dimension(),
+    study_embed.served_model(),
+    study_embed.generation_models(),
+    study_embed.generation_status()
 TO study_embed_app;
 GRANT SELECT ON study_embed.settings, study_embed.model_thresholds, study_embed.duplicate_pairs,
     study_embed.duplicate_candidates, study_embed.status

@@ -5,10 +5,19 @@
 
 -- name: schema_ready
 SELECT to_regtype('vector') IS NOT NULL,
-       to_regprocedure('study_embed.claim(integer, interval)') IS NOT NULL;
+       to_regprocedure('study_embed.claim(integer, interval)') IS NOT NULL
+       AND to_regprocedure('study_embed.generation_models()') IS NOT NULL;
 
 -- name: ping
 SELECT 1;
 
 -- name: status
 SELECT status, live, deleted, oldest_waiting FROM study_embed.status;
+
+-- name: served_model
+SELECT study_embed.served_model();
+
+-- name: generation_status
+-- the generations and how far each covers the live rows (counts the shadow slot's)
+SELECT slot, model, dimension, role, since, live, ready, failed
+FROM study_embed.generation_status();

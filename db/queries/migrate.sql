@@ -62,6 +62,13 @@ FROM public.study_questions q
 WHERE q.embedding_status = 'ready' AND q.embedding IS NOT NULL AND study_embed._from_before(q)
 GROUP BY 1 ORDER BY 2 DESC;
 
+-- name: migrate_serve_model
+-- an adoption that has not started decides the served model: the one whose vectors it keeps
+-- (or, re-embedding all, makes)
+UPDATE study_embed.generations SET model = %(model)s, since = now()
+WHERE slot = 'served' AND model <> %(model)s
+  AND NOT EXISTS (SELECT 1 FROM study_embed.generations g WHERE g.slot = 'shadow');
+
 -- name: migrate_adopt
 SELECT outcome, n, after_id, finished FROM study_embed.adopt(%(model)s, %(reembed)s, %(batch_size)s);
 

@@ -17,6 +17,25 @@ SELECT id FROM study_embed.fail(%(ids)s, %(claim_tokens)s, %(errors)s, %(retryab
 SELECT id FROM study_embed.release(%(ids)s, %(claim_tokens)s,
                                    make_interval(secs => %(retry_in_seconds)s), %(reason)s) AS id;
 
+-- name: claim_shadow
+SELECT id, claim_token, body
+FROM study_embed.claim_shadow(%(batch_size)s, make_interval(secs => %(lease_seconds)s));
+
+-- name: complete_shadow
+SELECT id FROM study_embed.complete_shadow(%(ids)s, %(claim_tokens)s, %(embeddings)b, %(model)s) AS id;
+
+-- name: fail_shadow
+SELECT id FROM study_embed.fail_shadow(%(ids)s, %(claim_tokens)s, %(errors)s, %(retryable)s) AS id;
+
+-- name: release_shadow
+SELECT id FROM study_embed.release_shadow(%(ids)s, %(claim_tokens)s,
+                                          make_interval(secs => %(retry_in_seconds)s),
+                                          %(reason)s) AS id;
+
+-- name: generations
+-- which model each slot holds: cheap, read before every drain
+SELECT slot, model, dimension FROM study_embed.generation_models();
+
 -- name: detect_duplicates
 SELECT study_embed.detect_duplicates(make_interval(secs => %(budget_seconds)s));
 

@@ -18,7 +18,29 @@ import numpy as np
 
 from .database import Database
 from .embedders import EmbeddingClient, embed_query
-from .queue import StatusRow, read_status
+from .queue import GenerationStatus, StatusRow, read_generations, read_status
+
+
+class ModelMismatch(Exception):
+    """No embedder of this client has the model the database serves: a query embedded by
+    another model would be compared with vectors it means nothing next to."""
+
+
+def served_embedder(
+    embedders: EmbeddingClient | Sequence[EmbeddingClient], served: str
+) -> EmbeddingClient:
+    """The embedder whose model the database serves (EMBEDDING_*, or NEXT_EMBEDDING_* once a
+    model change is switched), else ModelMismatch."""
+    found = [embedders] if isinstance(embedders, EmbeddingClient) else list(embedders)
+    for client in found:
+        if client.config.model == served:
+            return client
+    have = " and ".join(repr(c.config.model) for c in found)
+    raise ModelMismatch(
+        f"the database serves model {served!r}, but this client embeds queries with {have}: "
+        f"set EMBEDDING_MODEL={served} and the EMBEDDING_URL of its server (during a model "
+        "change, NEXT_EMBEDDING_MODEL and NEXT_EMBEDDING_URL may name the other model)"
+    )
 
 
 @dataclass(frozen=True)
@@ -140,6 +162,21 @@ class Bank:
     async def status(self) -> list[StatusRow]:
         return await read_status(self.db, self.retry)
 
+    async def generations(self) -> list[GenerationStatus]:
+        return await read_generations(self.db, self.retry)
+
+    async def served_model(self) -> str:
+        [(model,)] = await self._rows("served_model")
+        return model
+
+    async def embed_query(
+        self, embedders: EmbeddingClient | Sequence[EmbeddingClient], text: str
+    ) -> np.ndarray:
+        """`text` embedded by the model the database serves (ModelMismatch when none of
+        `embedders` has it); raises EmbeddingError when its server cannot embed it."""
+        client = served_embedder(embedders, await self.served_model())
+        return await embed_query(client, text)
+
     async def users(self, limit: int = 200) -> list[User]:
         return [User(*r) for r in await self._rows("bank_users", user_id=None, limit=limit)]
 
@@ -167,15 +204,15 @@ class Bank:
     async def search(
         self,
         user_id: int,
-        client: EmbeddingClient,
+        embedders: EmbeddingClient | Sequence[EmbeddingClient],
         text: str,
         k: int = 10,
         topic_id: int | None = None,
         dense: bool = False,
     ) -> list[Hit]:
-        """Free-text search: the text embedded by `client`, then ranked (search_vector).
-        Raises EmbeddingError when the server cannot embed it."""
-        vec = await embed_query(client, text)
+        """Free-text search: the text embedded by the served model (embed_query), then ranked
+        (search_vector)."""
+        vec = await self.embed_query(embedders, text)
         return await self.search_vector(user_id, vec, None if dense else text, k, topic_id)
 
     async def search_vector(

@@ -1,7 +1,7 @@
-"""The `study-embed` command: migrate, listen, drain, status, reembed, search, check-duplicate,
-ui.  Each command is declared once, with its flags, right above its handler (`@command`); the
-settings every command shares come from settings.SETTINGS.  The database's errors arrive typed
-(database.py) and main() says each in one line."""
+"""The `study-embed` command: migrate, model, listen, drain, status, reembed, search,
+check-duplicate, ui.  Each command is declared once, with its flags, right above its handler
+(`@command`); the settings every command shares come from settings.SETTINGS.  The database's
+errors arrive typed (database.py) and main() says each in one line."""
 
 from __future__ import annotations
 
@@ -112,6 +112,93 @@ def _cmd_migrate(cfg: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- model: a change of the embedding model ----------------------------------------------------
+
+
+@command(
+    "model",
+    "change the embedding model without a wrong answer: begin the next generation beside the "
+    "served one, switch to it (and back), drop the other one",
+    arg(
+        "step",
+        choices=("status", "begin", "switch", "drop"),
+        help="status: the generations and how far the next one is; begin MODEL --dimension N; "
+        "switch (refused until the other generation covers every live row, unless --force); "
+        "drop (the generation not served: no switch back after it)",
+    ),
+    arg("next_model", nargs="?", metavar="MODEL", help="begin: the next model's name"),
+    arg("--dimension", type=int, metavar="N", help="begin: the next model's dimension"),
+    arg(
+        "--force",
+        action="store_true",
+        help="switch even though rows are missing from the other generation (they are missing "
+        "from search until they are embedded)",
+    ),
+    arg("--json", action="store_true", help="status: print one JSON document"),
+)
+def _cmd_model(cfg: Settings, args: argparse.Namespace) -> int:
+    from .migrate import MigrationError, Migrator
+
+    if args.step == "begin" and (not args.next_model or not args.dimension):
+        raise ConfigError("model begin needs the next model's name and --dimension N")
+    if args.step != "begin" and (args.next_model or args.dimension):
+        raise ConfigError(f"model {args.step} takes no MODEL or --dimension")
+    if args.step != "status":
+        try:
+            Migrator(cfg.database_url, cron=False).generation(
+                args.step,
+                model=args.next_model or "",
+                dimension=args.dimension or 0,
+                force=args.force,
+            )
+        except MigrationError as e:
+            print(f"model {args.step}: {e}", file=sys.stderr)
+            return 1
+
+    async def read(queue):
+        return await queue.generation_status()
+
+    generations = asyncio.run(_with(_queue(cfg, "model"), read))
+    if args.json:
+        print(json.dumps(_generations_document(generations), indent=2))
+    else:
+        done = {
+            "begin": "began the next generation; listeners with NEXT_EMBEDDING_URL and "
+            "NEXT_EMBEDDING_MODEL for it build it",
+            "switch": "switched: search now serves the other generation; `model switch` "
+            "again switches back, `model drop` drops the one not served",
+            "drop": "dropped the generation that was not served",
+        }
+        if args.step in done:
+            print(f"model {args.step}: {done[args.step]}", file=sys.stderr)
+        _print_generations(generations)
+    return 0
+
+
+def _print_generations(generations) -> None:
+    print(f"{'generation':<10} {'model':<32} {'dim':>5} {'ready':>10} {'live':>10}  {'':>6}")
+    for g in generations:
+        share = f"{100 * g.ready / g.live:.1f}%" if g.live else "-"
+        print(f"{g.role:<10} {g.model:<32} {g.dimension:>5} {g.ready:>10} {g.live:>10}  {share:>6}")
+
+
+def _generations_document(generations) -> list[dict]:
+    return [
+        {
+            "slot": g.slot,
+            "role": g.role,
+            "model": g.model,
+            "dimension": g.dimension,
+            "since": g.since.isoformat(),
+            "live": g.live,
+            "ready": g.ready,
+            "failed": g.failed,
+            "missing": g.live - g.ready,
+        }
+        for g in generations
+    ]
+
+
 # -- listen / drain --------------------------------------------------------------------------------
 
 
@@ -153,12 +240,20 @@ def _fmt_age(td) -> str:
 )
 def _cmd_status(cfg: Settings, args: argparse.Namespace) -> int:
     async def read(queue):
-        return await queue.status(), await queue.failures(args.errors)
+        return (
+            await queue.status(),
+            await queue.failures(args.errors),
+            await queue.generation_status(),
+        )
 
-    rows, failures = asyncio.run(_with(_queue(cfg, "status"), read))
+    rows, failures, generations = asyncio.run(_with(_queue(cfg, "status"), read))
     if args.json:
-        print(json.dumps(_status_document(rows, failures), ensure_ascii=False, indent=2))
+        doc = _status_document(rows, failures)
+        doc["generations"] = _generations_document(generations)
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
         return 0
+    _print_generations(generations)
+    print()
     print(f"{'status':<8} {'live':>10} {'deleted':>8}  oldest waiting")
     for r in rows:
         print(f"{r.status:<8} {r.live:>10} {r.deleted:>8}  {_fmt_age(r.oldest_waiting)}")
@@ -204,13 +299,23 @@ def _status_document(rows, failures) -> dict:
     }
 
 
-@command("reembed", "queue every row embedded by another model than EMBEDDING_MODEL")
+@command(
+    "reembed",
+    "queue every row of the served generation embedded by another model than the served one",
+)
 def _cmd_reembed(cfg: Settings, args: argparse.Namespace) -> int:
     # one bounded batch per transaction: listeners embed meanwhile
     async def requeue(queue) -> int:
+        served = await queue.served_model()
+        if served != cfg.embedding_model:
+            raise ConfigError(
+                f"the database serves model {served}, not EMBEDDING_MODEL={cfg.embedding_model}. "
+                "To change the model without a window of wrong answers: `study-embed model "
+                f"begin {cfg.embedding_model} --dimension N`, then `model switch`."
+            )
         total, after = 0, 0
         while after is not None:
-            n, after = await queue.requeue_model(cfg.embedding_model, after)
+            n, after = await queue.requeue_model(served, after)
             total += n
             if after is not None and sys.stderr.isatty():
                 print(
@@ -234,16 +339,25 @@ def _cmd_reembed(cfg: Settings, args: argparse.Namespace) -> int:
 
 @asynccontextmanager
 async def _embedding(cfg: Settings):
-    """The configured embedding client; a server that cannot embed ends the command."""
+    """The configured embedding clients (EMBEDDING_*, and NEXT_EMBEDDING_* during a model
+    change): a query is embedded by the one whose model the database serves.  No such client,
+    or a server that cannot embed, ends the command."""
+    from .bank import ModelMismatch
     from .embedders import ClientConfig, EmbeddingError, make_client
 
-    client = make_client(ClientConfig.of(cfg))
+    configs = [ClientConfig.of(cfg)]
+    if (nxt := ClientConfig.next_of(cfg)) is not None:
+        configs.append(nxt)
+    clients = [make_client(c) for c in configs]
     try:
-        yield client
+        yield clients
+    except ModelMismatch as e:
+        raise ConfigError(str(e)) from None
     except EmbeddingError as e:
-        raise SystemExit(f"the embedding server at {cfg.embedding_url} failed: {e}") from None
+        raise SystemExit(f"the embedding server failed: {e}") from None
     finally:
-        await client.aclose()
+        for client in clients:
+            await client.aclose()
 
 
 def _print_hits(hits, empty: str) -> None:
@@ -283,9 +397,9 @@ def _cmd_search(cfg: Settings, args: argparse.Namespace) -> int:
     from .bank import Bank
 
     async def search(db):
-        async with _embedding(cfg) as client:
+        async with _embedding(cfg) as clients:
             return await Bank(db).search(
-                args.user, client, args.text, args.k, args.topic, dense=args.dense
+                args.user, clients, args.text, args.k, args.topic, dense=args.dense
             )
 
     hits = asyncio.run(_with(_bank_db(cfg, "search"), search))
@@ -323,14 +437,13 @@ def _cmd_search(cfg: Settings, args: argparse.Namespace) -> int:
 )
 def _cmd_check_duplicate(cfg: Settings, args: argparse.Namespace) -> int:
     from .bank import Bank
-    from .embedders import embed_query
 
     async def check(db):
         bank = Bank(db)
         text = await bank.render(args.question, args.choices)  # the pipeline's own renderer
         answer = args.choices[args.correct - 1] if args.correct else None
-        async with _embedding(cfg) as client:
-            vec = await embed_query(client, text)
+        async with _embedding(cfg) as clients:
+            vec = await bank.embed_query(clients, text)
         return await bank.find_duplicates(args.user, vec, args.threshold, answer)
 
     hits = asyncio.run(_with(_bank_db(cfg, "check-duplicate"), check))

@@ -17,7 +17,7 @@ import time
 from typing import TextIO
 
 from .embedders import ClientConfig, make_client
-from .queue import QueueClient
+from .queue import GenerationStatus, QueueClient, StatusRow
 from .settings import EXIT_CONFIG, ConfigError, Settings
 from .worker import StartupError, Worker
 
@@ -81,7 +81,10 @@ async def run(
         queue = QueueClient(
             cfg.database_url, max_size=cfg.concurrency + 2, app_name="study-embed listener"
         )
-        worker = Worker(cfg, queue, make_client(ClientConfig.of(cfg)))
+        nxt = ClientConfig.next_of(cfg)
+        worker = Worker(
+            cfg, queue, make_client(ClientConfig.of(cfg)), make_client(nxt) if nxt else None
+        )
     progress: Progress | None = None
     progress_task = None
     metrics = None
@@ -140,6 +143,14 @@ async def run(
     return 0
 
 
+async def _queue_state(worker: Worker) -> tuple[list[StatusRow], list[GenerationStatus]]:
+    """What a scrape shows of the database: the status counts and the generations."""
+    return (
+        await worker.queue.status(retry=False),
+        await worker.queue.generation_status(retry=False),
+    )
+
+
 def start_metrics(cfg: Settings, worker: Worker, loop: asyncio.AbstractEventLoop):
     """METRICS_PORT: the endpoint, and the heartbeat behind /healthz (None when off)."""
     if cfg.metrics_port is None:
@@ -150,7 +161,7 @@ def start_metrics(cfg: Settings, worker: Worker, loop: asyncio.AbstractEventLoop
         server = MetricsServer(
             worker.stats,
             loop,
-            status=lambda: worker.queue.status(retry=False),
+            status=lambda: _queue_state(worker),
             checks={"database": worker.queue.ping, "embedding_server": worker.client.healthy},
             breaker_open=lambda: worker.breaker.is_open,
             host=cfg.metrics_host,

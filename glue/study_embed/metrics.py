@@ -5,8 +5,9 @@ Prometheus metrics (prometheus_client, in a registry of its own).  `MetricsServe
 thread of its own:
 
 - /metrics  the counters and histograms, plus the queue as the database sees it (rows waiting
-            per status, the age of the oldest waiting row), read at scrape time at most every
-            DB_EVERY seconds through the listener's own connection pool;
+            per status, the age of the oldest waiting row, the generations and how far each
+            covers the live rows), read at scrape time at most every DB_EVERY seconds through
+            the listener's own connection pool;
 - /healthz  200 while the listener's event loop is alive (it beats every second);
 - /readyz   200 only while the database answers, the embedding server embeds (the client's
             honest probe) and the breaker is closed; checked when asked, at most every
@@ -143,12 +144,15 @@ class Stats:
 
 
 class QueueCollector(Collector):
-    """Rows waiting per status and the oldest waiting row's age, from the database, at most
-    every DB_EVERY seconds; nothing (and study_embed_database_up 0) when it does not answer."""
+    """Rows waiting per status and the oldest waiting row's age, and the generations (the
+    served model's and, during a model change, the other one's, with how many live rows each
+    covers), from the database, at most every DB_EVERY seconds; nothing (and
+    study_embed_database_up 0) when it does not answer."""
 
-    def __init__(self, read: Callable[[], list[Any]]) -> None:
+    def __init__(self, read: Callable[[], tuple[list[Any], list[Any]]]) -> None:
         self.read = read
         self.rows: list[Any] = []
+        self.generations: list[Any] = []
         self.up = 0.0
         self.at = float("-inf")
         self.lock = threading.Lock()
@@ -157,12 +161,12 @@ class QueueCollector(Collector):
         with self.lock:
             if time.monotonic() - self.at >= DB_EVERY:
                 try:
-                    self.rows, self.up = self.read(), 1.0
+                    (self.rows, self.generations), self.up = self.read(), 1.0
                 except Exception as e:
                     log.warning("metrics: the queue's state could not be read: %s", e)
-                    self.rows, self.up = [], 0.0
+                    self.rows, self.generations, self.up = [], [], 0.0
                 self.at = time.monotonic()
-            rows, up = self.rows, self.up
+            rows, generations, up = self.rows, self.generations, self.up
         yield GaugeMetricFamily(
             "study_embed_database_up", "1 when the last read of the queue's state worked", up
         )
@@ -181,6 +185,28 @@ class QueueCollector(Collector):
         oldest.add_metric([], max(ages, default=0.0))
         yield live
         yield oldest
+        info = GaugeMetricFamily(
+            "study_embed_generation_info",
+            "The embedding generations: served, and next or previous during a model change",
+            labels=["role", "model", "dimension"],
+        )
+        ready = GaugeMetricFamily(
+            "study_embed_generation_ready_rows",
+            "Live rows embedded from their current text by the generation's model",
+            labels=["role"],
+        )
+        missing = GaugeMetricFamily(
+            "study_embed_generation_missing_rows",
+            "Live rows the generation does not cover yet (a switch waits for 0)",
+            labels=["role"],
+        )
+        for g in generations:
+            info.add_metric([g.role, g.model, str(g.dimension)], 1)
+            ready.add_metric([g.role], g.ready)
+            missing.add_metric([g.role], g.live - g.ready)
+        yield info
+        yield ready
+        yield missing
 
 
 @dataclass
@@ -210,7 +236,7 @@ class MetricsServer:
         stats: Stats,
         loop: asyncio.AbstractEventLoop,
         *,
-        status: Callable[[], Coroutine[Any, Any, list[Any]]],
+        status: Callable[[], Coroutine[Any, Any, tuple[list[Any], list[Any]]]],
         checks: dict[str, Callable[[], Coroutine[Any, Any, bool]]],
         breaker_open: Callable[[], bool],
         host: str,

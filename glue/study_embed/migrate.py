@@ -231,7 +231,12 @@ class Migrator:
         dim = dim or 1024
         if not 1 <= dim <= 16000:
             raise MigrationError(f"EMBEDDING_DIM must be between 1 and 16000, not {dim}")
-        return {"embedding_dim": str(dim), "app_db": dbname, "cron_db": cron_db or ""}
+        return {
+            "embedding_dim": str(dim),
+            "embedding_model": self.model,
+            "app_db": dbname,
+            "cron_db": cron_db or "",
+        }
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -284,22 +289,26 @@ class Migrator:
             )
             report.applied.append(path.name)
 
-    def _apply_idempotent(
-        self, ledger: dict[str, str], variables: dict[str, str], report: Report, force: bool
-    ) -> None:
+    def _idempotent(self, vector_schema: str) -> tuple[str, str]:
+        """db/idempotent as one psql script, and its digest (the ledger's record of it)."""
         files = sorted((self.db_dir / "idempotent").glob("*.sql"))
         h = hashlib.sha256()
         for path in files:
             h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-        h.update(variables["vector_schema"].encode())
-        digest = h.hexdigest()
-        if not force and not report.applied and ledger.get(IDEMPOTENT_LEDGER_NAME) == digest:
-            return
-        self.log("migrate: applying db/idempotent (functions, triggers, views, privileges)")
+        h.update(vector_schema.encode())
         # SQL-standard bodies, trigger WHEN clauses and views bind their names when they are
         # created: resolve them in pg_catalog only, never in a schema another role can write.
         script = "SET search_path = pg_catalog, pg_temp;\n"
         script += "".join(f"\\i {_quote_psql(p)}\n" for p in files)
+        return script, h.hexdigest()
+
+    def _apply_idempotent(
+        self, ledger: dict[str, str], variables: dict[str, str], report: Report, force: bool
+    ) -> None:
+        script, digest = self._idempotent(variables["vector_schema"])
+        if not force and not report.applied and ledger.get(IDEMPOTENT_LEDGER_NAME) == digest:
+            return
+        self.log("migrate: applying db/idempotent (functions, triggers, views, privileges)")
         self._psql(script, variables, what="db/idempotent")
         # the counts, outside the DDL transaction: REPEATABLE READ blocks no writer (see
         # study_embed.recount); the ledger row goes with them, so a failure here is redone
@@ -348,6 +357,8 @@ class Migrator:
                     "Set EMBEDDING_MODEL to the name the old worker stored (if it is the same "
                     "model), or pass --reembed-all to re-embed every row."
                 )
+        if not started:
+            conn.execute(self.q["migrate_serve_model"], {"model": self.model})
         last = conn.execute(self.q["migrate_last_id"]).fetchone()
         last_id = (last[0] if last else None) or 0
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
@@ -453,6 +464,60 @@ class Migrator:
             "study_embed_app (cluster-wide: DROP ROLE them once no database uses them)."
         )
 
+    def generation(
+        self, step: str, *, model: str = "", dimension: int = 0, force: bool = False
+    ) -> None:
+        """A step of a model change (046_generations.sql): `begin` the shadow generation of
+        `model`, `switch` it with the served one, or `drop` it.  One transaction: the step's
+        DDL, then db/idempotent again, so that every definition that binds columns when it is
+        created binds the slots as they now are; then the status counts (the served slot's
+        statuses are another generation's after a switch)."""
+        calls = {
+            "begin": "SELECT study_embed.begin_generation(:'model', :'dimension'::integer);\n",
+            "switch": "SELECT study_embed.switch_generation(:'force'::boolean);\n",
+            "drop": "SELECT study_embed.drop_generation();\n",
+        }
+        try:
+            with self._locked(f"study-embed model {step}") as conn:
+                self._generation(conn, calls[step], step, model, dimension, force)
+        except MigrationError as e:
+            raise MigrationError(_said(str(e))) from None
+
+    def _generation(
+        self,
+        conn: psycopg.Connection,
+        call: str,
+        step: str,
+        model: str,
+        dimension: int,
+        force: bool,
+    ) -> None:
+        ledger = self._ledger(conn)
+        schema = self._vector_schema(conn)
+        script, digest = self._idempotent(schema)
+        migrations = {f"migrations/{p.name}" for p in (self.db_dir / "migrations").glob("*.sql")}
+        if ledger.get(IDEMPOTENT_LEDGER_NAME) != digest or not migrations <= ledger.keys():
+            raise MigrationError(
+                "the database's study-embed is not this version's: run `study-embed migrate` first"
+            )
+        self._psql(
+            call + script,
+            {
+                "vector_schema": schema,
+                "model": model,
+                "dimension": str(dimension),
+                "force": "on" if force else "off",
+            },
+            what=f"model {step}",
+        )
+        if step == "switch":
+            self._psql(
+                "SELECT study_embed.recount();\n",
+                {},
+                what="the status recount",
+                isolation="REPEATABLE READ",
+            )
+
     def _unschedule_cron(self, conn: psycopg.Connection) -> str:
         app_db = conn.info.dbname
         row = conn.execute(self.q["migrate_cron_database"]).fetchone()
@@ -499,6 +564,17 @@ class Migrator:
             if self.cron:
                 self._schedule_cron(variables, report)
         return report
+
+
+def _said(psql_error: str) -> str:
+    """What a function's RAISE said, and its hint, without psql's context lines."""
+    kept = []
+    for line in psql_error.splitlines():
+        if m := re.match(r"^(?:psql:\S+ )?ERROR:\s+(?:[0-9A-Z]{5}: )?(.*)", line):
+            kept.append(m.group(1))
+        elif line.startswith("HINT:"):
+            kept.append(line[len("HINT:") :].strip())
+    return ". ".join(k.rstrip(".") for k in kept) + "." if kept else psql_error
 
 
 def _quote_psql(path: Path) -> str:

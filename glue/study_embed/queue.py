@@ -42,6 +42,25 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class Generation:
+    """Which model a slot holds (study_embed.generations): `served` is what search compares,
+    `shadow` the other model of a change in progress."""
+
+    slot: str
+    model: str
+    dimension: int
+
+
+@dataclass(frozen=True)
+class GenerationStatus(Generation):
+    role: str  # served, next (being built) or previous (kept for a switch back)
+    since: datetime
+    live: int
+    ready: int
+    failed: int
+
+
+@dataclass(frozen=True)
 class StatusRow:
     status: str
     live: int
@@ -63,6 +82,18 @@ async def read_status(db: Database, retry: bool = True) -> list[StatusRow]:
     return [StatusRow(*r) for r in await db.run("status", retry=retry)]
 
 
+async def read_generations(db: Database, retry: bool = True) -> list[GenerationStatus]:
+    """The generations and how far each covers the live rows, for any client."""
+    return [GenerationStatus(*r) for r in await db.run("generation_status", retry=retry)]
+
+
+def _slot(name: str, slot: str) -> str:
+    """The statement of `name` for a slot: claim, claim_shadow, ..."""
+    if slot not in ("served", "shadow"):
+        raise ValueError(f"slot must be served or shadow, not {slot!r}")
+    return name if slot == "served" else f"{name}_shadow"
+
+
 class Sleeper(Protocol):
     """The LISTEN connection as the worker uses it (`Listening`)."""
 
@@ -79,12 +110,23 @@ class Queue(Protocol):
     async def open(self, timeout: float = ...) -> None: ...
     async def close(self, timeout: float = ...) -> None: ...
     async def ping(self) -> bool: ...
-    async def claim(self, batch_size: int, lease_seconds: float) -> list[Claim]: ...
-    async def complete(self, done: Sequence[tuple[Claim, np.ndarray]], model: str) -> set[int]: ...
-    async def fail(self, failures: Sequence[Failure]) -> None: ...
+    async def claim(
+        self, batch_size: int, lease_seconds: float, slot: str = "served"
+    ) -> list[Claim]: ...
+    async def complete(
+        self, done: Sequence[tuple[Claim, np.ndarray]], model: str, slot: str = "served"
+    ) -> set[int]: ...
+    async def fail(self, failures: Sequence[Failure], slot: str = "served") -> None: ...
     async def release(
-        self, claims: Sequence[Claim], retry_in: float, reason: str, retry: bool = True
+        self,
+        claims: Sequence[Claim],
+        retry_in: float,
+        reason: str,
+        retry: bool = True,
+        slot: str = "served",
     ) -> None: ...
+    async def generations(self) -> list[Generation]: ...
+    async def generation_status(self, retry: bool = True) -> list[GenerationStatus]: ...
     async def detect_duplicates(self, budget_seconds: float) -> int: ...
     async def compact_counts(self) -> None: ...
     async def embedding_dimension(self) -> int | None: ...
@@ -100,16 +142,25 @@ class QueueClient(Database):
 
     # -- the queue API ---------------------------------------------------------------------------
 
-    async def claim(self, batch_size: int, lease_seconds: float) -> list[Claim]:
-        rows = await self.run("claim", {"batch_size": batch_size, "lease_seconds": lease_seconds})
+    async def claim(
+        self, batch_size: int, lease_seconds: float, slot: str = "served"
+    ) -> list[Claim]:
+        """A batch of the served generation's queue, or of the shadow one's (a model change
+        in progress; nothing when there is none)."""
+        rows = await self.run(
+            _slot("claim", slot), {"batch_size": batch_size, "lease_seconds": lease_seconds}
+        )
         return [Claim(*r) for r in rows]
 
-    async def complete(self, done: Sequence[tuple[Claim, np.ndarray]], model: str) -> set[int]:
-        """Store the vectors of still-current claims; returns the ids written."""
+    async def complete(
+        self, done: Sequence[tuple[Claim, np.ndarray]], model: str, slot: str = "served"
+    ) -> set[int]:
+        """Store the vectors of still-current claims; returns the ids written.  The database
+        refuses a model that is not the slot's."""
         if not done:
             return set()
         rows = await self.run(
-            "complete",
+            _slot("complete", slot),
             {
                 "ids": [c.id for c, _ in done],
                 "claim_tokens": [c.token for c, _ in done],
@@ -119,12 +170,12 @@ class QueueClient(Database):
         )
         return {r[0] for r in rows}
 
-    async def fail(self, failures: Sequence[Failure]) -> None:
+    async def fail(self, failures: Sequence[Failure], slot: str = "served") -> None:
         for retryable in (True, False):
             part = [f for f in failures if f.retryable is retryable]
             if part:
                 await self.run(
-                    "fail",
+                    _slot("fail", slot),
                     {
                         "ids": [f.claim.id for f in part],
                         "claim_tokens": [f.claim.token for f in part],
@@ -134,10 +185,15 @@ class QueueClient(Database):
                 )
 
     async def release(
-        self, claims: Sequence[Claim], retry_in: float, reason: str, retry: bool = True
+        self,
+        claims: Sequence[Claim],
+        retry_in: float,
+        reason: str,
+        retry: bool = True,
+        slot: str = "served",
     ) -> None:
         await self.run(
-            "release",
+            _slot("release", slot),
             {
                 "ids": [c.id for c in claims],
                 "claim_tokens": [c.token for c in claims],
@@ -158,6 +214,15 @@ class QueueClient(Database):
 
     async def channel(self) -> str:
         return await self.scalar("channel")
+
+    async def generations(self) -> list[Generation]:
+        return [Generation(*r) for r in await self.run("generations")]
+
+    async def served_model(self) -> str:
+        return await self.scalar("served_model")
+
+    async def generation_status(self, retry: bool = True) -> list[GenerationStatus]:
+        return await read_generations(self, retry)
 
     async def waiting(self) -> int:
         """Rows waiting for an embedding now (exact, from the status view)."""

@@ -34,6 +34,10 @@ class Settings:
     embedding_max_inputs: int = 32
     embedding_rpm: int | None = None
     embedding_tpm: int | None = None
+    next_embedding_api: str | None = None
+    next_embedding_url: str | None = None
+    next_embedding_model: str | None = None
+    next_embedding_api_key: str | None = None
     batch_size: int = 10
     concurrency: int = 2
     lease_seconds: float = 120.0
@@ -77,6 +81,18 @@ class Settings:
                 "DATABASE_URL is not set: point it at the app's PostgreSQL, for example "
                 "postgresql://study_embed@db/app (on a checkout, `make db-up` starts a local "
                 "cluster and `make db-url` prints its URL)"
+            )
+        if bool(values.get("next_embedding_url")) != bool(values.get("next_embedding_model")):
+            raise ConfigError(
+                "NEXT_EMBEDDING_URL and NEXT_EMBEDDING_MODEL go together: the other model's "
+                "server and its name"
+            )
+        if values.get("next_embedding_model") and values["next_embedding_model"] == values.get(
+            "embedding_model", default_of("embedding_model")
+        ):
+            raise ConfigError(
+                f"NEXT_EMBEDDING_MODEL is EMBEDDING_MODEL ({values['next_embedding_model']}): "
+                "the next model must be another one"
             )
         return cls(**values)
 
@@ -152,7 +168,17 @@ def _http_url(s: str) -> str:
     return s
 
 
-ALL = ("listen", "drain", "status", "reembed", "migrate", "search", "check-duplicate", "ui")
+ALL = (
+    "listen",
+    "drain",
+    "status",
+    "reembed",
+    "migrate",
+    "model",
+    "search",
+    "check-duplicate",
+    "ui",
+)
 DB = ALL
 EMBED = ("listen", "drain", "search", "check-duplicate", "ui")
 
@@ -199,6 +225,30 @@ SETTINGS: tuple[Setting, ...] = (
         "tokens per minute the listener keeps under, estimated from the texts' length "
         "(off when unset; the server's x-ratelimit-limit-tokens when smaller)",
         _positive_int,
+        commands=EMBED,
+    ),
+    Setting(
+        "NEXT_EMBEDDING_URL",
+        "the other model's embedding server during a model change (`study-embed model`): the "
+        "listener builds that generation with it, after the served one's queue",
+        _http_url,
+        commands=EMBED,
+    ),
+    Setting(
+        "NEXT_EMBEDDING_MODEL",
+        "the other model's name (with NEXT_EMBEDDING_URL); each generation is embedded by the "
+        "embedder whose model it holds",
+        commands=EMBED,
+    ),
+    Setting(
+        "NEXT_EMBEDDING_API",
+        "the other model's server protocol (default: EMBEDDING_API)",
+        choices=("tei", "openai", "ollama"),
+        commands=EMBED,
+    ),
+    Setting(
+        "NEXT_EMBEDDING_API_KEY",
+        "bearer token for the other model's server (default: EMBEDDING_API_KEY)",
         commands=EMBED,
     ),
     Setting("BATCH_SIZE", "rows claimed per batch", _positive_int),

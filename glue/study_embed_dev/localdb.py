@@ -259,9 +259,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def scratch_database(embedding_dim: int = 1024, settings: str = ""):
-    """A throwaway cluster with one migrated database `bench` (benchmarks, `make eval`);
-    yields (cluster, url)."""
+def scratch_database(embedding_dim: int = 1024, settings: str = "", model: str = "BAAI/bge-m3"):
+    """A throwaway cluster with one migrated database `bench` (benchmarks, `make eval`), serving
+    `model`; yields (cluster, url)."""
     root = Path(tempfile.mkdtemp(prefix="study-embed-bench-"))
     os.chmod(root, 0o755)
     cluster = Cluster(datadir=root / "data", port=free_port())
@@ -272,7 +272,9 @@ def scratch_database(embedding_dim: int = 1024, settings: str = ""):
         url = cluster.url("bench")
         from study_embed.migrate import Migrator
 
-        Migrator(url, embedding_dim=embedding_dim, cron=False, log=lambda m: None).run()
+        Migrator(
+            url, embedding_dim=embedding_dim, model=model, cron=False, log=lambda m: None
+        ).run()
         yield cluster, url
     finally:
         cluster.destroy()

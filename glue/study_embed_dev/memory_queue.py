@@ -8,6 +8,10 @@ no attempt.  It does not keep what only the database can prove (concurrency, HOT
 privileges): those are tested against PostgreSQL in tests/integration and tests/cli, which run
 the same loops through the real command.
 
+Model changes: `begin(model, dim)` gives every row a second state, the shadow slot's
+(046_generations.sql), which the `slot="shadow"` calls act on; `switch()` trades the slots.
+complete() refuses a model that is not the slot's, as the SQL does.
+
 Faults: set `unavailable` and every call raises DatabaseUnavailable, as the real client does
 once its retries are exhausted or when asked not to wait; `calls` records each method called.
 """
@@ -20,11 +24,12 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 
-from study_embed.database import DatabaseUnavailable
-from study_embed.queue import Claim, Failure, Queue, StatusRow
+from study_embed.database import DatabaseError, DatabaseUnavailable
+from study_embed.queue import Claim, Failure, Generation, GenerationStatus, Queue, StatusRow
 
 STATUSES = ("none", "stale", "pending", "failed", "ready")
 
@@ -54,8 +59,11 @@ def _due(row: Row, now: float) -> bool:
 @dataclass
 class InMemoryQueue:
     dim: int = 4
+    model: str = "test-model"  # the served generation's
     max_attempts: int = 5
     rows: dict[int, Row] = field(default_factory=dict)
+    shadow: dict[int, Row] | None = None  # the shadow slot's rows, during a model change
+    shadow_model: tuple[str, int] | None = None
     unavailable: bool = False
     calls: list[str] = field(default_factory=list)
     notified: asyncio.Event = field(default_factory=asyncio.Event)
@@ -68,9 +76,27 @@ class InMemoryQueue:
         for body in bodies:
             row = Row(len(self.rows) + 1, body)
             self.rows[row.id] = row
+            if self.shadow is not None:
+                self.shadow[row.id] = Row(row.id, body)
             ids.append(row.id)
         self.notified.set()
         return ids
+
+    def begin(self, model: str, dim: int) -> None:
+        """A model change: every row queued in the shadow slot."""
+        self.shadow = {i: Row(i, r.body) for i, r in self.rows.items()}
+        self.shadow_model = (model, dim)
+
+    def switch(self) -> None:
+        assert self.shadow is not None and self.shadow_model is not None
+        self.rows, self.shadow = self.shadow, self.rows
+        (self.model, self.dim), self.shadow_model = self.shadow_model, (self.model, self.dim)
+
+    def shadow_statuses(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for r in (self.shadow or {}).values():
+            found[r.status] = found.get(r.status, 0) + 1
+        return found
 
     def statuses(self) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -85,8 +111,13 @@ class InMemoryQueue:
         if self.unavailable:
             raise DatabaseUnavailable("connection refused (in-memory queue switched off)")
 
-    def _current(self, claim: Claim) -> Row | None:
-        row = self.rows.get(claim.id)
+    def _slot(self, slot: str) -> dict[int, Row]:
+        if slot == "served":
+            return self.rows
+        return self.shadow if self.shadow is not None else {}
+
+    def _current(self, claim: Claim, slot: str = "served") -> Row | None:
+        row = self._slot(slot).get(claim.id)
         return row if row and row.status == "pending" and row.token == claim.token else None
 
     async def open(self, timeout: float = 15.0) -> None:
@@ -101,11 +132,13 @@ class InMemoryQueue:
         self._call("ping")
         return True
 
-    async def claim(self, batch_size: int, lease_seconds: float) -> list[Claim]:
-        self._call("claim")
+    async def claim(
+        self, batch_size: int, lease_seconds: float, slot: str = "served"
+    ) -> list[Claim]:
+        self._call("claim" if slot == "served" else "claim_shadow")
         now = time.monotonic()
         out: list[Claim] = []
-        for row in self.rows.values():
+        for row in self._slot(slot).values():
             if len(out) == batch_size:
                 break
             if not _due(row, now):
@@ -121,31 +154,41 @@ class InMemoryQueue:
             out.append(Claim(row.id, row.token, row.body))
         return out
 
-    async def complete(self, done: Sequence[tuple[Claim, np.ndarray]], model: str) -> set[int]:
-        self._call("complete")
+    async def complete(
+        self, done: Sequence[tuple[Claim, np.ndarray]], model: str, slot: str = "served"
+    ) -> set[int]:
+        self._call("complete" if slot == "served" else "complete_shadow")
+        expected = self.model if slot == "served" else (self.shadow_model or ("", 0))[0]
+        if model != expected:
+            raise DatabaseError(f"complete: the {slot} generation is model {expected}, not {model}")
         written = set()
         for claim, vector in done:
-            if (row := self._current(claim)) is not None:
+            if (row := self._current(claim, slot)) is not None:
                 row.status, row.token, row.vector, row.model = "ready", None, vector, model
                 row.attempts, row.last_error = 0, None
                 written.add(row.id)
         return written
 
-    async def fail(self, failures: Sequence[Failure]) -> None:
+    async def fail(self, failures: Sequence[Failure], slot: str = "served") -> None:
         self._call("fail")
         for f in failures:
-            if (row := self._current(f.claim)) is not None:
+            if (row := self._current(f.claim, slot)) is not None:
                 row.attempts += 1
                 row.status, row.token, row.last_error = "failed", None, f.error
                 parked = not f.retryable or row.attempts >= self.max_attempts
                 row.due = float("inf") if parked else time.monotonic()
 
     async def release(
-        self, claims: Sequence[Claim], retry_in: float, reason: str, retry: bool = True
+        self,
+        claims: Sequence[Claim],
+        retry_in: float,
+        reason: str,
+        retry: bool = True,
+        slot: str = "served",
     ) -> None:
         self._call("release")
         for claim in claims:
-            if (row := self._current(claim)) is not None:
+            if (row := self._current(claim, slot)) is not None:
                 row.status, row.token, row.due = row.was, None, time.monotonic() + retry_in
         if claims:
             self.notified.set()
@@ -164,6 +207,43 @@ class InMemoryQueue:
     async def channel(self) -> str:
         self._call("channel")
         return "study_embed"
+
+    async def generation_status(self, retry: bool = True) -> list[GenerationStatus]:
+        self._call("generation_status")
+        live = len(self.rows)
+        found = [
+            GenerationStatus(
+                "served",
+                self.model,
+                self.dim,
+                "served",
+                datetime.now(UTC),
+                live,
+                self.statuses().get("ready", 0),
+                self.statuses().get("failed", 0),
+            )
+        ]
+        if self.shadow_model is not None:
+            shadow = self.shadow_statuses()
+            found.append(
+                GenerationStatus(
+                    "shadow",
+                    *self.shadow_model,
+                    "next",
+                    datetime.now(UTC),
+                    live,
+                    shadow.get("ready", 0),
+                    shadow.get("failed", 0),
+                )
+            )
+        return found
+
+    async def generations(self) -> list[Generation]:
+        self._call("generations")
+        found = [Generation("served", self.model, self.dim)]
+        if self.shadow_model is not None:
+            found.append(Generation("shadow", *self.shadow_model))
+        return found
 
     async def waiting(self) -> int:
         self._call("waiting")

@@ -27,6 +27,7 @@ from study_embed_dev.localdb import scratch_database
 
 from ..conftest import _free_port, url_for
 from ..helpers import (
+    TEST_MODEL,
     QuestionBank,
     assert_ready_with_current_text,
     listener_env,
@@ -74,7 +75,7 @@ def test_a_statement_timeout_does_not_wedge_the_listener(bank, db, server, spawn
 
 @pytest.mark.slow
 def test_sigterm_with_the_database_down_ends_within_the_shutdown_timeout(server):
-    with scratch_database() as (cluster, url):
+    with scratch_database(model=TEST_MODEL) as (cluster, url):
         p = subprocess.Popen(
             [sys.executable, "-m", "study_embed.cli", "listen"],
             env=listener_env(url, server, SHUTDOWN_TIMEOUT=3, BATCH_SIZE=5, CONCURRENCY=1),

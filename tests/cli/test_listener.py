@@ -19,8 +19,10 @@ from study_embed_dev.localdb import scratch_database
 
 from ..conftest import _free_port
 from ..helpers import (
+    TEST_MODEL,
     QuestionBank,
     assert_ready_with_current_text,
+    legacy_ready,
     listener_env,
     listener_sleeps,
     render,
@@ -112,7 +114,7 @@ def test_sigkill_mid_batch_every_row_ready_after_the_lease(bank, db, db_url, ser
 
 
 def test_postgres_restart_during_a_drain(server):
-    with scratch_database() as (cluster, url):
+    with scratch_database(model=TEST_MODEL) as (cluster, url):
         with psycopg.connect(url, autocommit=True) as conn:
             bank = QuestionBank(conn)
             for _ in range(120):
@@ -304,26 +306,33 @@ def test_sigterm_finishes_or_gives_back_in_flight_rows(bank, db, db_url, server,
 
 
 def test_reembed_queues_rows_of_another_model(bank, db, db_url, server):
-    ids = [bank.insert() for _ in range(4)]
-    assert (
-        run_cli("drain", env=listener_env(db_url, server, EMBEDDING_MODEL="old-model")).returncode
-        == 0
-    )
-    r = run_cli("reembed", env=listener_env(db_url, server, EMBEDDING_MODEL="new-model"))
-    assert r.returncode == 0 and "queued 4 row(s)" in r.stderr
-    assert statuses(db) == {"stale": 4}
+    """Rows a listener from before generations stored under another model's name (served by
+    nothing: search skips them) are queued again, keep their vector until replaced, and come
+    back embedded by the served model."""
+    legacy = [legacy_ready(bank, "old-model") for _ in range(3)]
+    fresh = bank.insert()
+    assert run_cli("drain", env=listener_env(db_url, server)).returncode == 0
+    r = run_cli("reembed", env=listener_env(db_url, server))
+    assert r.returncode == 0 and "queued 3 row(s)" in r.stderr, r.stderr
+    assert statuses(db) == {"stale": 3, "ready": 1}
     assert (
         db.execute("SELECT count(*) FROM study_questions WHERE embedding IS NULL").fetchone()[0]
         == 0
     )
-    assert (
-        run_cli("drain", env=listener_env(db_url, server, EMBEDDING_MODEL="new-model")).returncode
-        == 0
-    )
+    assert run_cli("drain", env=listener_env(db_url, server)).returncode == 0
     assert db.execute("SELECT DISTINCT embedding_model FROM study_questions").fetchall() == [
-        ("new-model",)
+        (TEST_MODEL,)
     ]
-    assert_ready_with_current_text(db, set(ids))
+    assert_ready_with_current_text(db, {*legacy, fresh})
+
+
+def test_reembed_with_another_model_than_the_served_one_is_refused(bank, db, db_url, server):
+    bank.insert()
+    r = run_cli("reembed", env=listener_env(db_url, server, EMBEDDING_MODEL="new-model"))
+    assert r.returncode == 2
+    assert f"serves model {TEST_MODEL}, not EMBEDDING_MODEL=new-model" in r.stderr
+    assert "model begin new-model" in r.stderr
+    assert statuses(db) == {"none": 1}
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -370,6 +379,7 @@ def test_unreachable_server_at_drain_start_is_a_clear_error(bank, db_url):
             **os.environ,
             "DATABASE_URL": db_url,
             "EMBEDDING_URL": f"http://127.0.0.1:{_free_port()}",
+            "EMBEDDING_MODEL": TEST_MODEL,
         },
     )
     assert r.returncode == 1

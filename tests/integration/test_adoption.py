@@ -338,6 +338,8 @@ def test_the_apps_writes_trip_no_check_between_the_migrations_and_the_state_mach
                 "ON_ERROR_STOP=1",
                 "-v",
                 "embedding_dim=1024",
+                "-v",
+                f"embedding_model={SEED_MODEL}",
                 "-f",
                 str(path),
             ],

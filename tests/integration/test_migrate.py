@@ -16,6 +16,7 @@ from study_embed.sqlfiles import sql_dir
 from study_embed_dev.localdb import Cluster
 
 from ..conftest import _free_port, scratch_dir, url_for
+from ..helpers import TEST_MODEL
 
 
 def _columns(url: str) -> dict[str, str]:
@@ -222,7 +223,7 @@ def _storage(url: str) -> str:
 def test_vectors_live_in_toast_and_pages_keep_room_for_updates(empty_db):
     """A 1024-dim vector kept in the row (4,104 bytes) would leave no room on its page for a
     second version, so no update of the row could be HOT (0005_write_path.sql)."""
-    Migrator(empty_db, cron=False, log=lambda m: None).run()
+    Migrator(empty_db, model=TEST_MODEL, cron=False, log=lambda m: None).run()
     assert _storage(empty_db) == "e"
     with psycopg.connect(empty_db) as c:
         options = c.execute(
@@ -240,7 +241,7 @@ def test_vectors_live_in_toast_and_pages_keep_room_for_updates(empty_db):
         qid, token, _ = c.execute("SELECT * FROM study_embed.claim(1)").fetchone()
         vec = "[" + ",".join(["0.03125"] * 1024) + "]"
         c.execute(
-            "SELECT * FROM study_embed.complete(%s, %s, ARRAY[%s::vector], 'm')",
+            "SELECT * FROM study_embed.complete(%s, %s, ARRAY[%s::vector], 'test-model')",
             ([qid], [token], vec),
         )
         # the vector went to the TOAST table: the row holds a pointer to it

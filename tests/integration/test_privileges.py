@@ -35,7 +35,8 @@ def test_listener_can_run_the_queue(bank, listener_conn):
     assert {r[0] for r in rows} == {a, b, c}
     (ia, ta, body_a), (ib, tb, _), (ic, tc, _) = sorted(rows)
     assert listener_conn.execute(
-        "SELECT * FROM study_embed.complete(%s, %s, %s, 'm')", ([ia], [ta], [vector_for(body_a)])
+        "SELECT * FROM study_embed.complete(%s, %s, %s, 'test-model')",
+        ([ia], [ta], [vector_for(body_a)]),
     ).fetchall() == [(a,)]
     assert listener_conn.execute(
         "SELECT * FROM study_embed.fail(%s, %s, %s, true)", ([ib], [tb], ["x"])

@@ -16,7 +16,7 @@ from pgvector.psycopg import register_vector
 from study_embed_dev.rows import vector_index_built_after
 
 from ..conftest import drop_database, fresh_database
-from ..helpers import nested_plans, render, vector_for
+from ..helpers import TEST_MODEL, nested_plans, render, vector_for
 
 # one worker builds the module's bulk-loaded database (pytest-xdist --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("search_corpus")
@@ -44,7 +44,9 @@ def copy_ready_rows(conn, rows) -> None:
         for uid, tid, q, vec, expl in rows:
             choices = ("a", "b", "c", "d")
             sha = hashlib.sha256(render(q, *choices).encode()).digest()
-            cp.write_row((uid, tid, q, *choices, 1, vec, "ready", "m", sha, expl, None, None))
+            cp.write_row(
+                (uid, tid, q, *choices, 1, vec, "ready", TEST_MODEL, sha, expl, None, None)
+            )
 
 
 @pytest.fixture(scope="module")
@@ -477,7 +479,12 @@ def test_search_and_check_duplicate_commands(bank, db, db_url):
 
     server = EmbedServer(dim=1024)
     try:
-        env = {**os.environ, "DATABASE_URL": db_url, "EMBEDDING_URL": server.url}
+        env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "EMBEDDING_URL": server.url,
+            "EMBEDDING_MODEL": TEST_MODEL,
+        }
         target = bank.insert(
             "광합성은 어디에서 일어나는가?", ("엽록체", "미토콘드리아", "핵", "리보솜")
         )

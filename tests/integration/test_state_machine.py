@@ -8,7 +8,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from ..helpers import render, vector_for
+from ..helpers import legacy_ready, render, vector_for
 
 CONTENT = ["question_text", "choice_1", "choice_2", "choice_3", "choice_4"]
 NON_CONTENT = {
@@ -56,9 +56,9 @@ def test_claim_complete_makes_ready_with_hash_and_model(bank):
     qid = bank.insert()
     [c] = bank.claim()
     assert bank.status(qid) == "pending"
-    assert bank.complete([c], model="BAAI/bge-m3") == {qid}
+    assert bank.complete([c]) == {qid}
     r = bank.row(qid)
-    assert r["embedding_status"] == "ready" and r["embedding_model"] == "BAAI/bge-m3"
+    assert r["embedding_status"] == "ready" and r["embedding_model"] == "test-model"
     assert np.allclose(r["embedding"].to_numpy(), vector_for(c.body))
     assert r["embedding_claim_token"] is None and r["embedding_due_at"] is None
     assert r["embedding_updated_at"] is not None
@@ -370,29 +370,32 @@ def test_complete_rejects_mismatched_arrays_and_wrong_dimension(bank, db):
     [c] = bank.claim()
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="differ in length"):
         db.execute(
-            "SELECT * FROM study_embed.complete(%s, %s, %s, 'm')",
+            "SELECT * FROM study_embed.complete(%s, %s, %s, 'test-model')",
             ([qid], [c.token, c.token], [vector_for("x")]),
         )
     with pytest.raises(psycopg.errors.DataException, match="expected 1024 dimensions"):
         db.execute(
-            "SELECT * FROM study_embed.complete(%s, %s, %s, 'm')",
+            "SELECT * FROM study_embed.complete(%s, %s, %s, 'test-model')",
             ([qid], [c.token], [np.ones(3, dtype=np.float32)]),
         )
     assert bank.status(qid) == "pending"
 
 
-def test_requeue_model_keeps_serving_old_vectors(bank, db):
-    a, b = make_ready(bank), make_ready(bank)
-    db.execute("SELECT * FROM study_embed.claim(1)")  # nothing else waiting
-    n = db.execute("SELECT requeued FROM study_embed.requeue_model('new-model')").fetchone()[0]
+def test_requeue_model_queues_rows_of_another_model(bank, db):
+    a, b = legacy_ready(bank, "old-model"), legacy_ready(bank, "old-model")
+    make_ready(bank)
+    n = db.execute("SELECT requeued FROM study_embed.requeue_model('test-model')").fetchone()[0]
     assert n == 2
     ra = bank.row(a)
     assert ra["embedding_status"] == "stale" and ra["embedding"] is not None
     claimed = bank.claim()
     assert {c.id for c in claimed} == {a, b}
-    bank.complete(claimed, model="new-model")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="serves model test-model"):
+        bank.complete(claimed, model="old-model")
+    assert bank.complete(claimed) == {a, b}
     assert (
-        db.execute("SELECT requeued FROM study_embed.requeue_model('new-model')").fetchone()[0] == 0
+        db.execute("SELECT requeued FROM study_embed.requeue_model('test-model')").fetchone()[0]
+        == 0
     )
 
 

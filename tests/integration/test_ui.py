@@ -80,6 +80,28 @@ def test_search_lists_the_users_matching_question_first_and_nothing_of_another_u
     assert set(question_links(r.text)) == {korean["b_photo"], korean["b_secret"]}
 
 
+def test_the_front_page_shows_the_served_generation(ui, korean):
+    r = ui.get("/")
+    assert r.status_code == 200
+    row = re.search(r"<td>served</td><td>([^<]*)</td><td class=\"num\">(\d+)</td>", r.text)
+    assert row and row.groups() == ("test-model", "1024")
+
+
+def test_a_query_is_never_embedded_by_another_model_than_the_served_one(db, login, server, korean):
+    settings = Settings(
+        database_url=reader_url(login, UI_ROLE, "study_embed_app"),
+        embedding_url=server.url,
+        embedding_model="another-model",
+    )
+    with TestClient(
+        create_app(settings, pool_size=2), base_url="http://127.0.0.1"
+    ) as other_model_ui:
+        r = other_model_ui.get("/search", params={"user": korean["a"], "q": "광합성"})
+    assert r.status_code == 503
+    assert "serves model &#39;test-model&#39;" in r.text
+    assert server.requests == []  # refused before the query was embedded
+
+
 def test_search_text_is_escaped_and_bounded(ui, korean):
     r = ui.get("/search", params={"user": korean["a"], "q": "<script>alert(1)</script>" * 100})
     assert r.status_code == 200

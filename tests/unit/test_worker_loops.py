@@ -60,7 +60,8 @@ class Embedder:
 
 def make(batch_size=10, concurrency=2, **settings):
     s = Settings(batch_size=batch_size, concurrency=concurrency, **settings)
-    queue, client = InMemoryQueue(dim=DIM), Embedder()
+    client = Embedder()
+    queue = InMemoryQueue(dim=DIM, model=client.config.model)
     worker = Worker(s, queue, client)  # type: ignore[arg-type]
     worker.breaker = Breaker(
         Backoff(base=0.001, cap=0.005), probe=client.healthy, probe_every=0.001

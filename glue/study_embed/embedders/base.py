@@ -6,6 +6,7 @@ where to send, how to ask, where the vectors are in the reply and what its error
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import json
 import logging
@@ -89,6 +90,20 @@ class ClientConfig:
             max_inputs=settings.embedding_max_inputs,
             rpm=settings.embedding_rpm,
             tpm=settings.embedding_tpm,
+        )
+
+    @classmethod
+    def next_of(cls, settings: Settings) -> ClientConfig | None:
+        """The other model's embedder during a model change (NEXT_EMBEDDING_*), or None.  It
+        shares the timeout, request size and budgets of EMBEDDING_*."""
+        if not settings.next_embedding_url or not settings.next_embedding_model:
+            return None
+        return dataclasses.replace(
+            cls.of(settings),
+            api=settings.next_embedding_api or settings.embedding_api,
+            url=settings.next_embedding_url,
+            model=settings.next_embedding_model,
+            api_key=settings.next_embedding_api_key or settings.embedding_api_key,
         )
 
 

@@ -32,7 +32,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ..bank import Bank
+from ..bank import Bank, ModelMismatch, served_embedder
 from ..database import DatabaseUnavailable, clean_text
 from ..embedders import ClientConfig, EmbeddingClient, EmbeddingError, make_client
 from ..settings import Settings
@@ -101,7 +101,13 @@ async def _user(request: Request):
 
 async def index(request: Request) -> Response:
     bank: Bank = request.app.state.bank
-    return _page(request, "index.html", users=await bank.users(), status=await bank.status())
+    return _page(
+        request,
+        "index.html",
+        users=await bank.users(),
+        status=await bank.status(),
+        generations=await bank.generations(),
+    )
 
 
 async def search(request: Request) -> Response:
@@ -110,12 +116,19 @@ async def search(request: Request) -> Response:
     q = clean_text(request.query_params.get("q", ""), QUERY_LIMIT).strip()
     hits, error = [], None
     if q and user.ready:
+        client = None
         try:
-            hits = await bank.search(user.id, request.app.state.embedder, q, RESULTS)
+            client = served_embedder(request.app.state.embedders, await bank.served_model())
+            hits = await bank.search(user.id, client, q, RESULTS)
         except EmbeddingError as e:
-            where = request.app.state.settings.embedding_url
+            where = client.config.url if client is not None else "?"
             error = f"the embedding server at {where} cannot embed the query: {e}"
             log.warning("search: embedding failed", extra={"fields": {"error": str(e)}})
+        except ModelMismatch as e:
+            error = str(e)
+            log.error(
+                "search: no embedder for the served model", extra={"fields": {"error": error}}
+            )
     return _page(
         request,
         "search.html",
@@ -261,15 +274,19 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         db = Bank.database(settings.database_url, max_size=pool_size, app_name="study-embed ui")
         await db.open()
-        client = embedder or make_client(ClientConfig.of(settings))
+        nxt = ClientConfig.next_of(settings)
+        clients = [embedder or make_client(ClientConfig.of(settings))]
+        clients += [make_client(nxt)] if nxt is not None else []
         try:
             app.state.bank = Bank(db, retry=False)  # a page says "down", it does not wait
             await check_role(app.state.bank)
-            app.state.embedder = client
+            # a query is embedded by the one whose model the database serves
+            app.state.embedders = clients
             app.state.settings = settings
             yield
         finally:
-            await client.aclose()
+            for client in clients:
+                await client.aclose()
             await db.close()
 
     hosts = ["*"] if settings.ui_host not in LOOPBACK else [*LOOPBACK, "[::1]"]
