@@ -434,7 +434,9 @@ def bench_claim(p: dict, log) -> dict:
 
 def bench_search(p: dict, log) -> dict:
     out = {}
-    with scratch_database(search_bench.DIM, settings="-c shared_buffers=2GB") as (_, url):
+    with scratch_database(
+        search_bench.DIM, settings="-c shared_buffers=2GB", model=search_bench.MODEL
+    ) as (_, url):
         search_bench.load(url, p["search_rows"], big_user_rows=int(p["search_rows"] * 0.009))
         with psycopg.connect(url) as conn:
             ids = [

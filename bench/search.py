@@ -25,6 +25,7 @@ from common import scratch_database
 from pgvector.psycopg import register_vector
 
 DIM = 1024
+MODEL = "m"  # the model the bench's database serves and its rows carry
 
 
 BIG_USER = 0  # the user who owns 0.9 % of the rows, whose questions are queried
@@ -77,7 +78,7 @@ def load(url: str, rows: int, big_user_rows: int) -> None:
                             1,
                             vecs[i].astype(np.float32),
                             "ready",
-                            "m",
+                            MODEL,
                             hashlib.sha256(render(q).encode()).digest(),
                             None,
                             None,
@@ -185,7 +186,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
-    with scratch_database(DIM, settings="-c shared_buffers=2GB") as (_, url):
+    with scratch_database(DIM, settings="-c shared_buffers=2GB", model=MODEL) as (_, url):
         load(url, args.rows, big_user_rows=int(args.rows * 0.009))
         with psycopg.connect(url) as conn:
             ids = [

@@ -143,7 +143,7 @@ def main() -> None:
         f"{cfg.embedding_model} at {cfg.embedding_url} ({dim} dimensions)",
         file=sys.stderr,
     )
-    with scratch_database(embedding_dim=dim) as (_, url):
+    with scratch_database(embedding_dim=dim, model=cfg.embedding_model) as (_, url):
         result = evaluate(url, s, client, env)
     result["model"] = cfg.embedding_model
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.embedding_model)
