@@ -79,5 +79,17 @@ ALTER TABLE public.study_questions
     DROP COLUMN IF EXISTS embedding_queued_at,
     DROP COLUMN IF EXISTS embedding_attempts,
     DROP COLUMN IF EXISTS embedding_last_error,
+    -- a model change in progress (046_generations.sql): the other generation's columns, and
+    -- with them their constraints and indexes
+    DROP COLUMN IF EXISTS embedding_shadow,
+    DROP COLUMN IF EXISTS embedding_shadow_status,
+    DROP COLUMN IF EXISTS embedding_shadow_model,
+    DROP COLUMN IF EXISTS embedding_shadow_updated_at,
+    DROP COLUMN IF EXISTS embedding_shadow_source_sha256,
+    DROP COLUMN IF EXISTS embedding_shadow_claim_token,
+    DROP COLUMN IF EXISTS embedding_shadow_due_at,
+    DROP COLUMN IF EXISTS embedding_shadow_queued_at,
+    DROP COLUMN IF EXISTS embedding_shadow_attempts,
+    DROP COLUMN IF EXISTS embedding_shadow_last_error,
     RESET (fillfactor);
 -- (the queue index went with embedding_queued_at)

@@ -599,6 +599,9 @@ BEGIN
         '   CASE embedding_shadow_status WHEN ''ready'' THEN embedding_shadow_queued_at IS NULL'
         '   WHEN ''failed'' THEN true ELSE embedding_shadow_queued_at IS NOT NULL END)',
         vschema, dimension);
+    -- out of line, as the served vector (0005_write_path.sql): the row keeps room for HOT
+    -- updates, before and after a switch
+    ALTER TABLE public.study_questions ALTER COLUMN embedding_shadow SET STORAGE EXTERNAL;
     CREATE INDEX study_questions_embedding_shadow_queue ON public.study_questions
         (embedding_shadow_queued_at, id)
         WHERE deleted_at IS NULL AND embedding_shadow_queued_at IS NOT NULL;
@@ -632,8 +635,15 @@ BEGIN
     -- no write between the count and the renames: the count is the truth the switch acts on
     LOCK TABLE public.study_questions IN ACCESS EXCLUSIVE MODE;
     PERFORM study_embed._refuse_dependents('switch');
-    SELECT count(*) INTO missing FROM public.study_questions q
-    WHERE q.deleted_at IS NULL AND q.embedding_shadow_status <> 'ready';
+    -- one scan: the status counts of the generation about to be served (030_counts.sql; no
+    -- delta can be in flight under this lock), and from them the rows it is missing.  A refusal
+    -- below rolls them back.
+    DELETE FROM study_embed.status_counts;
+    INSERT INTO study_embed.status_counts (status, deleted, n)
+    SELECT q.embedding_shadow_status, q.deleted_at IS NOT NULL, count(*)
+    FROM public.study_questions q GROUP BY 1, 2;
+    SELECT coalesce(sum(c.n), 0) INTO missing FROM study_embed.status_counts c
+    WHERE NOT c.deleted AND c.status <> 'ready';
     IF missing > 0 AND NOT coalesce(force, false) THEN
         RAISE EXCEPTION 'switch: % live questions are not embedded by % yet', missing, g.model
             USING ERRCODE = 'object_not_in_prerequisite_state',

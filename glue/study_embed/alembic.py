@@ -41,6 +41,19 @@ from alembic.operations import MigrateOperation, Operations
 from .migrate import Migrator
 from .settings import Settings
 
+# the suffixes of a generation's columns (db/idempotent/046_generations.sql, _slot_columns)
+SLOT_SUFFIXES = (
+    "",
+    "_status",
+    "_model",
+    "_updated_at",
+    "_source_sha256",
+    "_claim_token",
+    "_due_at",
+    "_queued_at",
+    "_attempts",
+    "_last_error",
+)
 # What study-embed adds to the app's tables (db/migrations): columns and indexes that the app's
 # models do not declare, and must not have to.
 OWN_COLUMNS = {
@@ -52,6 +65,8 @@ OWN_COLUMNS = {
             "embedding_queued_at",
             "embedding_attempts",
             "embedding_last_error",
+            # during a model change (`study-embed model begin`), the other generation's
+            *(f"embedding_shadow{s}" for s in SLOT_SUFFIXES),
         }
     )
 }
@@ -59,6 +74,8 @@ OWN_INDEXES = frozenset(
     {
         "study_questions_embedding_queue",
         "study_questions_embedding_hnsw",
+        "study_questions_embedding_shadow_queue",
+        "study_questions_embedding_shadow_hnsw",
         "study_questions_user_topic",
         "study_question_attempts_question",
         "study_question_attempts_user_answered",

@@ -470,8 +470,8 @@ class Migrator:
         """A step of a model change (046_generations.sql): `begin` the shadow generation of
         `model`, `switch` it with the served one, or `drop` it.  One transaction: the step's
         DDL, then db/idempotent again, so that every definition that binds columns when it is
-        created binds the slots as they now are; then the status counts (the served slot's
-        statuses are another generation's after a switch)."""
+        created binds the slots as they now are.  (A switch recounts the statuses itself: the
+        served slot's are another generation's after it.)"""
         calls = {
             "begin": "SELECT study_embed.begin_generation(:'model', :'dimension'::integer);\n",
             "switch": "SELECT study_embed.switch_generation(:'force'::boolean);\n",
@@ -510,13 +510,6 @@ class Migrator:
             },
             what=f"model {step}",
         )
-        if step == "switch":
-            self._psql(
-                "SELECT study_embed.recount();\n",
-                {},
-                what="the status recount",
-                isolation="REPEATABLE READ",
-            )
 
     def _unschedule_cron(self, conn: psycopg.Connection) -> str:
         app_db = conn.info.dbname

@@ -283,6 +283,38 @@ def test_the_app_can_still_add_and_drop_a_column_of_its_table(db):
     db.execute("ALTER TABLE study_questions DROP COLUMN app_note")
 
 
+def test_the_next_vector_lives_out_of_line_as_the_served_one(bank, db, db_url):
+    """Both slots' vectors are TOASTed (0005_write_path.sql), so that after a switch the served
+    row still has room on its page for a HOT update."""
+    begin(db_url)
+    storage = dict(
+        db.execute(
+            "SELECT attname, attstorage FROM pg_attribute WHERE attrelid = 'study_questions'"
+            "::regclass AND attname IN ('embedding', 'embedding_shadow')"
+        ).fetchall()
+    )
+    assert storage == {"embedding": "e", "embedding_shadow": "e"}
+
+
+def test_uninstall_during_a_change_removes_the_next_generation_too(bank, db, db_url):
+    qid = bank.insert()
+    begin(db_url)
+    complete_shadow(db, claim_shadow(db))
+    migrator(db_url).uninstall()
+    columns = {
+        r[0]
+        for r in db.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'study_questions'::regclass"
+            " AND attnum > 0 AND NOT attisdropped AND attname LIKE 'embedding%'"
+        )
+    }
+    assert columns == {"embedding", "embedding_status", "embedding_updated_at", "embedding_model"}
+    assert db.execute("SELECT embedding_status FROM study_questions WHERE id = %s", (qid,)).fetchone()
+    # and study-embed comes back on it
+    migrator(db_url).run()
+    assert db.execute("SELECT count(*) FROM study_embed.generations").fetchone()[0] == 1
+
+
 # -- the roles, each connected as itself ---------------------------------------------------------
 
 OWNER_ONLY = [
