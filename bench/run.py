@@ -27,6 +27,7 @@ from pathlib import Path
 
 import adoption as adoption_bench
 import faults as faults_bench
+import generations as generations_bench
 import psycopg
 import search as search_bench
 import writers as writers_bench
@@ -51,6 +52,7 @@ QUICK = {
     "outage_s": 20,
     "adoption_rows": 100_000,
     "budget_rows": 5_000,
+    "generation_rows": 20_000,
 }
 FULL = {
     "drain_rows": 20_000,
@@ -69,6 +71,7 @@ FULL = {
     "outage_s": 40,
     "adoption_rows": 100_000,
     "budget_rows": 20_000,
+    "generation_rows": 100_000,
 }
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -510,6 +513,9 @@ def main() -> None:
         results["search"] = bench_search(p, log)
         results["faults"] = faults_bench.run(p["outage_s"], p["budget_rows"], log)
         results["adoption"] = adoption_bench.run(p["adoption_rows"], log)
+        results["generations"] = generations_bench.run(
+            p["generation_rows"], p["search_queries"], log
+        )
     finally:
         server.stop()
     results["bench_cpu_s"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
@@ -622,6 +628,55 @@ def adoption_rows(a: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+def generation_rows(g: dict, during: dict) -> list[tuple[str, str, str]]:
+    """A model change on the search bench's bank; the app's writes during one (writers)."""
+    before, rounds = g["search_before"], g["rounds"]
+
+    def span(key: str, fmt: str = "{:.0f}") -> str:
+        values = [x[key] for x in rounds]
+        return " / ".join(fmt.format(v) for v in values)
+
+    rows = [
+        (
+            f"model change, {g['rows']:,} rows: search p50 ms, recall@10, before / during",
+            f"{before['median_ms']:.1f}, {before['recall_at_10']:.3f} / "
+            + "; ".join(
+                f"{x['search_during']['median_ms']:.1f}, {x['search_during']['recall_at_10']:.3f}"
+                for x in rounds
+            ),
+            "<= 10, >= 0.95",
+        ),
+        (
+            "  next generation's drain / a plain drain, rows/s (per round)",
+            " ; ".join(
+                f"{x['next_drain_rows_per_s']:.0f} / {x['plain_drain_rows_per_s']:.0f}"
+                for x in rounds
+            )
+            + f" = {g['drain_ratio']:.0%}",
+            ">= 80 %",
+        ),
+        (
+            "  switch, s; longest wait of an app statement during it, s",
+            f"{span('switch_s', '{:.2f}')}; {span('app_statement_max_wait_s', '{:.2f}')}",
+            "< 1; < 1",
+        ),
+        (
+            "  the next HNSW index, built CONCURRENTLY before the switch, s",
+            span("index_build_s", "{:.1f}"),
+            "",
+        ),
+    ]
+    for key, v in during.items():
+        rows.append(
+            (
+                f"  app writes during a change: {key}, tps outside / during",
+                f"{v['outside']:.0f} / {v['during']:.0f} = {v['overhead']:+.0%}",
+                "<= +25 %",
+            )
+        )
+    return rows
+
+
 def table(r: dict) -> str:
     d, ix, fr, cl, se = r["drain"], r["indexed"], r["freshness"], r["claim"], r["search"]
     best_key = max(
@@ -722,6 +777,7 @@ def table(r: dict) -> str:
     )
     rows += fault_rows(r["faults"])
     rows += adoption_rows(r["adoption"])
+    rows += generation_rows(r["generations"], r["writers"]["during_change"])
     w = [max(len(str(row[i])) for row in rows) for i in range(3)]
     lines = [f"| {a:<{w[0]}} | {b:<{w[1]}} | {c:<{w[2]}} |" for a, b, c in rows]
     lines.insert(1, f"|{'-' * (w[0] + 2)}|{'-' * (w[1] + 2)}|{'-' * (w[2] + 2)}|")

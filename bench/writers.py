@@ -8,9 +8,11 @@ pull request creates it (its columns, default storage, its indexes: primary key,
 index, (user_id, study_topic_id); no triggers).  Both hold the same 5,000 ready rows with the
 same 1024-dim vectors.  pgbench runs each statement against both tables in interleaved rounds
 (seed, ours, ours, seed, ...); medians are printed, and the HOT share of the updates is read from
-pg_stat_user_tables.  Then the HNSW inserts per pipeline event, counted from PostgreSQL's own
-counters: an UPDATE that is not HOT adds an entry to every index whose predicate its new version
-satisfies, so for a row that has its vector, one graph insert.
+pg_stat_user_tables.  Then the same statements on study-embed's table outside a model change and
+during one (the next generation begun and embedded), interleaved likewise.  Then the HNSW
+inserts per pipeline event, counted from PostgreSQL's own counters: an UPDATE that is not HOT
+adds an entry to every index whose predicate its new version satisfies, so for a row that has
+its vector, one graph insert.
 Benchmarks are not tests: nothing here asserts.
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 import psycopg
 from common import add_users, scratch_database
 
+from study_embed.migrate import Migrator
 from study_embed_dev.localdb import pg_bindir
 
 ROWS = 5_000
@@ -219,6 +222,67 @@ def bench_statements(
     return out
 
 
+# During a model change (046_generations.sql): the next generation begun, and embedded for every
+# row (a text edit then voids a TOASTed vector in each slot), against the same table with none.
+NEXT_MODEL = "next-model"
+COMPLETE_SHADOW_WITH_SEED_VECTORS = (
+    "SELECT * FROM study_embed.complete_shadow(%s, %s, (SELECT array_agg(q.embedding ORDER BY"
+    " u.i) FROM unnest(%s::bigint[]) WITH ORDINALITY u(id, i)"
+    f" LEFT JOIN seed.study_questions q ON q.id = u.id), '{NEXT_MODEL}')"
+)
+
+
+def set_change(url: str, during: bool) -> None:
+    """Begin the next generation and embed it for every row (during), or drop it (not)."""
+    migrator = Migrator(url, cron=False, log=lambda _m: None)
+    with psycopg.connect(url, autocommit=True) as c:
+        shadow = c.execute(
+            "SELECT count(*) FROM study_embed.generations WHERE slot = 'shadow'"
+        ).fetchone()[0]
+    if during and not shadow:
+        migrator.generation("begin", model=NEXT_MODEL, dimension=1024)
+    if not during and shadow:
+        migrator.generation("drop")
+    if during:
+        with psycopg.connect(url, autocommit=True) as c:
+            while rows := c.execute(
+                "SELECT id, claim_token FROM study_embed.claim_shadow(1000)"
+            ).fetchall():
+                c.execute(COMPLETE_SHADOW_WITH_SEED_VECTORS, complete_params(rows))
+
+
+def bench_during_change(
+    url: str, rounds: int, seconds: float, clients_list: list[int], scripts: Path, log
+) -> dict:
+    """The app's statements on study-embed's table outside a model change and during one, in
+    interleaved rounds (outside, during, during, outside, ...)."""
+    out: dict = {}
+    for name in STATEMENTS:
+        for clients in clients_list:
+            runs: dict[str, list[float]] = {"outside": [], "during": []}
+            for r in range(rounds):
+                order = ("outside", "during") if r % 2 == 0 else ("during", "outside")
+                for which in order:
+                    set_change(url, which == "during")
+                    if name == "update question_text":
+                        reset_rows(url)
+                    runs[which].append(pgbench(url, scripts / f"{name}-ours.sql", clients, seconds))
+                if name == "insert":
+                    with psycopg.connect(url, autocommit=True) as c:
+                        c.execute("DELETE FROM public.study_questions WHERE id > %s", (ROWS,))
+            key = f"{name}, {clients} client(s)"
+            outside, during = statistics.median(runs["outside"]), statistics.median(runs["during"])
+            out[key] = {"outside": outside, "during": during, "overhead": outside / during - 1}
+            log(
+                f"writers during a model change: {key}: outside {outside:.0f} tps, during "
+                f"{during:.0f} tps ({out[key]['overhead']:+.0%} time per statement)"
+            )
+    set_change(url, False)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("VACUUM (INDEX_CLEANUP OFF) public.study_questions")
+    return out
+
+
 COUNTERS = (
     "SELECT pg_stat_get_xact_tuples_updated('public.study_questions'::regclass),"
     " pg_stat_get_xact_tuples_hot_updated('public.study_questions'::regclass)"
@@ -391,6 +455,9 @@ def run(rounds: int, seconds: float, clients_list: list[int], log) -> dict:
             for which, table in TABLES.items():
                 (scripts / f"{name}-{which}.sql").write_text(body.format(t=table, rows=ROWS))
         results = {"statements": bench_statements(url, rounds, seconds, clients_list, scripts, log)}
+        results["during_change"] = bench_during_change(
+            url, rounds, seconds, clients_list, scripts, log
+        )
         results["graph_inserts"] = bench_graph_inserts(url, log)
         results["clusters_ms"] = bench_clusters(url, log)
     return results

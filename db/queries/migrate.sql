@@ -90,3 +90,20 @@ SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %(job)s;
 
 -- name: migrate_last_id
 SELECT max(id) FROM public.study_questions;
+
+-- name: migrate_next_generation
+-- the other generation's model, its live rows not ready, and its HNSW index: valid, invalid (a
+-- build interrupted) or missing; no row when no model change is in progress
+SELECT g.model, s.live - s.ready,
+       CASE (SELECT i.indisvalid FROM pg_index i
+             WHERE i.indexrelid = to_regclass('public.study_questions_embedding_shadow_hnsw'))
+           WHEN true THEN 'valid' WHEN false THEN 'invalid' ELSE 'missing' END
+FROM study_embed.generations g
+JOIN study_embed.generation_status() s ON s.slot = g.slot
+WHERE g.slot = 'shadow';
+
+-- name: migrate_index_progress
+SELECT p.phase, p.tuples_done, p.tuples_total
+FROM pg_stat_progress_create_index p
+WHERE p.relid = 'public.study_questions'::regclass AND p.datid = (
+    SELECT d.oid FROM pg_database d WHERE d.datname = current_database());

@@ -22,12 +22,14 @@ after a pause, a bounded number of times.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from .backoff import Backoff
 from .sqlfiles import queries, sql_dir
@@ -44,6 +47,9 @@ IDEMPOTENT_LEDGER_NAME = "idempotent/*"
 MIN_PGVECTOR = (0, 5, 0)  # HNSW
 LOCK_TIMEOUT = "1s"  # longest a migration statement queues other sessions behind itself
 LOCK_TRIES = 30  # transactions tried before migrate gives up on a busy table
+HNSW = "study_questions_embedding_shadow_hnsw"  # the next generation's graph
+PROGRESS_EVERY = 10.0  # seconds between progress lines of a long index build
+PRELOCK_TIMEOUT = "30s"  # a model step's wait for an autovacuum to yield (Migrator.generation)
 # an edited migration file may name the digests of the versions it replaces: a database that
 # applied one of them has applied this one
 _REPLACES = re.compile(r"^-- replaces sha256: ([0-9a-f]{64})\s*$", re.MULTILINE)
@@ -477,9 +483,20 @@ class Migrator:
             "switch": "SELECT study_embed.switch_generation(:'force'::boolean);\n",
             "drop": "SELECT study_embed.drop_generation();\n",
         }
+        # Each step's DDL takes study_questions ACCESS EXCLUSIVE, and an autovacuum of the
+        # table holds it off: PostgreSQL cancels the autovacuum only for a lock that has waited
+        # deadlock_timeout (1 s), which LOCK_TIMEOUT would end first, again and again.  So the
+        # step first waits for SHARE UPDATE EXCLUSIVE, which queues no app statement behind it
+        # (reads and writes do not conflict with it) and does outlast deadlock_timeout; then
+        # the short wait for the rest, as every migration.
+        prelock = (
+            f"SET LOCAL lock_timeout = '{PRELOCK_TIMEOUT}';\n"
+            "LOCK TABLE public.study_questions IN SHARE UPDATE EXCLUSIVE MODE;\n"
+            f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}';\n"
+        )
         try:
             with self._locked(f"study-embed model {step}") as conn:
-                self._generation(conn, calls[step], step, model, dimension, force)
+                self._generation(conn, prelock + calls[step], step, model, dimension, force)
         except MigrationError as e:
             raise MigrationError(_said(str(e))) from None
 
@@ -500,6 +517,8 @@ class Migrator:
             raise MigrationError(
                 "the database's study-embed is not this version's: run `study-embed migrate` first"
             )
+        if step == "switch":
+            self._before_switch(conn, schema, force)
         self._psql(
             call + script,
             {
@@ -510,6 +529,54 @@ class Migrator:
             },
             what=f"model {step}",
         )
+
+    def _before_switch(self, conn: psycopg.Connection, schema: str, force: bool) -> None:
+        """The next generation's HNSW index, built now (begin makes none: a graph insert per
+        vector written, and a second into the served graph, would slow the backfill more than
+        twofold); CONCURRENTLY: reads and writes go on.  Unless forced, a switch that would be
+        refused for rows still missing is refused first, before the build."""
+        rows = conn.execute(self.q["migrate_next_generation"]).fetchall()
+        if not rows:
+            return  # the switch itself says there is no change in progress
+        model, missing, index = rows[0]
+        if missing and not force:
+            raise MigrationError(
+                f"switch: {missing} live questions are not embedded by {model} yet. Wait for the "
+                "listeners (study-embed status shows the progress), or force the switch: those "
+                "questions are then missing from search until they are embedded."
+            )
+        if index == "valid":
+            return
+        if index == "invalid":  # a build that was interrupted
+            conn.execute(sql.SQL("DROP INDEX CONCURRENTLY public.{}").format(sql.Identifier(HNSW)))
+        self.log(f"switch: building the HNSW index of {model} (CREATE INDEX CONCURRENTLY)")
+        done = threading.Event()
+        watcher = threading.Thread(target=self._index_progress, args=(done,), daemon=True)
+        watcher.start()
+        t0 = time.monotonic()
+        try:
+            conn.execute(
+                sql.SQL(
+                    "CREATE INDEX CONCURRENTLY {} ON public.study_questions USING hnsw"
+                    " (embedding_shadow {}.vector_cosine_ops)"
+                    " WHERE deleted_at IS NULL AND embedding_shadow IS NOT NULL"
+                ).format(sql.Identifier(HNSW), sql.Identifier(schema))
+            )
+        except psycopg.Error as e:
+            raise MigrationError(f"switch: building the HNSW index failed: {e}") from e
+        finally:
+            done.set()
+            watcher.join()
+        self.log(f"switch: built the HNSW index of {model} in {time.monotonic() - t0:.1f} s")
+
+    def _index_progress(self, done: threading.Event) -> None:
+        """Log the index build's progress every PROGRESS_EVERY seconds (a long build)."""
+        with contextlib.suppress(psycopg.Error), psycopg.connect(self.url, autocommit=True) as c:
+            while not done.wait(PROGRESS_EVERY):
+                row = c.execute(self.q["migrate_index_progress"]).fetchone()
+                if row:
+                    phase, done_n, total = row
+                    self.log(f"switch: building the HNSW index: {phase}, {done_n} of {total}")
 
     def _unschedule_cron(self, conn: psycopg.Connection) -> str:
         app_db = conn.info.dbname

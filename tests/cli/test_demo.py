@@ -135,3 +135,28 @@ def test_the_demo_ends_with_the_ui_as_a_read_only_role_and_demo_down_stops_it(
     assert not demo_server.alive(pid, demo_ui.MARKER) and not demo_ui.STATE.exists()
     with pytest.raises(httpx.ConnectError):
         httpx.get(base + "/", timeout=2)
+
+
+def test_the_demo_changes_the_model_and_back(demo_db, loopback, capsys):
+    demo.load_bank(demo_db)
+    demo.drain(demo_db, loopback)
+    capsys.readouterr()
+    demo.model_change(demo_db, loopback)
+    out = capsys.readouterr().out
+    n = sum(len(u.questions) for u in bank.users())
+    assert f"$ study-embed model begin {demo.NEXT_MODEL} --dimension {demo.NEXT_DIM}" in out
+    assert f"{n} live questions are not embedded by {demo.NEXT_MODEL} yet" in out
+    # after the drain, the next generation holds every row; the switch goes there and back
+    status = out.split("$ study-embed model status", 1)[1].split("$ study-embed search", 1)[0]
+    assert re.search(rf"next\s+{re.escape(demo.NEXT_MODEL)}\s+{demo.NEXT_DIM}\s+{n}\s+{n}", status)
+    assert out.count("$ study-embed model switch") == 3
+    with psycopg.connect(demo_db) as conn:
+        assert conn.execute("SELECT slot, model FROM study_embed.generations").fetchall() == [
+            ("served", "test-model")
+        ]
+        assert conn.execute(
+            "SELECT count(*) FROM study_questions WHERE embedding_status = 'ready'"
+            " AND embedding_model = 'test-model'"
+        ).fetchone()[0] == n
+    # a second run starts from the same place
+    demo.model_change(demo_db, loopback)

@@ -191,6 +191,65 @@ def test_switch_is_refused_until_every_live_row_is_ready_then_swaps(bank, db, db
     assert complete_shadow(db, [s], model=TEST_MODEL, dim=1024) == {ids[2]}
 
 
+def _hnsw_indexes(db) -> dict[str, str]:
+    return dict(
+        db.execute(
+            "SELECT c.relname, a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_am am ON am.oid = c.relam JOIN pg_attribute a ON a.attrelid = i.indrelid"
+            " AND a.attnum = i.indkey[0] WHERE i.indrelid = 'study_questions'::regclass"
+            " AND am.amname = 'hnsw' AND i.indisvalid"
+        ).fetchall()
+    )
+
+
+def test_the_next_graph_is_built_once_at_the_switch_not_row_by_row(bank, db, db_url):
+    """While the next generation is built it has no HNSW index (each vector written would be a
+    graph insert, and a second one into the served graph); the switch builds it first."""
+    ids = [bank.insert() for _ in range(3)]
+    ready_all(bank)
+    begin(db_url)
+    assert _hnsw_indexes(db) == {"study_questions_embedding_hnsw": "embedding"}
+    complete_shadow(db, claim_shadow(db))
+    # the switch function alone refuses to serve a generation without its graph
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="no HNSW index yet"):
+        db.execute("SELECT study_embed.switch_generation()")
+    migrator(db_url).generation("switch")
+    assert _hnsw_indexes(db) == {
+        "study_questions_embedding_hnsw": "embedding",
+        "study_questions_embedding_shadow_hnsw": "embedding_shadow",
+    }
+    # the served graph is the new model's, and search uses it
+    db.execute("SET enable_seqscan = off")
+    plan = "\n".join(
+        r[0]
+        for r in db.execute(
+            "EXPLAIN SELECT id FROM study_questions WHERE deleted_at IS NULL AND embedding IS NOT"
+            " NULL ORDER BY embedding <=> %s LIMIT 3",
+            (vector_for(bank.text(ids[0]), NEXT_DIM),),
+        )
+    )
+    assert "study_questions_embedding_hnsw" in plan
+    # an interrupted build leaves an invalid index (a failed CREATE INDEX CONCURRENTLY; here
+    # marked so in the catalog): the next switch drops it and builds it again
+    migrator(db_url).generation("drop")
+    begin(db_url, model="third-model", dim=8)
+    complete_shadow(db, claim_shadow(db), model="third-model", dim=8)
+    db.execute(
+        "CREATE INDEX study_questions_embedding_shadow_hnsw ON study_questions"
+        " USING hnsw (embedding_shadow vector_cosine_ops)"
+    )
+    db.execute(
+        "UPDATE pg_index SET indisvalid = false"
+        " WHERE indexrelid = 'study_questions_embedding_shadow_hnsw'::regclass"
+    )
+    migrator(db_url).generation("switch")
+    assert _hnsw_indexes(db) == {
+        "study_questions_embedding_hnsw": "embedding",
+        "study_questions_embedding_shadow_hnsw": "embedding_shadow",
+    }
+    assert generations(db)["served"][0] == "third-model"
+
+
 def test_switch_back_and_drop(bank, db, db_url):
     ids = [bank.insert() for _ in range(3)]
     ready_all(bank)

@@ -9,8 +9,9 @@
 4. `study-embed drain` with its progress bar;
 5. the near-duplicate pass, then similar questions, near-duplicate pairs and one user's
    wrong-answer clusters, read through study_embed.bank.Bank as an app would;
-6. once, `make eval` (eval/run.py) with the same server, and what it measured;
-7. the web UI (`study-embed ui`, ui.py) on the demo's bank, as a read-only role.
+6. a model change, from the demo's model to a stand-in and back (model_change);
+7. once, `make eval` (eval/run.py) with the same server, and what it measured;
+8. the web UI (`study-embed ui`, ui.py) on the demo's bank, as a read-only role.
 
 Safe to run twice: what is there (the server, the database, the rows, their embeddings) is
 reused.  A database made for another model's dimension is dropped and made again.
@@ -150,6 +151,80 @@ def drain(url: str, served: server.Served) -> None:
     r = subprocess.run([str(CLI), "drain"], env=env)
     if r.returncode != 0:
         sys.exit(f"drain failed (exit {r.returncode}): see `study-embed status`")
+
+
+# The demo's next model: no second real model can be fetched here, so the loopback embedder of
+# the tests (study_embed_dev.embed_server: a vector per text from its hash, at bge-m3's 1024
+# dimensions) stands in for it.  It is not a semantic model; what the step shows is the change.
+NEXT_MODEL, NEXT_DIM = "study-embed-dev/loopback-1024", 1024
+
+
+def _cli(*args: str, env: dict[str, str], echo: bool = True) -> str:
+    """One `study-embed` command as a user types it; its output."""
+    if echo:
+        print(f"\n  $ study-embed {' '.join(args)}", flush=True)
+    r = subprocess.run([str(CLI), *args], env=env, capture_output=True, text=True)
+    out = (r.stdout + r.stderr).strip()
+    if r.returncode != 0 and not (args[:2] == ("model", "switch") and "not embedded" in out):
+        sys.exit(f"study-embed {' '.join(args)} failed (exit {r.returncode}):\n{out}")
+    if echo:
+        print(textwrap.indent(out, "    "), flush=True)
+    return out
+
+
+def model_change(url: str, served: server.Served) -> None:
+    """A model change on the sample bank, from the demo's model to NEXT_MODEL and back: the
+    next generation built beside the served one, the switch refused until it is complete, the
+    switch, a search that compares the new model's vectors only, the switch back and the drop."""
+    from study_embed_dev.embed_server import EmbedServer
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "EMBEDDING_API": "openai",
+        "EMBEDDING_URL": served.url.removesuffix("/v1"),
+        "EMBEDDING_MODEL": served.model,
+        "LOG_LEVEL": "WARNING",
+    }
+    with psycopg.connect(url) as conn:  # a demo interrupted during its change: undo it
+        generations = dict(conn.execute("SELECT slot, model FROM study_embed.generations"))
+        minji = one_value(conn, "SELECT id FROM users WHERE email LIKE 'minji@%'")
+    if generations.get("served") != served.model:
+        _cli("model", "switch", "--force", env=env, echo=False)
+    if "shadow" in generations:
+        _cli("model", "drop", env=env, echo=False)
+    _title(
+        f"A model change: {served.model} ({served.dim} dimensions) to {NEXT_MODEL} "
+        f"({NEXT_DIM}), and back"
+    )
+    print(
+        textwrap.fill(
+            f"{NEXT_MODEL} is the tests' loopback embedder (a vector per text from its hash): no "
+            "second real model can be fetched here. It stands in for the next model; search by it "
+            "finds words, not meanings.",
+            96,
+        )
+    )
+    nxt = EmbedServer(dim=NEXT_DIM)
+    try:
+        env |= {"NEXT_EMBEDDING_API": "openai", "NEXT_EMBEDDING_URL": nxt.url}
+        env["NEXT_EMBEDDING_MODEL"] = NEXT_MODEL
+        _cli("model", "begin", NEXT_MODEL, "--dimension", str(NEXT_DIM), env=env)
+        _cli("model", "switch", env=env)  # refused: the next generation holds no row yet
+        print(
+            f"\n  $ NEXT_EMBEDDING_URL={nxt.url} NEXT_EMBEDDING_MODEL={NEXT_MODEL} "
+            "study-embed drain",
+            flush=True,
+        )
+        _cli("drain", env=env, echo=False)
+        _cli("model", "status", env=env)
+        _cli("search", "--user", str(minji), "광합성이 일어나는 곳", env=env)
+        _cli("model", "switch", env=env)
+        _cli("search", "--user", str(minji), "광합성이 일어나는 곳", env=env)
+        _cli("model", "switch", env=env)
+        _cli("model", "drop", env=env)
+    finally:
+        nxt.stop()
 
 
 def quality(served: server.Served) -> None:
@@ -349,6 +424,7 @@ def main() -> None:
     load_bank(url)
     drain(url, served)
     report(url, served)
+    model_change(url, served)
     quality(served)
     base = web_ui(served)
     print(
