@@ -638,9 +638,12 @@ def generation_rows(g: dict, during: dict) -> list[tuple[str, str, str]]:
 
     rows = [
         (
-            f"model change, {g['rows']:,} rows: search p50 ms, recall@10, before / during",
-            f"{before['median_ms']:.1f}, {before['recall_at_10']:.3f} / "
+            f"model change, {g['rows']:,} rows: search p50 ms, recall@10: fresh bank; per "
+            "round, after a plain drain / during the change",
+            f"{before['median_ms']:.1f}, {before['recall_at_10']:.3f}; "
             + "; ".join(
+                f"{x['search_outside']['median_ms']:.1f}, "
+                f"{x['search_outside']['recall_at_10']:.3f} / "
                 f"{x['search_during']['median_ms']:.1f}, {x['search_during']['recall_at_10']:.3f}"
                 for x in rounds
             ),

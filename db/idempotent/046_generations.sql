@@ -650,7 +650,7 @@ BEGIN
     INSERT INTO study_embed.status_counts (status, deleted, n)
     SELECT q.embedding_shadow_status, q.deleted_at IS NOT NULL, count(*)
     FROM public.study_questions q GROUP BY 1, 2;
-    SELECT coalesce(sum(c.n), 0) INTO missing FROM study_embed.status_counts c
+    SELECT coalesce(sum(c.n), 0)::bigint INTO missing FROM study_embed.status_counts c
     WHERE NOT c.deleted AND c.status <> 'ready';
     IF missing > 0 AND NOT coalesce(force, false) THEN
         RAISE EXCEPTION 'switch: % live questions are not embedded by % yet', missing, g.model
