@@ -154,9 +154,12 @@ def test_the_demo_changes_the_model_and_back(demo_db, loopback, capsys):
         assert conn.execute("SELECT slot, model FROM study_embed.generations").fetchall() == [
             ("served", "test-model")
         ]
-        assert conn.execute(
-            "SELECT count(*) FROM study_questions WHERE embedding_status = 'ready'"
-            " AND embedding_model = 'test-model'"
-        ).fetchone()[0] == n
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM study_questions WHERE embedding_status = 'ready'"
+                " AND embedding_model = 'test-model'"
+            ).fetchone()[0]
+            == n
+        )
     # a second run starts from the same place
     demo.model_change(demo_db, loopback)

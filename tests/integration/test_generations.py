@@ -20,7 +20,7 @@ NEXT, NEXT_DIM = "next-model", 384
 
 
 def migrator(db_url: str) -> Migrator:
-    return Migrator(db_url, cron=False, log=lambda _m: None)
+    return Migrator(db_url, model=TEST_MODEL, cron=False, log=lambda _m: None)
 
 
 def begin(db_url: str, model: str = NEXT, dim: int = NEXT_DIM) -> None:
@@ -357,6 +357,7 @@ def test_the_next_vector_lives_out_of_line_as_the_served_one(bank, db, db_url):
 
 def test_uninstall_during_a_change_removes_the_next_generation_too(bank, db, db_url):
     qid = bank.insert()
+    ready_all(bank)
     begin(db_url)
     complete_shadow(db, claim_shadow(db))
     migrator(db_url).uninstall()
@@ -368,7 +369,12 @@ def test_uninstall_during_a_change_removes_the_next_generation_too(bank, db, db_
         )
     }
     assert columns == {"embedding", "embedding_status", "embedding_updated_at", "embedding_model"}
-    assert db.execute("SELECT embedding_status FROM study_questions WHERE id = %s", (qid,)).fetchone()
+    # the served generation's vector and status stay, for the app's own worker
+    status, kept = db.execute(
+        "SELECT embedding_status, embedding IS NOT NULL FROM study_questions WHERE id = %s",
+        (qid,),
+    ).fetchone()
+    assert (status, kept) == ("ready", True)
     # and study-embed comes back on it
     migrator(db_url).run()
     assert db.execute("SELECT count(*) FROM study_embed.generations").fetchone()[0] == 1

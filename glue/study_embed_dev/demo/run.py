@@ -187,7 +187,9 @@ def model_change(url: str, served: server.Served) -> None:
         "LOG_LEVEL": "WARNING",
     }
     with psycopg.connect(url) as conn:  # a demo interrupted during its change: undo it
-        generations = dict(conn.execute("SELECT slot, model FROM study_embed.generations"))
+        generations: dict[str, str] = dict(
+            conn.execute("SELECT slot, model FROM study_embed.generations")
+        )
         minji = one_value(conn, "SELECT id FROM users WHERE email LIKE 'minji@%'")
     if generations.get("served") != served.model:
         _cli("model", "switch", "--force", env=env, echo=False)
