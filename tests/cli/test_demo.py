@@ -163,3 +163,27 @@ def test_the_demo_changes_the_model_and_back(demo_db, loopback, capsys):
         )
     # a second run starts from the same place
     demo.model_change(demo_db, loopback)
+
+
+def test_the_demos_database_serves_the_demos_model(loopback, monkeypatch):
+    """`make demo` migrates its database for the model it serves (a database migrated for
+    the default model refused the demo's listener)."""
+    from .. import conftest
+
+    name = f"demo_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(demo, "DBNAME", name)
+    monkeypatch.setattr(demo, "default_cluster", lambda: conftest.CLUSTER)
+    served = demo_server.Served(
+        pid=0, url=loopback.url, model="demo-model", dim=384, note="a loopback test server"
+    )
+    try:
+        url = demo.database(served)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT study_embed.served_model()").fetchone()[0] == "demo-model"
+            assert conn.execute("SELECT study_embed.embedding_dimension()").fetchone()[0] == 384
+    finally:
+        with psycopg.connect(url_for("postgres"), autocommit=True) as admin:
+            admin.execute(
+                "SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s", (name,)
+            )
+        drop_database(name)

@@ -74,7 +74,12 @@ def database(served: server.Served) -> str:
                 )
             cluster.create_database(DBNAME)
     say(f"migrating {DBNAME} (embedding dimension {served.dim})")
-    Migrator(url, embedding_dim=served.dim, log=lambda m: print("    " + m, flush=True)).run()
+    Migrator(
+        url,
+        embedding_dim=served.dim,
+        model=served.model,  # the model the database serves, and search embeds queries with
+        log=lambda m: print("    " + m, flush=True),
+    ).run()
     return url
 
 
