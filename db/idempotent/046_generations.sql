@@ -617,6 +617,25 @@ COMMENT ON FUNCTION study_embed.begin_generation(text, integer) IS
     'Begin a model change: the shadow slot for the next model (run by `study-embed model begin`, '
     'as the owner of study_questions).';
 
+-- The switch's refusal while `missing` live rows are not embedded by `model`, unless forced:
+-- raised by switch_generation() under its lock, and by `study-embed model switch` before it
+-- builds the index (Migrator._before_switch), with the same words.
+CREATE OR REPLACE FUNCTION study_embed._refuse_switch(model text, missing bigint, force boolean)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF missing > 0 AND NOT coalesce(force, false) THEN
+        RAISE EXCEPTION 'switch: % live questions are not embedded by % yet', missing, model
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Wait for the listeners (study-embed status shows the progress), or '
+                         'force the switch: those questions are then missing from search until '
+                         'they are embedded.';
+    END IF;
+END;
+$$;
+
 -- Switch the served generation with the shadow one.  Refused while live rows are not ready in
 -- the shadow slot (with how many), unless forced; a forced switch serves what there is (rows
 -- not yet embedded by the new model are missing from search until they are).
@@ -652,13 +671,7 @@ BEGIN
     FROM public.study_questions q GROUP BY 1, 2;
     SELECT coalesce(sum(c.n), 0)::bigint INTO missing FROM study_embed.status_counts c
     WHERE NOT c.deleted AND c.status <> 'ready';
-    IF missing > 0 AND NOT coalesce(force, false) THEN
-        RAISE EXCEPTION 'switch: % live questions are not embedded by % yet', missing, g.model
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Wait for the listeners (study-embed status shows the progress), or '
-                         'force the switch: those questions are then missing from search until '
-                         'they are embedded.';
-    END IF;
+    PERFORM study_embed._refuse_switch(g.model, missing, force);
     FOREACH s IN ARRAY study_embed._slot_columns() LOOP
         EXECUTE format('ALTER TABLE public.study_questions RENAME COLUMN %I TO %I',
                        'embedding' || s, 'embedding_switching' || s);

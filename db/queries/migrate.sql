@@ -102,6 +102,9 @@ FROM study_embed.generations g
 JOIN study_embed.generation_status() s ON s.slot = g.slot
 WHERE g.slot = 'shadow';
 
+-- name: migrate_refuse_switch
+SELECT study_embed._refuse_switch(%(model)s, %(missing)s, %(force)s);
+
 -- name: migrate_index_progress
 SELECT p.phase, p.tuples_done, p.tuples_total
 FROM pg_stat_progress_create_index p

@@ -539,12 +539,13 @@ class Migrator:
         if not rows:
             return  # the switch itself says there is no change in progress
         model, missing, index = rows[0]
-        if missing and not force:
-            raise MigrationError(
-                f"switch: {missing} live questions are not embedded by {model} yet. Wait for the "
-                "listeners (study-embed status shows the progress), or force the switch: those "
-                "questions are then missing from search until they are embedded."
+        try:
+            conn.execute(
+                self.q["migrate_refuse_switch"],
+                {"model": model, "missing": missing, "force": force},
             )
+        except psycopg.errors.ObjectNotInPrerequisiteState as e:
+            raise MigrationError(f"{e.diag.message_primary}. {e.diag.message_hint}") from None
         if index == "valid":
             return
         if index == "invalid":  # a build that was interrupted
