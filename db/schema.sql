@@ -716,6 +716,8 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> void  [070_duplicates.sql]
 -- study_embed._refuse_dependents(text)
 --     -> void  [046_generations.sql]
+-- study_embed._refuse_switch(text,bigint,boolean)
+--     -> void  [046_generations.sql]
 -- study_embed._requeue(text,text,bigint,integer)
 --     -> TABLE(requeued bigint, next_after_id bigint)  [040_queue.sql]
 -- study_embed._set_actor(text)
