@@ -13,8 +13,13 @@ answered wrongly once), `study-embed drain`, then from what the pipeline stored:
   and the best precision at recall >= 0.80;
 - search: every query embedded by the server as `study-embed search` does, then
   study_embed.search_questions(user, query, 10): recall@1, recall@10, MRR;
-- wrong-answer clusters: study_embed.wrong_answer_clusters(user, 500) per user, purity and
-  inverse purity against the groups of the set.
+- wrong-answer clusters against concepts: study_embed.wrong_answer_clusters(user, 500) for a
+  learner who missed every question of the set, and for one who missed the concepts section
+  alone; adjusted Rand index and the share of singletons, at the model's threshold and others;
+- explanation context: study_embed.explanation_context(user, question, 3) for every question
+  of that learner (precision: the share of the context's questions of the same concept) and of
+  a learner with one question per concept (how often the context is empty), at the model's
+  relevance floor and others.
 
 A benchmark, not a test: it prints and writes JSON, it asserts nothing.
 """
@@ -94,7 +99,17 @@ def table(model: str, r: dict) -> str:
             f"at {x['threshold']:.3f}"
         )
 
-    s, h, c = r["search"], r["search_hybrid"], r["clusters"]
+    s, h, c, cx = r["search"], r["search_hybrid"], r["clusters"], r["context"]
+    ca = c["all"]
+
+    def clus(learner: str) -> str:
+        v = c[learner]
+        return (
+            f"{v['questions']} questions of {v['concepts']} concepts in {v['clusters']} clusters, "
+            f"adjusted Rand index {v['adjusted_rand_index']:.3f}, singletons "
+            f"{v['singletons']:.1%}"
+        )
+
     sims = "; ".join(
         f"{k} {v['median']:.3f} ({v['min']:.3f}–{v['max']:.3f})"
         for k, v in r["similarity_by_kind"].items()
@@ -122,8 +137,25 @@ def table(model: str, r: dict) -> str:
             f"recall@10 {s['recall_at_10']:.3f}, MRR {s['mrr']:.3f}",
             f"  search, hybrid (dense + lexical, RRF): recall@1 {h['recall_at_1']:.3f}, "
             f"recall@10 {h['recall_at_10']:.3f}, MRR {h['mrr']:.3f}",
-            f"  wrong-answer clusters: {c['clusters']} clusters, purity {c['purity']:.3f}, "
-            f"inverse purity {c['inverse_purity']:.3f}",
+            f"  wrong-answer clusters at {ca['threshold']:.2f}: {clus('all')}",
+            f"    the concepts section alone: {clus('concepts')}",
+            "    by threshold (all / concepts section), adjusted Rand index: "
+            + ", ".join(
+                f"{t} {v['adjusted_rand_index']:.2f}/"
+                f"{c['concepts']['by_threshold'][t]['adjusted_rand_index']:.2f}"
+                for t, v in ca["by_threshold"].items()
+            ),
+            "    names (concepts section): "
+            + "; ".join(f"{n['name']} ({n['size']})" for n in c["concepts"]["names"][:12]),
+            f"  explanation context, k = {cx['k']}, relevance floor {cx['floor']}: precision "
+            f"{cx['related']['precision']:.3f} ({cx['related']['empty']:.0%} of questions get "
+            f"none), no context for {cx['unrelated']['empty']:.1%} of questions with nothing "
+            "related",
+            "    by floor, precision / empty for nothing related: "
+            + ", ".join(
+                f"{f} {v['related']['precision']:.2f}/{v['unrelated']['empty']:.2f}"
+                for f, v in cx["by_floor"].items()
+            ),
         ]
     )
 

@@ -211,8 +211,11 @@ COMMENT ON FUNCTION study_embed.similar_questions(bigint, bigint, integer, boole
     'excluded); empty for a question that is not the user''s.';
 
 -- Context for an explanation generator: the most similar questions of the requesting user that
--- have an explanation (written, or an AI explanation that is ready), with their texts.  Empty
--- for a question that is not the user's.
+-- have an explanation (written, or an AI explanation that is ready), with their texts, none of
+-- them less similar than the served model's relevance floor (model_thresholds.
+-- context_threshold, calibrated by `make eval`; no floor for a model without one): an unrelated
+-- question makes a generator's explanation worse than no context at all, so a question with
+-- nothing related gets nothing.  Empty for a question that is not the user's.
 DROP FUNCTION IF EXISTS study_embed.explanation_context(bigint, integer);
 CREATE OR REPLACE FUNCTION study_embed.explanation_context(for_user bigint, question_id bigint,
                                                           k integer DEFAULT 5)
@@ -233,8 +236,12 @@ BEGIN ATOMIC
     JOIN public.study_questions q ON q.id = n.id AND q.user_id = src.user_id
     WHERE src.id = explanation_context.question_id AND src.user_id = explanation_context.for_user
       AND src.deleted_at IS NULL AND src.embedding_model = (SELECT study_embed.served_model())
+      AND 1 - n.distance >= coalesce((SELECT m.context_threshold
+                                      FROM study_embed.model_thresholds m
+                                      WHERE m.model = (SELECT study_embed.served_model())), -1)
     ORDER BY n.distance, q.id;
 END;
 COMMENT ON FUNCTION study_embed.explanation_context(bigint, bigint, integer) IS
-    'RAG context: similar questions of the same user that carry an explanation, with texts; '
-    'empty for a question that is not the user''s.';
+    'RAG context: similar questions of the same user that carry an explanation, with texts, '
+    'none below the served model''s relevance floor; empty for a question that is not the '
+    'user''s.';

@@ -80,5 +80,6 @@ LIMIT %(limit)s;
 SELECT study_embed.dismiss_duplicate(%(user_id)s, %(question_id)s, %(duplicate_of)s);
 
 -- name: bank_clusters
-SELECT cluster, representative_id, question_id, similarity, question_text, last_wrong_at
+SELECT cluster, representative_id, question_id, similarity, question_text, last_wrong_at,
+       cluster_name
 FROM study_embed.wrong_answer_clusters(%(user_id)s, %(recent)s, %(threshold)s::real);

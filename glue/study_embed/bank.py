@@ -132,12 +132,13 @@ class Pair:
 
 @dataclass(frozen=True)
 class ClusterMember:
-    cluster: int
-    representative_id: int
+    cluster: int  # 1 = the biggest group
+    representative_id: int  # the member closest to the group's mean
     question_id: int
-    similarity: float
+    similarity: float  # to the representative
     question_text: str
     last_wrong_at: datetime
+    cluster_name: str  # the group's common scope, else its subject and shared words
 
 
 class Bank:

@@ -2,7 +2,8 @@
 through the real pipeline, and the figures computed from what the pipeline stored.
 
 Pure functions (the pairs a set implies, precision/recall, the best threshold, reciprocal ranks,
-cluster purity) are separate from `evaluate()`, which talks to PostgreSQL and the embedding
+the adjusted Rand index, context precision) are separate from `evaluate()`, which talks to
+PostgreSQL and the embedding
 server, so that the arithmetic can be checked on its own.
 """
 
@@ -30,16 +31,24 @@ from .rows import add_attempts, add_question, add_topic, add_user, one_value
 
 ROLES = ("base", "same", "flip")
 # cluster thresholds tried besides the pipeline's own (the model's, else the function's default)
-CLUSTER_THRESHOLDS = (0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.96)
+CLUSTER_THRESHOLDS = (0.75, 0.80, 0.84, 0.86, 0.87, 0.88, 0.89, 0.90, 0.92, 0.94)
+# relevance floors tried for explanation context besides the model's own
+CONTEXT_FLOORS = (0.50, 0.60, 0.70, 0.80, 0.85, 0.87, 0.88, 0.89, 0.90, 0.91, 0.92, 0.93)
+CONTEXT_K = 3  # the context's size that precision is measured at
 
 
 @dataclass(frozen=True)
 class Question:
-    key: tuple[int, str]  # (group, role)
+    key: tuple[int, str]  # (group, role); a question of the concepts section: (-1 - k, "c<j>")
     subject: str
     text: str
     choices: tuple[str, str, str, str]
     correct: int = 1  # the number of the correct choice
+    concept: str = ""  # what a learner would call the thing they keep missing
+
+    @property
+    def in_group(self) -> bool:
+        return self.key[0] >= 0
 
     @property
     def answer(self) -> str:
@@ -74,16 +83,20 @@ class EvalSet:
 
 
 def load_set(path: Path) -> EvalSet:
-    groups = yaml.safe_load(path.read_text())["groups"]
+    data = yaml.safe_load(path.read_text())
+    groups = data["groups"]
     questions, pairs, queries = [], [], []
     last_base: dict[str, tuple[int, str]] = {}
     for g, group in enumerate(groups):
         subject = group["subject"]
         answers = group.get("answers", [1, 1, 1])
+        concept = group.get("concept") or f"group {g}"  # a group without one is its own
         for role, correct in zip(ROLES, answers, strict=True):
             q = group[role]
             c1, c2, c3, c4 = q["c"]
-            questions.append(Question((g, role), subject, q["q"], (c1, c2, c3, c4), correct))
+            questions.append(
+                Question((g, role), subject, q["q"], (c1, c2, c3, c4), correct, concept)
+            )
         pairs.append(Pair((g, "base"), (g, "same"), "rephrase"))
         pairs.append(Pair((g, "base"), (g, "flip"), "negative"))
         pairs.append(Pair((g, "same"), (g, "flip"), "negative"))
@@ -91,6 +104,19 @@ def load_set(path: Path) -> EvalSet:
             pairs.append(Pair(last_base[subject], (g, "base"), "same_topic"))
         last_base[subject] = (g, "base")
         queries.append(Query(g, subject, group["query"], frozenset({(g, "base"), (g, "same")})))
+    for k, concept in enumerate(data.get("concepts", [])):
+        for j, q in enumerate(concept["questions"]):
+            c1, c2, c3, c4 = q["c"]
+            questions.append(
+                Question(
+                    (-1 - k, f"c{j}"),
+                    concept["subject"],
+                    q["q"],
+                    (c1, c2, c3, c4),
+                    q["a"],
+                    concept["concept"],
+                )
+            )
     return EvalSet(questions, pairs, queries)
 
 
@@ -149,29 +175,94 @@ def search_figures(results: Sequence[tuple[Sequence[Any], Iterable[Any]]]) -> di
     }
 
 
-def purity(clusters: Sequence[Sequence[Any]], label: dict[Any, Any]) -> dict[str, float]:
-    """Purity (each cluster counted by its most common label) and inverse purity (each label by
-    the cluster holding most of it): singletons give purity 1 and low inverse purity, one big
-    cluster the reverse, so both are printed."""
-    n = sum(len(c) for c in clusters) or 1
-    pure = sum(Counter(label[x] for x in c).most_common(1)[0][1] for c in clusters if c)
-    by_label: dict[Any, Counter[int]] = defaultdict(Counter)
-    for i, c in enumerate(clusters):
-        for x in c:
-            by_label[label[x]][i] += 1
-    inverse = sum(cnt.most_common(1)[0][1] for cnt in by_label.values())
-    return {"purity": pure / n, "inverse_purity": inverse / n, "clusters": len(clusters)}
+def adjusted_rand_index(truth: Sequence[Any], found: Sequence[Any]) -> float:
+    """Hubert and Arabie's adjusted Rand index of two labellings of the same items: 1 when they
+    group alike, about 0 for a random grouping (and for all-singletons against real groups)."""
+
+    def pairs(n: int) -> float:
+        return n * (n - 1) / 2
+
+    if len(truth) != len(found):
+        raise ValueError("two labellings of the same items are needed")
+    both = sum(pairs(v) for v in Counter(zip(truth, found, strict=True)).values())
+    a = sum(pairs(v) for v in Counter(truth).values())
+    b = sum(pairs(v) for v in Counter(found).values())
+    expected = a * b / pairs(len(truth)) if len(truth) > 1 else 0.0
+    best = (a + b) / 2
+    return 1.0 if best == expected else (both - expected) / (best - expected)
+
+
+def concept_figures(clusters: Sequence[Sequence[Any]], concept: dict[Any, str]) -> dict:
+    """Clusters against concepts: the adjusted Rand index, and the share of singletons among
+    the questions of concepts with at least 3 wrong answers (what a learner sees as crumbs)."""
+    found = {x: i for i, c in enumerate(clusters) for x in c}
+    items = sorted(found, key=repr)
+    sizes = Counter(concept[x] for x in items)
+    counted = [x for x in items if sizes[concept[x]] >= 3]
+    alone = sum(1 for x in counted if len(clusters[found[x]]) == 1)
+    return {
+        "adjusted_rand_index": adjusted_rand_index(
+            [concept[x] for x in items], [found[x] for x in items]
+        ),
+        "singletons": alone / len(counted) if counted else 0.0,
+        "clusters": len(clusters),
+        "concepts": len(sizes),
+        "questions": len(items),
+    }
+
+
+def context_figures(
+    contexts: dict[Any, Sequence[tuple[Any, float]]], concept: dict[Any, str], floor: float
+) -> dict:
+    """Explanation context at a relevance floor: precision (the share of the context's
+    questions of the asking question's concept) and how often the context is empty."""
+    kept = {q: [x for x, sim in rows if sim >= floor] for q, rows in contexts.items()}
+    shown = [(q, x) for q, xs in kept.items() for x in xs]
+    return {
+        "floor": floor,
+        "precision": sum(1 for q, x in shown if concept[q] == concept[x]) / len(shown)
+        if shown
+        else 1.0,
+        "empty": sum(1 for xs in kept.values() if not xs) / (len(kept) or 1),
+        "rows": len(shown),
+    }
 
 
 # -- running it -----------------------------------------------------------------------------------
 
 
-def load(url: str, s: EvalSet) -> tuple[dict[tuple[int, str], int], dict[str, int]]:
-    """Every question by plain SQL, one user per subject, each answered wrongly once."""
+@dataclass
+class Loaded:
+    ids: dict[tuple[int, str], int]  # the group questions, one user per subject
+    user_of: dict[str, int]  # subject -> user
+    # learners, each with a bank of their own, every question answered wrongly and explained:
+    # key -> question id (the clusters and the context are measured on these)
+    learners: dict[str, tuple[int, dict[int, tuple[int, str]]]]
+
+
+EXPLAINED = "해설: 정답의 근거를 설명한다."  # every learner question carries an explanation
+
+
+def load(url: str, s: EvalSet) -> Loaded:
+    """Every group question by plain SQL, one user per subject, each answered wrongly once;
+    then three learners: `all` (every question of the set), `concepts` (the concepts section
+    alone: a bank of tight concepts the groups did not shape) and `sparse` (one question of each
+    concept: nothing related to any of them), every question wrong once and explained."""
     ids: dict[tuple[int, str], int] = {}
     users: dict[str, tuple[int, int]] = {}
+    learners: dict[str, tuple[int, dict[int, tuple[int, str]]]] = {}
+    first_of: dict[str, Question] = {}
+    for q in s.questions:
+        first_of.setdefault(q.concept, q)
+    banks = {
+        "all": s.questions,
+        "concepts": [q for q in s.questions if not q.in_group],
+        "sparse": list(first_of.values()),
+    }
     with psycopg.connect(url, autocommit=True) as conn:
         for q in s.questions:
+            if not q.in_group:
+                continue
             if q.subject not in users:
                 uid = add_user(conn, f"eval-{len(users)}@example.com")
                 users[q.subject] = (uid, add_topic(conn, uid, q.subject))
@@ -180,7 +271,19 @@ def load(url: str, s: EvalSet) -> tuple[dict[tuple[int, str], int], dict[str, in
                 conn, uid, tid, q.text, q.choices, q.correct, subject=q.subject
             )
             add_attempts(conn, [(uid, ids[q.key], tid, q.correct % 4 + 1, q.correct, None)])
-    return ids, {subject: uid for subject, (uid, _) in users.items()}
+        for name, bank in banks.items():
+            uid = add_user(conn, f"eval-learner-{name}@example.com")
+            tid = add_topic(conn, uid, "오답 노트")
+            keys: dict[int, tuple[int, str]] = {}
+            for q in bank:
+                qid = add_question(
+                    conn, uid, tid, q.text, q.choices, q.correct, subject=q.subject,
+                    explanation=EXPLAINED,
+                )
+                keys[qid] = q.key
+                add_attempts(conn, [(uid, qid, tid, q.correct % 4 + 1, q.correct, None)])
+            learners[name] = (uid, keys)
+    return Loaded(ids, {subject: uid for subject, (uid, _) in users.items()}, learners)
 
 
 def drain(url: str, env: dict[str, str]) -> None:
@@ -217,7 +320,8 @@ async def _search_all(
 
 
 def evaluate(url: str, s: EvalSet, client: EmbeddingClient, env: dict[str, str]) -> dict:
-    ids, user_of = load(url, s)
+    loaded = load(url, s)
+    ids, user_of = loaded.ids, loaded.user_of
     drain(url, env)
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
@@ -245,26 +349,84 @@ def evaluate(url: str, s: EvalSet, client: EmbeddingClient, env: dict[str, str])
         }
         by_id = {v: k for k, v in ids.items()}
 
-        def clusters_at(threshold: float | None) -> list[list]:
-            out: list[list] = []
-            for uid in user_of.values():
-                rows = conn.execute(  # no threshold: the function's own choice
-                    "SELECT cluster, question_id"
-                    " FROM study_embed.wrong_answer_clusters(%s, 500, %s::real)"
-                    if threshold is not None
-                    else "SELECT cluster, question_id"
-                    " FROM study_embed.wrong_answer_clusters(%s, 500)",
-                    (uid, threshold) if threshold is not None else (uid,),
-                ).fetchall()
-                grouped: dict[int, list] = defaultdict(list)
-                for c, qid in rows:
-                    grouped[c].append(by_id[qid])
-                out += list(grouped.values())
-            return out
+        concept = {q.key: q.concept for q in s.questions}
 
-        labels = {k: k[0] for k in ids}
-        clusters = clusters_at(None)
-        by_threshold = {t: purity(clusters_at(t), labels) for t in CLUSTER_THRESHOLDS}
+        def clusters_of(learner: str, threshold: float | None) -> tuple[list[list], list]:
+            """The learner's clusters (question keys) and their names."""
+            uid, keys = loaded.learners[learner]
+            rows = conn.execute(  # no threshold: the function's own choice (the model's)
+                "SELECT cluster, question_id, cluster_name"
+                " FROM study_embed.wrong_answer_clusters(%s, 500, %s::real)",
+                (uid, threshold),
+            ).fetchall()
+            grouped: dict[int, list] = defaultdict(list)
+            names: dict[int, str] = {}
+            for c, qid, name in rows:
+                grouped[c].append(keys[qid])
+                names[c] = name
+            return list(grouped.values()), [
+                {"name": names[c], "size": len(m), "concepts": dict(Counter(concept[k] for k in m))}
+                for c, m in grouped.items()
+            ]
+
+        cluster_threshold = float(
+            one_value(
+                conn,
+                "SELECT coalesce((SELECT m.cluster_threshold FROM study_embed.model_thresholds m"
+                " WHERE m.model = study_embed.served_model()), 0.75)",
+            )
+        )
+        clusters: dict[str, dict] = {}
+        for learner in ("all", "concepts"):
+            found, names = clusters_of(learner, None)
+            clusters[learner] = concept_figures(found, concept) | {
+                "threshold": cluster_threshold,
+                "names": names,
+                "by_threshold": {
+                    str(t): concept_figures(clusters_of(learner, t)[0], concept)
+                    for t in CLUSTER_THRESHOLDS
+                },
+            }
+
+        def contexts(learner: str) -> dict:
+            """Each question's explanation context, as the pipeline returns it."""
+            uid, keys = loaded.learners[learner]
+            return {
+                keys[qid]: [
+                    (keys[cid], sim)
+                    for cid, sim in conn.execute(
+                        "SELECT id, similarity FROM study_embed.explanation_context(%s, %s, %s)",
+                        (uid, qid, CONTEXT_K),
+                    )
+                ]
+                for qid in keys
+            }
+
+        row = conn.execute(
+            "SELECT m.context_threshold FROM study_embed.model_thresholds m"
+            " WHERE m.model = study_embed.served_model()"
+        ).fetchone()
+        floor = None if row is None else row[0]  # no row, or a NULL floor: none
+        served = {name: contexts(name) for name in ("all", "sparse")}
+        # the floors tried: the context without the model's floor, cut in Python
+        conn.execute(
+            "UPDATE study_embed.model_thresholds SET context_threshold = NULL"
+            " WHERE model = study_embed.served_model()"
+        )
+        unfloored = {name: contexts(name) for name in ("all", "sparse")}
+        context = {
+            "floor": None if floor is None else float(floor),
+            "k": CONTEXT_K,
+            "related": context_figures(served["all"], concept, -1.0),
+            "unrelated": context_figures(served["sparse"], concept, -1.0),
+            "by_floor": {
+                str(f): {
+                    "related": context_figures(unfloored["all"], concept, f),
+                    "unrelated": context_figures(unfloored["sparse"], concept, f),
+                }
+                for f in CONTEXT_FLOORS
+            },
+        }
 
     def cos(a: int, b: int) -> float:
         x, y = vec[a], vec[b]
@@ -312,6 +474,6 @@ def evaluate(url: str, s: EvalSet, client: EmbeddingClient, env: dict[str, str])
         else answer_at_80.__dict__,
         "search": search,
         "search_hybrid": search_hybrid,
-        "clusters": purity(clusters, labels),
-        "clusters_by_threshold": {str(t): v for t, v in by_threshold.items()},
+        "clusters": clusters,
+        "context": context,
     }

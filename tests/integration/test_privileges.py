@@ -73,6 +73,7 @@ def test_listener_can_run_the_queue(bank, listener_conn):
         "SELECT * FROM study_embed.schema_migrations",
         "SELECT * FROM study_embed.similar_questions(1, 1)",
         "SELECT * FROM study_embed.wrong_answer_clusters(1)",
+        "SELECT study_embed._average_linkage(NULL, NULL, 0.5)",
         "SELECT * FROM study_embed.explanation_context(1, 1)",
         "SELECT * FROM study_embed.duplicate_pairs",
         "SELECT study_embed.dismiss_duplicate(1, 1, 2)",

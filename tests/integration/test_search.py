@@ -393,6 +393,37 @@ def test_explanation_context_returns_explained_neighbours_with_texts(bank, db):
     assert by_id[ai][4] == "AI says"
 
 
+def test_explanation_context_is_empty_below_the_models_relevance_floor(bank, db):
+    """A question with nothing related gets no context rather than the nearest unrelated
+    one: the served model's context_threshold cuts it (no row for the model: no floor)."""
+    rng = np.random.default_rng(11)
+    base = unit(rng.standard_normal(1024))
+    src = bank.insert("광합성이 일어나는 세포 소기관은?")
+    related = bank.insert("식물 세포에서 광합성을 담당하는 소기관은?", explanation="엽록체")
+    unrelated = bank.insert("훈민정음을 창제한 왕은?", explanation="세종")
+    near = unit(base + 0.3 * rng.standard_normal(1024) / 32)
+    far = unit(base + 1.2 * rng.standard_normal(1024) / 32)
+    assert float(base @ far) < 0.8 < 0.9 < float(base @ near)
+    _embed_all(bank, {src: base, related: near, unrelated: far})  # embedded by 'test-model'
+
+    def context() -> list[int]:
+        return [
+            r[0]
+            for r in db.execute(
+                "SELECT id FROM study_embed.explanation_context(%s, %s, 5)", (bank.user_id, src)
+            )
+        ]
+
+    assert context() == [related, unrelated]  # no row for the model: no floor
+    db.execute(
+        "INSERT INTO study_embed.model_thresholds (model, duplicate_threshold, context_threshold,"
+        " chosen_by) VALUES ('test-model', 0.99, 0.8, 'a test')"
+    )
+    assert context() == [related]
+    db.execute("UPDATE study_questions SET deleted_at = now() WHERE id = %s", (related,))
+    assert context() == []  # the nearest left is unrelated: nothing
+
+
 def test_wrong_answer_clusters_recover_planted_groups(bank, db):
     rng = np.random.default_rng(21)
     centres = [unit(rng.standard_normal(1024)) for _ in range(3)]
@@ -534,57 +565,163 @@ def test_search_and_check_duplicate_commands(bank, db, db_url):
         server.stop()
 
 
-def _greedy_clusters(ids: list[int], vecs: np.ndarray, threshold: float) -> list[tuple]:
-    """The documented method, written out plainly: (cluster, representative, member) rows."""
-    n = len(ids)
-    sims = vecs @ vecs.T / np.outer(np.linalg.norm(vecs, axis=1), np.linalg.norm(vecs, axis=1))
-    close = (sims >= threshold) & ~np.eye(n, dtype=bool)
-    assigned = [0] * n
-    out, c = [], 0
-    while 0 in assigned:
-        degree = [
-            sum(close[i][j] and not assigned[j] for j in range(n)) if not assigned[i] else -1
+def _average_linkage(vecs: np.ndarray, threshold: float, subjects=None) -> list[int]:
+    """The documented method, written out plainly: each question's group (its root's index)."""
+    n = len(vecs)
+    unit_ = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    sims = unit_ @ unit_.T
+    subjects = subjects or [None] * n
+    close = sorted(
+        (
+            (-float(sims[i, j]), i, j)
             for i in range(n)
-        ]
-        best = max(range(n), key=lambda i: (degree[i], -i))
-        c += 1
-        for j in range(n):
-            if not assigned[j] and (j == best or close[best][j]):
-                assigned[j] = c
-                out.append((c, ids[best], ids[j]))
-    return out
+            for j in range(i + 1, n)
+            if sims[i, j] >= threshold
+            and (subjects[i] is None or subjects[j] is None or subjects[i] == subjects[j])
+        )
+    )
+    root, size, total = list(range(n)), [1] * n, [u.astype(np.float64) for u in unit_]
+
+    def find(x: int) -> int:
+        while root[x] != x:
+            x = root[x]
+        return x
+
+    for _ in range(3):
+        joined = 0
+        for _, i, j in close:
+            a, b = find(i), find(j)
+            if a == b or total[a] @ total[b] < threshold * size[a] * size[b]:
+                continue
+            if size[a] < size[b]:
+                a, b = b, a
+            root[b], size[a], total[a] = a, size[a] + size[b], total[a] + total[b]
+            joined += 1
+        if not joined:
+            break
+    return [find(i) for i in range(n)]
 
 
-def test_wrong_answer_clusters_follow_the_documented_greedy_method(bank, db):
-    """Overlapping groups (a question close to two representatives, chains that must not
-    merge): the SQL gives exactly what the plain method gives."""
+def _wrong(db, bank, ids: list[int]) -> None:
+    """Every question answered wrongly, the first of `ids` most recently."""
+    for k, qid in enumerate(ids):
+        db.execute(
+            "INSERT INTO study_question_attempts (user_id, study_question_id,"
+            " study_topic_id, selected_choice, correct_choice, is_correct, answered_at)"
+            " VALUES (%s, %s, %s, 2, 1, false, now() - make_interval(secs => %s))",
+            (bank.user_id, qid, bank.topic_id, k + 1),
+        )
+
+
+def test_wrong_answer_clusters_follow_the_documented_average_linkage(bank, db):
+    """Overlapping groups (questions between two centres, chains that must not merge) and
+    vectors of any length: the SQL groups exactly as the plain method does, each member's
+    similarity is to the member closest to its group's mean, biggest group first."""
     rng = np.random.default_rng(5)
     centres = [unit(rng.standard_normal(64)) for _ in range(6)]
     ids, vecs = [], []
     for i in range(80):
         g = i % 6
         mix = centres[g] + (0.9 * centres[(g + 1) % 6] if i % 5 == 0 else 0)
-        v = unit(np.pad(mix + 0.05 * rng.standard_normal(64), (0, 1024 - 64)))
-        qid = bank.insert(f"q{i}")
-        ids.append(qid)
-        vecs.append(v)
+        v = np.pad(mix + 0.05 * rng.standard_normal(64), (0, 1024 - 64))
+        ids.append(bank.insert(f"q{i}"))
+        vecs.append(v * (1 + 3 * rng.random()))  # a server need not send unit vectors
     _embed_all(bank, dict(zip(ids, vecs, strict=True)))
-    for k, qid in enumerate(ids):  # answered wrongly, most recent first = ids reversed
-        db.execute(
-            "INSERT INTO study_question_attempts (user_id, study_question_id,"
-            " study_topic_id, selected_choice, correct_choice, is_correct, answered_at)"
-            " VALUES (%s, %s, %s, 2, 1, false, now() - make_interval(secs => %s))",
-            (bank.user_id, qid, bank.topic_id, len(ids) - k),
-        )
-    order = list(reversed(ids))
-    want = _greedy_clusters(order, np.array(list(reversed(vecs))), 0.75)
-    got = db.execute(
-        "SELECT cluster, representative_id, question_id"
+    _wrong(db, bank, ids)
+    roots = _average_linkage(np.array(vecs), 0.75)
+    want: dict[int, set[int]] = {}
+    for qid, r in zip(ids, roots, strict=True):
+        want.setdefault(r, set()).add(qid)
+    got_rows = db.execute(
+        "SELECT cluster, representative_id, question_id, similarity"
         " FROM study_embed.wrong_answer_clusters(%s, 80, 0.75)",
         (bank.user_id,),
     ).fetchall()
-    assert len({c for c, _, _ in want}) < len(ids) - 10  # real clusters, not singletons
-    assert got == want
+    got: dict[int, set[int]] = {}
+    for c, _, qid, _ in got_rows:
+        got.setdefault(c, set()).add(qid)
+    assert 6 <= len(want) < len(ids) - 10  # real clusters, not singletons
+    assert sorted(map(sorted, got.values())) == sorted(map(sorted, want.values()))
+    assert [len(got[c]) for c in sorted(got)] == sorted(map(len, want.values()), reverse=True)
+    vec = {qid: unit(v) for qid, v in zip(ids, vecs, strict=True)}
+    for c, members in got.items():
+        total = sum(vec[q] for q in members)
+        rep = max(sorted(members, key=ids.index), key=lambda q: float(vec[q] @ total))
+        for cluster, representative, qid, sim in got_rows:
+            if cluster == c:
+                assert representative == rep
+                assert sim == pytest.approx(float(vec[qid] @ vec[rep]), abs=1e-5)
+
+
+def test_a_chain_of_close_questions_is_not_one_cluster(bank, db):
+    """Four questions on an arc, each at 0.85 from the next, the ends far apart: threshold
+    linkage would chain them into one weak spot; the average over all pairs keeps two."""
+    step = np.arccos(0.85)
+    rng = np.random.default_rng(3)
+    x, y = unit(rng.standard_normal(1024)), rng.standard_normal(1024)
+    y = unit(y - (y @ x) * x)
+    ids = [bank.insert(f"arc {k}") for k in range(4)]
+    _embed_all(bank, {q: np.cos(k * step) * x + np.sin(k * step) * y for k, q in enumerate(ids)})
+    _wrong(db, bank, ids)
+    rows = db.execute(
+        "SELECT cluster, question_id FROM study_embed.wrong_answer_clusters(%s, 50, 0.75)",
+        (bank.user_id,),
+    ).fetchall()
+    groups: dict[int, set[int]] = {}
+    for c, qid in rows:
+        groups.setdefault(c, set()).add(qid)
+    assert sorted(map(sorted, groups.values())) == [sorted(ids[:2]), sorted(ids[2:])]
+
+
+def test_clusters_keep_subjects_apart_and_are_named(bank, db):
+    """Two subjects never share a cluster (a question without one may join either); a
+    cluster is named by its common scope, else its subject and the words half of its members
+    use; a question alone by its text (its first 60 characters)."""
+    rng = np.random.default_rng(17)
+    capital, symbol = unit(rng.standard_normal(1024)), unit(rng.standard_normal(1024))
+    near = lambda c: unit(c + 0.1 * rng.standard_normal(1024) / 32)  # noqa: E731
+    capitals = [
+        bank.insert(q, subject="사회")
+        for q in ("프랑스의 수도는?", "캐나다의 수도는 어디인가?", "브라질의 수도로 옳은 것은?")
+    ]
+    english = bank.insert("What is the capital of France?", subject="English")
+    symbols = [
+        bank.insert(q, subject="화학", scope="원소 기호")
+        for q in ("나트륨의 원소 기호는?", "칼륨을 나타내는 기호는?")
+    ]
+    long_text = "광합성이 일어나는 세포 소기관은 무엇인가? " * 3
+    alone = bank.insert(long_text)
+    vectors = {q: near(capital) for q in [*capitals, english]}
+    vectors |= {q: near(symbol) for q in symbols}
+    vectors[alone] = unit(rng.standard_normal(1024))
+    _embed_all(bank, vectors)
+    _wrong(db, bank, [*capitals, english, *symbols, alone])
+    rows = db.execute(
+        "SELECT cluster, question_id, cluster_name"
+        " FROM study_embed.wrong_answer_clusters(%s, 50, 0.9)",
+        (bank.user_id,),
+    ).fetchall()
+    groups: dict[str, set[int]] = {}
+    for _, qid, name in rows:
+        groups.setdefault(name, set()).add(qid)
+    assert groups == {
+        "사회: 수도": set(capitals),
+        "원소 기호": set(symbols),
+        "What is the capital of France?": {english},
+        long_text[:60]: {alone},
+    }
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows) and rows[0][1] in capitals
+    # without subjects, the English question joins the capitals
+    db.execute("UPDATE study_questions SET subject = NULL WHERE id = %s", (english,))
+    names = {
+        qid: name
+        for _, qid, name in db.execute(
+            "SELECT cluster, question_id, cluster_name"
+            " FROM study_embed.wrong_answer_clusters(%s, 50, 0.9)",
+            (bank.user_id,),
+        )
+    }
+    assert names[english] == names[capitals[0]] != "사회: 수도"
 
 
 def test_a_question_one_word_away_with_another_answer_is_not_a_duplicate(bank, db):

@@ -232,6 +232,8 @@ def test_no_session_setting_lets_a_client_pose_as_the_pipeline(bank, login, acto
         "SELECT * FROM study_embed.adopted_source",
         "UPDATE study_embed.adoption SET finished_at = NULL, after_id = 0",
         "DELETE FROM study_embed.adoption_outcomes",
+        "SELECT study_embed._average_linkage(NULL, NULL, 0.5)",
+        "SELECT * FROM study_embed._representatives(NULL, NULL)",
     ],
 )
 def test_hostile_role_reaches_nothing_of_the_pipeline(bank, login, statement):
@@ -342,7 +344,17 @@ def test_a_function_planted_in_a_writable_schema_never_runs(db, bank, login):
     app.execute("UPDATE study_questions SET question_text = 'edited' WHERE id = %s", (c,))
     assert app.execute("SELECT count(*) FROM study_embed.duplicate_pairs").fetchone()[0] == 1
     app.execute("SELECT * FROM study_embed.similar_questions(%s, %s)", (bank.user_id, a)).fetchall()
-    app.execute("SELECT * FROM study_embed.wrong_answer_clusters(%s)", (bank.user_id,)).fetchall()
+    db.execute(
+        "INSERT INTO study_question_attempts (user_id, study_question_id, study_topic_id,"
+        " selected_choice, correct_choice, is_correct) SELECT %s, id, %s, 1, 2, false"
+        " FROM study_questions WHERE id = ANY(%s)",
+        (bank.user_id, bank.topic_id, [a, b_]),
+    )
+    clustered = app.execute(
+        "SELECT question_id, cluster_name FROM study_embed.wrong_answer_clusters(%s)",
+        (bank.user_id,),
+    ).fetchall()
+    assert {q for q, _ in clustered} == {a, b_} and all(name for _, name in clustered)
     app.execute("SELECT study_embed.dismiss_duplicate(%s, %s, %s)", (bank.user_id, a, b_))
     # the shadows work when called by name: they were callable all along
     evil.execute("SELECT public.cardinality(ARRAY[1::bigint])")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from study_embed.sqlfiles import sql_dir
 from study_embed_dev.evaluation import (
+    adjusted_rand_index,
     best_threshold,
+    concept_figures,
+    context_figures,
     load_set,
     precision_at_recall,
     prf,
-    purity,
     reciprocal_rank,
     search_figures,
 )
@@ -46,17 +49,50 @@ def test_ranks():
     assert f["mrr"] == pytest.approx((1 + 0.5 + 0) / 3)
 
 
-def test_purity_both_ways():
-    label = {"a1": "a", "a2": "a", "b1": "b", "b2": "b"}
-    assert purity([["a1", "a2"], ["b1", "b2"]], label) == {
-        "purity": 1.0,
-        "inverse_purity": 1.0,
-        "clusters": 2,
+def test_adjusted_rand_index_on_hand_computed_cases():
+    truth = ["a", "a", "a", "b", "b", "c"]
+    assert adjusted_rand_index(truth, [1, 1, 1, 2, 2, 3]) == 1.0  # the names do not matter
+    assert adjusted_rand_index(truth, [9, 9, 9, 9, 9, 9]) == 0.0  # one lump: chance
+    # all singletons against real groups: 0 agreeing pairs, expected 0: index 0
+    assert adjusted_rand_index(truth, [1, 2, 3, 4, 5, 6]) == 0.0
+    # a split of a: pairs together in both 1 (a1a2) + 1 (b1b2) = 2; truth 3 + 1 = 4;
+    # found 1 + 1 = 2; expected 4 * 2 / 15; max (4 + 2) / 2 = 3
+    expected = 4 * 2 / 15
+    assert adjusted_rand_index(truth, [1, 1, 2, 3, 3, 4]) == pytest.approx(
+        (2 - expected) / (3 - expected)
+    )
+    with pytest.raises(ValueError):
+        adjusted_rand_index(truth, [1])
+
+
+def test_concept_figures_count_crumbs_of_concepts_with_three_wrong_answers():
+    concept = {"c1": "cap", "c2": "cap", "c3": "cap", "s1": "sym", "s2": "sym", "x": "lone"}
+    f = concept_figures([["c1", "c2"], ["c3"], ["s1"], ["s2"], ["x"]], concept)
+    # cap has 3 questions (one of them alone); sym 2 and lone 1 are not counted
+    assert f["singletons"] == pytest.approx(1 / 3)
+    assert (f["clusters"], f["concepts"], f["questions"]) == (5, 3, 6)
+    assert concept_figures([["c1", "c2", "c3"], ["s1", "s2"], ["x"]], concept)[
+        "adjusted_rand_index"
+    ] == pytest.approx(1.0)
+
+
+def test_context_figures_at_a_floor():
+    concept = {"q1": "a", "a2": "a", "b1": "b", "q2": "b", "q3": "c"}
+    contexts = {
+        "q1": [("a2", 0.95), ("b1", 0.85)],
+        "q2": [("b1", 0.92)],
+        "q3": [("a2", 0.80)],  # nothing related: the nearest is another concept's
     }
-    one = purity([["a1", "a2", "b1", "b2"]], label)
-    assert one["purity"] == 0.5 and one["inverse_purity"] == 1.0
-    alone = purity([["a1"], ["a2"], ["b1"], ["b2"]], label)
-    assert alone["purity"] == 1.0 and alone["inverse_purity"] == 0.5
+    no_floor = context_figures(contexts, concept, -1.0)
+    assert no_floor["precision"] == pytest.approx(2 / 4) and no_floor["empty"] == 0.0
+    at = context_figures(contexts, concept, 0.9)
+    assert at["precision"] == 1.0 and at["empty"] == pytest.approx(1 / 3) and at["rows"] == 2
+    assert context_figures(contexts, concept, 0.99) == {
+        "floor": 0.99,
+        "precision": 1.0,
+        "empty": 1.0,
+        "rows": 0,
+    }
 
 
 def test_pairs_follow_from_the_groups(tmp_path):
@@ -90,5 +126,12 @@ def test_the_set_is_as_large_and_as_varied_as_promised():
     assert {"한국사", "정보처리기사", "생명과학", "행정법", "영어 어휘", "English"} <= subjects
     texts = [q.text for q in s.questions]
     assert len(set(texts)) == len(texts)  # no question twice
+    # concepts: at least 20 of at least 6 questions, Korean and English, every question one
+    sizes = Counter(q.concept for q in s.questions)
+    assert not any(q.concept.startswith("group ") for q in s.questions)
+    big = {c for c, n in sizes.items() if n >= 6}
+    assert len(big) >= 20
+    hangul = {c for c in big if any("가" <= ch <= "힣" for ch in c)}
+    assert len(hangul) >= 10 and len(big - hangul) >= 5
     for q in s.questions:
         assert len(set(q.choices)) == 4 and all(q.choices)

@@ -386,20 +386,20 @@ async def _what_it_finds(b: Bank, url: str, served: server.Served) -> None:
             _pair(e, sim, a, x)
 
     who = "alex"
-    members = sorted(
-        await b.clusters(users[who], 50, threshold=0.75), key=lambda m: (m.cluster, -m.similarity)
-    )
+    members = sorted(await b.clusters(users[who], 50), key=lambda m: (m.cluster, -m.similarity))
     _title(
         f"{who}'s wrong-answer clusters (study_embed.wrong_answer_clusters: the questions "
-        "last answered wrongly, grouped)"
+        "last answered wrongly, grouped by concept at the model's threshold)"
     )
     by_cluster: dict[int, list] = {}
+    names: dict[int, str] = {}
     for m in members:
         by_cluster.setdefault(m.cluster, []).append((m.similarity, m.question_text))
+        names[m.cluster] = m.cluster_name
     singles = [m for m in by_cluster.values() if len(m) == 1]
     for c, cluster in by_cluster.items():
         if len(cluster) > 1:
-            print(f"\n  cluster {c} ({len(cluster)} questions)")
+            print(f"\n  {names[c]} (cluster {c}, {len(cluster)} questions)")
             for sim, text in cluster[:6]:
                 print(f"    {sim:.3f}  {_cut(text)}")
             if len(cluster) > 6:
