@@ -142,7 +142,9 @@ CREATE TABLE study_embed.model_thresholds (
     duplicate_threshold real NOT NULL,
     cluster_threshold real DEFAULT 0.75 NOT NULL,
     chosen_by text NOT NULL,
+    context_threshold real,
     CONSTRAINT model_thresholds_cluster_threshold_check CHECK (((cluster_threshold > (0)::double precision) AND (cluster_threshold <= (1)::double precision))),
+    CONSTRAINT model_thresholds_context_threshold_check CHECK (((context_threshold > (0)::double precision) AND (context_threshold <= (1)::double precision))),
     CONSTRAINT model_thresholds_duplicate_threshold_check CHECK (((duplicate_threshold > (0)::double precision) AND (duplicate_threshold <= (1)::double precision))),
     CONSTRAINT model_thresholds_model_check CHECK ((model <> ''::text))
 );
@@ -152,6 +154,12 @@ CREATE TABLE study_embed.model_thresholds (
 --
 
 COMMENT ON TABLE study_embed.model_thresholds IS 'Thresholds per embedding model: near-duplicates (overrides settings.duplicate_threshold for rows whose embedding_model matches) and wrong-answer clusters; how each was chosen.';
+
+--
+-- Name: COLUMN model_thresholds.context_threshold; Type: COMMENT; Schema: study_embed; Owner: -
+--
+
+COMMENT ON COLUMN study_embed.model_thresholds.context_threshold IS 'explanation_context() returns no question less similar than this (NULL: no floor).';
 
 --
 -- Name: settings; Type: TABLE; Schema: study_embed; Owner: -
@@ -670,6 +678,8 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> boolean  SECURITY DEFINER  [010_state_machine.sql]
 -- study_embed._all(anyarray,anycompatible)
 --     -> anycompatiblearray  [030_counts.sql]
+-- study_embed._average_linkage(public.vector[],text[],real)
+--     -> integer[]  [080_clusters.sql]
 -- study_embed._check_batch(text,text[],integer[])
 --     -> void  [040_queue.sql]
 -- study_embed._check_batch_size(text,integer,integer)
@@ -682,6 +692,8 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> boolean  [040_queue.sql]
 -- study_embed._claimable()
 --     -> boolean  [020_wake.sql]
+-- study_embed._cluster_word(text)
+--     -> text  [080_clusters.sql]
 -- study_embed._cosine_distance(public.vector,public.vector)
 --     -> double precision  [060_search.sql]
 -- study_embed._count_live_moves(text,text,bigint)
@@ -706,6 +718,8 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> trigger  [010_state_machine.sql]
 -- study_embed._has_shadow()
 --     -> boolean  [046_generations.sql]
+-- study_embed._inner_product(public.vector,public.vector)
+--     -> double precision  [080_clusters.sql]
 -- study_embed._nearest(bigint,public.vector,integer,bigint,bigint,boolean)
 --     -> TABLE(id bigint, distance double precision)  [060_search.sql]
 -- study_embed._queue_unadopted()
@@ -718,6 +732,8 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> void  [046_generations.sql]
 -- study_embed._refuse_switch(text,bigint,boolean)
 --     -> void  [046_generations.sql]
+-- study_embed._representatives(public.vector[],integer[])
+--     -> TABLE(i integer, rep integer, similarity double precision)  [080_clusters.sql]
 -- study_embed._requeue(text,text,bigint,integer)
 --     -> TABLE(requeued bigint, next_after_id bigint)  [040_queue.sql]
 -- study_embed._set_actor(text)
@@ -730,6 +746,10 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> TABLE(what text)  [046_generations.sql]
 -- study_embed._tune_hnsw_scan(integer)
 --     -> void  [060_search.sql]
+-- study_embed._unit(public.vector)
+--     -> public.vector  [080_clusters.sql]
+-- study_embed._vector_add(public.vector,public.vector)
+--     -> public.vector  [080_clusters.sql]
 -- study_embed._vectors_differ(public.vector,public.vector)
 --     -> boolean  [010_state_machine.sql]
 -- study_embed._wake(text)
@@ -813,4 +833,4 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 -- study_embed.transition_allowed(text,text,text)
 --     -> boolean  [010_state_machine.sql]
 -- study_embed.wrong_answer_clusters(bigint,integer,real)
---     -> TABLE(cluster integer, representative_id bigint, question_id bigint, similarity double precision, question_text text, last_wrong_at timestamp with time zone)  [080_clusters.sql]
+--     -> TABLE(cluster integer, representative_id bigint, question_id bigint, similarity double precision, question_text text, last_wrong_at timestamp with time zone, cluster_name text)  [080_clusters.sql]
