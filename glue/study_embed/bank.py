@@ -122,6 +122,28 @@ class ContextRow:
 
 
 @dataclass(frozen=True)
+class Draft:
+    """A question being written, before it is saved: its text, its four choices and, when
+    known, the number of its correct choice (near-duplicates share their correct answer)."""
+
+    question: str
+    choices: tuple[str, str, str, str]
+    correct: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.question.strip():
+            raise ValueError("a draft needs its question's text")
+        if len(self.choices) != 4:
+            raise ValueError(f"a draft has four choices, not {len(self.choices)}")
+        if self.correct is not None and self.correct not in (1, 2, 3, 4):
+            raise ValueError(f"the correct choice is 1, 2, 3 or 4, not {self.correct}")
+
+    @property
+    def answer(self) -> str | None:
+        return None if self.correct is None else self.choices[self.correct - 1]
+
+
+@dataclass(frozen=True)
 class Pair:
     question_id: int
     duplicate_of: int
@@ -238,6 +260,21 @@ class Bank:
             "find_duplicates", user_id=user_id, query=query, threshold=threshold, answer=answer
         )
         return [Hit(*r) for r in rows]
+
+    async def check_draft(
+        self,
+        user_id: int,
+        embedders: EmbeddingClient | Sequence[EmbeddingClient],
+        draft: Draft,
+        threshold: float | None = None,
+    ) -> list[Hit]:
+        """The near-duplicates a draft would have in the user's bank, as the near-duplicate pass
+        would find them once it is saved: rendered by the pipeline's own renderer, embedded by
+        the served model, the model's threshold (else the setting) and, with the correct choice
+        known, the same-answer check.  Nothing is written."""
+        text = await self.render(draft.question, draft.choices)
+        vec = await self.embed_query(embedders, text)
+        return await self.find_duplicates(user_id, vec, threshold, draft.answer)
 
     async def similar(
         self, user_id: int, question_id: int, k: int = 10, same_topic: bool = False

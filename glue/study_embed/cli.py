@@ -436,15 +436,17 @@ def _cmd_search(cfg: Settings, args: argparse.Namespace) -> int:
     ),
 )
 def _cmd_check_duplicate(cfg: Settings, args: argparse.Namespace) -> int:
-    from .bank import Bank
+    from .bank import Bank, Draft
+
+    try:
+        draft = Draft(args.question, tuple(args.choices), args.correct)
+    except ValueError as e:
+        print(f"check-duplicate: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
     async def check(db):
-        bank = Bank(db)
-        text = await bank.render(args.question, args.choices)  # the pipeline's own renderer
-        answer = args.choices[args.correct - 1] if args.correct else None
         async with _embedding(cfg) as clients:
-            vec = await bank.embed_query(clients, text)
-        return await bank.find_duplicates(args.user, vec, args.threshold, answer)
+            return await Bank(db).check_draft(args.user, clients, draft, args.threshold)
 
     hits = asyncio.run(_with(_bank_db(cfg, "check-duplicate"), check))
     _print_hits(hits, f"no near-duplicates among user {args.user}'s questions")

@@ -182,6 +182,34 @@ def test_in_a_browser_search_open_dismiss_and_see_nothing_of_another_user(
         assert text not in page
 
 
+def test_in_a_browser_a_draft_shows_its_duplicate_while_it_is_typed(ui, drained, browser, db):
+    """Nothing is submitted: the page checks the draft after a pause in typing.  A rephrasing
+    of a's photosynthesis question shows it; the same question negated, whose answer is
+    another choice, shows nothing; nothing is saved."""
+    wait = WebDriverWait(browser, 15)
+    a = drained["a"]
+    rows = db.execute("SELECT count(*) FROM study_questions").fetchone()[0]
+    browser.get(f"{ui}/draft?user={a}")
+    question = browser.find_element(By.NAME, "question")
+    question.send_keys("광합성이 일어나는 세포 소기관은 어느 것인가?")
+    for i, choice in enumerate(KOREAN["photo"][1], 1):
+        browser.find_element(By.NAME, f"c{i}").send_keys(choice)
+    browser.find_element(By.CSS_SELECTOR, "input[name=correct][value='2']").click()  # 엽록체
+    link = f"#matches a[href='/questions/{drained['photo']}?user={a}']"
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, link)))
+    shown = browser.find_elements(By.CSS_SELECTOR, "#matches ol.hits li a")
+    assert [x.text for x in shown] == [KOREAN["photo"][0]]  # not b's copy
+    assert "/draft?user=" in browser.current_url and "correct=2" in browser.current_url
+
+    # one word away, another answer: no longer a duplicate
+    question.clear()
+    question.send_keys("광합성이 일어나지 않는 세포 소기관은?")
+    browser.find_element(By.CSS_SELECTOR, "input[name=correct][value='1']").click()  # 미토콘드리아
+    wait.until(ec.text_to_be_present_in_element((By.ID, "matches"), "중복 후보가 없습니다"))
+    assert browser.find_elements(By.CSS_SELECTOR, "#matches ol.hits li a") == []
+    assert db.execute("SELECT count(*) FROM study_questions").fetchone()[0] == rows
+
+
 def test_without_the_ui_extra_the_command_says_how_to_install_it(db_url, server):
     code = (
         "import sys; sys.modules['uvicorn'] = None; "  # as if the extra were not installed

@@ -180,6 +180,7 @@ def test_another_users_question_shows_nothing_of_it(ui, korean):
         ("/search", {"user": str(2**70)}, 400, "must be a positive id"),
         ("/search", {"user": "987654321"}, 404, "there is no user 987654321"),
         ("/clusters", {"user": "-3"}, 400, "must be a positive id"),
+        ("/draft", {"user": "1x"}, 400, "user must be a whole number"),
         ("/questions/abc", {"user": "1"}, 404, "Not Found"),
         ("/no-such-page", {}, 404, "Not Found"),
     ],
@@ -191,11 +192,13 @@ def test_bad_input_gets_a_page_that_says_what_is_wrong(ui, korean, path, params,
     assert says in r.text and 'role="alert"' in r.text
 
 
-def test_pages_forbid_scripts_and_frames_and_answer_only_to_loopback_names(ui, korean):
+def test_pages_forbid_foreign_scripts_and_frames_and_answer_only_to_loopback_names(ui, korean):
     r = ui.get("/", headers={})
     assert r.status_code == 200
-    assert "default-src 'none'" in r.headers["content-security-policy"]
-    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    # a script only from this origin (the draft page's file), never inline
+    assert "script-src 'self';" in csp and "unsafe" not in csp
     assert "<script" not in r.text
     assert ui.get("/", headers={"host": "attacker.example"}).status_code == 400
 
@@ -340,3 +343,56 @@ def test_a_database_that_is_down_gives_a_page_that_says_so(ui, korean, db):
         timeout=30,
         what="the UI to reach the database again",
     )
+
+
+# -- a draft, before it is saved -------------------------------------------------------------------
+
+REPHRASED = "광합성이 일어나는 세포 소기관은 어느 것인가?"  # PHOTO's question, put otherwise
+NEGATED = "광합성이 일어나지 않는 세포 소기관은?"  # one word away, another answer
+
+
+def _draft(ui, user: int, question: str, correct: int | None, choices=PHOTO[1]):
+    params = {"user": user, "question": question}
+    params |= {f"c{i}": c for i, c in enumerate(choices, 1)}
+    if correct is not None:
+        params["correct"] = correct
+    return ui.get("/draft", params=params)
+
+
+def test_a_draft_shows_its_near_duplicates_in_the_users_bank_and_saves_nothing(ui, korean, db):
+    before = db.execute("SELECT count(*), max(id) FROM study_questions").fetchone()
+    r = _draft(ui, korean["a"], REPHRASED, 2)  # 엽록체, as PHOTO
+    assert r.status_code == 200, r.text
+    assert question_links(r.text) == [korean["photo"]]  # not b's copy of the same question
+    assert 'data-state="checked"' in r.text and '<script src="/static/draft.js"' in r.text
+    # b sees b's own copy only
+    assert question_links(_draft(ui, korean["b"], REPHRASED, 2).text) == [korean["b_photo"]]
+    assert db.execute("SELECT count(*), max(id) FROM study_questions").fetchone() == before
+    # what was typed is kept in the form
+    assert f">{REPHRASED}</textarea>" in r.text and 'value="2" checked' in r.text
+
+
+def test_a_draft_one_word_away_with_another_answer_is_not_a_duplicate(ui, korean):
+    """The same-answer signal of the near-duplicate pass: the draft reads as close as a
+    rephrasing (it is shown when its answer is the same, or not given), but its correct
+    choice differs."""
+    a = korean["a"]
+    assert question_links(_draft(ui, a, NEGATED, 1).text) == []  # 미토콘드리아
+    assert question_links(_draft(ui, a, NEGATED, 2).text) == [korean["photo"]]
+    assert question_links(_draft(ui, a, NEGATED, None).text) == [korean["photo"]]
+
+
+def test_a_draft_page_without_a_question_checks_nothing(ui, korean, server):
+    r = ui.get("/draft", params={"user": korean["a"], "question": "   ", "c1": "x"})
+    assert r.status_code == 200 and 'data-state="empty"' in r.text
+    assert question_links(r.text) == [] and server.requests == []
+
+
+def test_a_draft_with_a_bad_answer_number_or_a_server_down_says_so(ui, korean, server):
+    r = _draft(ui, korean["a"], REPHRASED, 5)
+    assert r.status_code == 400 and "correct must be 1, 2, 3 or 4" in r.text
+    server.stop()
+    r = _draft(ui, korean["a"], REPHRASED, 2)
+    assert r.status_code == 503
+    assert f"the embedding server at {server.url} cannot embed the draft" in r.text
+    assert f">{REPHRASED}</textarea>" in r.text  # the draft is not lost

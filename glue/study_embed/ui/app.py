@@ -6,6 +6,9 @@ the connected role) and renders a template; nothing here builds SQL.
     /questions/ID?user=ID     a question, its most similar questions, its explanation context
     /duplicates?user=ID       open near-duplicate pairs; POST /duplicates/dismiss closes one
     /clusters?user=ID         the user's wrong-answer clusters
+    /draft?user=ID&question=TEXT&c1..c4=TEXT&correct=N
+                              a question being written: its near-duplicates in the user's bank
+                              (embedded, never inserted; re-checked while it is typed)
 
 Bad input, an unknown user, a question that is not the user's, a database or an embedding server
 that is down each get a page that says so, with a 4xx or 5xx status; nothing of a question is
@@ -32,7 +35,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ..bank import Bank, ModelMismatch, served_embedder
+from ..bank import Bank, Draft, ModelMismatch, served_embedder
 from ..database import DatabaseUnavailable, clean_text
 from ..embedders import ClientConfig, EmbeddingClient, EmbeddingError, make_client
 from ..settings import Settings
@@ -40,12 +43,15 @@ from ..settings import Settings
 log = logging.getLogger("study_embed.ui")
 HERE = Path(__file__).parent
 QUERY_LIMIT = 500  # characters of a search query
+DRAFT_LIMITS = {"question": 2000, "choice": 500}  # characters of a draft's question, a choice
 RESULTS = 10
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 HEADERS = {
-    # no script, no frames, forms only to this origin, nothing sent to other sites
+    # scripts and requests only from this origin (the draft page's), no frames, forms only to
+    # this origin, nothing sent to other sites
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -195,6 +201,51 @@ async def clusters(request: Request) -> Response:
     return _page(request, "clusters.html", user=user, clusters=list(groups.values()))
 
 
+async def draft(request: Request) -> Response:
+    """A draft's near-duplicates (Bank.check_draft): the draft is embedded, never inserted."""
+    bank: Bank = request.app.state.bank
+    user = await _user(request)
+    params = request.query_params
+    question = clean_text(params.get("question", ""), DRAFT_LIMITS["question"]).strip()
+    choices = tuple(
+        clean_text(params.get(f"c{i}", ""), DRAFT_LIMITS["choice"]).strip() for i in range(1, 5)
+    )
+    raw = params.get("correct", "")
+    if raw not in ("", "1", "2", "3", "4"):
+        raise PageError(400, "잘못된 입력", f"correct must be 1, 2, 3 or 4, not {raw!r}")
+    shown = {"question": question, "choices": choices, "correct": int(raw) if raw else None}
+    hits, error, state = [], None, "empty"
+    if question:
+        state = "checked"
+        if user.ready:
+            client = None
+            try:
+                client = served_embedder(request.app.state.embedders, await bank.served_model())
+                hits = await bank.check_draft(
+                    user.id, client, Draft(question, choices, shown["correct"])
+                )
+            except EmbeddingError as e:
+                where = client.config.url if client is not None else "?"
+                error = f"the embedding server at {where} cannot embed the draft: {e}"
+                log.warning("draft: embedding failed", extra={"fields": {"error": str(e)}})
+            except ModelMismatch as e:
+                error = str(e)
+                log.error(
+                    "draft: no embedder for the served model", extra={"fields": {"error": error}}
+                )
+    return _page(
+        request,
+        "draft.html",
+        code=503 if error else 200,
+        user=user,
+        draft=shown,
+        limits=DRAFT_LIMITS,
+        hits=hits,
+        error=error,
+        state=state,
+    )
+
+
 def _field(form, name: str) -> str | None:
     value = form.get(name)
     return value if isinstance(value, str) else None
@@ -298,6 +349,7 @@ def create_app(
             Route("/duplicates", duplicates),
             Route("/duplicates/dismiss", dismiss, methods=["POST"]),
             Route("/clusters", clusters),
+            Route("/draft", draft),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         # a page on loopback answers only to a loopback name (no DNS rebinding)
