@@ -277,7 +277,13 @@ def load(url: str, s: EvalSet) -> Loaded:
             keys: dict[int, tuple[int, str]] = {}
             for q in bank:
                 qid = add_question(
-                    conn, uid, tid, q.text, q.choices, q.correct, subject=q.subject,
+                    conn,
+                    uid,
+                    tid,
+                    q.text,
+                    q.choices,
+                    q.correct,
+                    subject=q.subject,
                     explanation=EXPLAINED,
                 )
                 keys[qid] = q.key

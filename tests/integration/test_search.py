@@ -572,13 +572,11 @@ def _average_linkage(vecs: np.ndarray, threshold: float, subjects=None) -> list[
     sims = unit_ @ unit_.T
     subjects = subjects or [None] * n
     close = sorted(
-        (
-            (-float(sims[i, j]), i, j)
-            for i in range(n)
-            for j in range(i + 1, n)
-            if sims[i, j] >= threshold
-            and (subjects[i] is None or subjects[j] is None or subjects[i] == subjects[j])
-        )
+        (-float(sims[i, j]), i, j)
+        for i in range(n)
+        for j in range(i + 1, n)
+        if sims[i, j] >= threshold
+        and (subjects[i] is None or subjects[j] is None or subjects[i] == subjects[j])
     )
     root, size, total = list(range(n)), [1] * n, [u.astype(np.float64) for u in unit_]
 
@@ -679,7 +677,7 @@ def test_clusters_keep_subjects_apart_and_are_named(bank, db):
     use; a question alone by its text (its first 60 characters)."""
     rng = np.random.default_rng(17)
     capital, symbol = unit(rng.standard_normal(1024)), unit(rng.standard_normal(1024))
-    near = lambda c: unit(c + 0.1 * rng.standard_normal(1024) / 32)  # noqa: E731
+    near = lambda c: unit(c + 0.1 * rng.standard_normal(1024) / 32)
     capitals = [
         bank.insert(q, subject="사회")
         for q in ("프랑스의 수도는?", "캐나다의 수도는 어디인가?", "브라질의 수도로 옳은 것은?")

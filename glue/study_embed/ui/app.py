@@ -207,13 +207,14 @@ async def draft(request: Request) -> Response:
     user = await _user(request)
     params = request.query_params
     question = clean_text(params.get("question", ""), DRAFT_LIMITS["question"]).strip()
-    choices = tuple(
+    c1, c2, c3, c4 = (
         clean_text(params.get(f"c{i}", ""), DRAFT_LIMITS["choice"]).strip() for i in range(1, 5)
     )
     raw = params.get("correct", "")
     if raw not in ("", "1", "2", "3", "4"):
         raise PageError(400, "잘못된 입력", f"correct must be 1, 2, 3 or 4, not {raw!r}")
-    shown = {"question": question, "choices": choices, "correct": int(raw) if raw else None}
+    correct = int(raw) if raw else None
+    shown = {"question": question, "choices": (c1, c2, c3, c4), "correct": correct}
     hits, error, state = [], None, "empty"
     if question:
         state = "checked"
@@ -222,7 +223,7 @@ async def draft(request: Request) -> Response:
             try:
                 client = served_embedder(request.app.state.embedders, await bank.served_model())
                 hits = await bank.check_draft(
-                    user.id, client, Draft(question, choices, shown["correct"])
+                    user.id, client, Draft(question, (c1, c2, c3, c4), correct)
                 )
             except EmbeddingError as e:
                 where = client.config.url if client is not None else "?"
