@@ -21,3 +21,14 @@ SELECT study_embed.served_model();
 -- the generations and how far each covers the live rows (counts the shadow slot's)
 SELECT slot, model, dimension, role, since, live, ready, failed
 FROM study_embed.generation_status();
+
+-- name: replica
+-- where a reader reads: on a standby, how far its replay is behind (seconds since the last
+-- replayed transaction's commit, bytes received and not yet replayed); on a primary, NULLs
+SELECT pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery()
+            THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::double precision
+       END,
+       CASE WHEN pg_is_in_recovery()
+            THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint
+       END;

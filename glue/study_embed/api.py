@@ -83,13 +83,14 @@ class AsyncStudyBank:
     def from_env(
         cls, environ: dict[str, str] | None = None, *, pool_size: int = 4
     ) -> AsyncStudyBank:
-        """From the settings every study-embed command reads (DATABASE_URL, EMBEDDING_*, and
-        NEXT_EMBEDDING_* during a model change); a bad one raises ConfigError."""
+        """From the settings every study-embed command reads (DATABASE_READ_URL, else
+        DATABASE_URL; EMBEDDING_*, and NEXT_EMBEDDING_* during a model change); a bad one
+        raises ConfigError.  Every read may be served by a streaming standby."""
         settings = Settings.resolve(None, "search", environ)
         configs = [ClientConfig.of(settings)]
         if (nxt := ClientConfig.next_of(settings)) is not None:
             configs.append(nxt)
-        return cls(settings.database_url, configs, pool_size=pool_size)
+        return cls(settings.read_url, configs, pool_size=pool_size)
 
     async def open(self) -> None:
         await self._db.open()

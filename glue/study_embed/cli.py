@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -59,16 +60,20 @@ async def _with(db: Database, work: Callable[[Any], Awaitable[T]]) -> T:
         await db.close()
 
 
-def _queue(cfg: Settings, app: str):
+def _queue(cfg: Settings, app: str, read: bool = False):
+    """The queue client: on the primary (DATABASE_URL), or with `read`, where the readers read
+    (DATABASE_READ_URL)."""
     from .queue import QueueClient
 
-    return QueueClient(cfg.database_url, max_size=1, app_name=f"study-embed {app}")
+    url = cfg.read_url if read else cfg.database_url
+    return QueueClient(url, max_size=1, app_name=f"study-embed {app}")
 
 
 def _bank_db(cfg: Settings, app: str) -> Database:
+    """The app's reads, where the readers read (DATABASE_READ_URL, else DATABASE_URL)."""
     from .bank import Bank
 
-    return Bank.database(cfg.database_url, max_size=1, app_name=f"study-embed {app}")
+    return Bank.database(cfg.read_url, max_size=1, app_name=f"study-embed {app}")
 
 
 # -- migrate ---------------------------------------------------------------------------------------
@@ -244,14 +249,28 @@ def _cmd_status(cfg: Settings, args: argparse.Namespace) -> int:
             await queue.status(),
             await queue.failures(args.errors),
             await queue.generation_status(),
+            await queue.replica(),
         )
 
-    rows, failures, generations = asyncio.run(_with(_queue(cfg, "status"), read))
+    rows, failures, generations, replica = asyncio.run(
+        _with(_queue(cfg, "status", read=True), read)
+    )
     if args.json:
         doc = _status_document(rows, failures)
         doc["generations"] = _generations_document(generations)
+        doc["replica"] = None if replica is None else dataclasses.asdict(replica)
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         return 0
+    if replica is not None:
+        lag = (
+            "no transaction replayed yet"
+            if replica.lag_seconds is None
+            else (f"last replayed commit {replica.lag_seconds:.1f} s ago")
+        )
+        print(
+            f"read from a standby: {lag}, {replica.replay_bytes_behind or 0} bytes received "
+            "and not yet replayed (the counts below are as of its replay)\n"
+        )
     _print_generations(generations)
     print()
     print(f"{'status':<8} {'live':>10} {'deleted':>8}  oldest waiting")

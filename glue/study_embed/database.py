@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -46,6 +47,16 @@ class DatabaseError(Exception):
     def __init__(self, message: str, sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A standby a reader reads from: seconds since the last replayed transaction committed on
+    the primary (None before the first; it also grows while the primary commits nothing) and
+    bytes received but not replayed yet."""
+
+    lag_seconds: float | None
+    replay_bytes_behind: int | None
 
 
 class DatabaseUnavailable(DatabaseError):
@@ -201,6 +212,11 @@ class Database:
     async def scalar(self, name: str, params: dict[str, Any] | None = None) -> Any:
         rows = await self.run(name, params)
         return rows[0][0] if rows else None
+
+    async def replica(self) -> Replica | None:
+        """On a standby, how far behind its replay is; None on a primary."""
+        [(standby, seconds, pending)] = await self.run("replica")
+        return Replica(seconds, pending) if standby else None
 
     async def ping(self) -> bool:
         """Does the database answer (one try, no retry)?"""

@@ -26,6 +26,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Settings:
     database_url: str = ""
+    database_read_url: str | None = None
     embedding_api: str = "tei"
     embedding_url: str = "http://127.0.0.1:8080"
     embedding_model: str = "BAAI/bge-m3"
@@ -95,6 +96,11 @@ class Settings:
                 "the next model must be another one"
             )
         return cls(**values)
+
+    @property
+    def read_url(self) -> str:
+        """Where the readers read: DATABASE_READ_URL, else DATABASE_URL."""
+        return self.database_read_url or self.database_url
 
 
 def default_of(name: str) -> Any:
@@ -180,10 +186,18 @@ ALL = (
     "ui",
 )
 DB = ALL
+READERS = ("status", "search", "check-duplicate", "ui")  # what may read from a standby
 EMBED = ("listen", "drain", "search", "check-duplicate", "ui")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", "PostgreSQL connection URL (required)", commands=DB),
+    Setting(
+        "DATABASE_READ_URL",
+        "where the readers read (a streaming standby, or several: postgresql://h1,h2/db?"
+        "target_session_attrs=prefer-standby); DATABASE_URL when unset.  The listener, the "
+        "tick and migrate always use DATABASE_URL, the primary",
+        commands=READERS,
+    ),
     Setting(
         "EMBEDDING_API",
         "embedding server protocol",

@@ -188,6 +188,56 @@ class Cluster:
             stdout=subprocess.DEVNULL,
         )
 
+    def standby(self, datadir: Path, port: int, synchronous: bool = False) -> Cluster:
+        """A streaming standby of this (running) cluster: pg_basebackup -R into `datadir`,
+        started on `port` with a socket directory of its own.  With `synchronous`, this cluster
+        waits for the standby to confirm every commit (synchronous_standby_names)."""
+        standby = Cluster(datadir=datadir, port=port)
+        for d in (datadir.parent, standby.sockdir):
+            d.mkdir(parents=True, exist_ok=True)
+            self._chown(d)
+        name = f"standby_{port}"
+        subprocess.run(
+            _run_user_cmd(
+                [
+                    str(pg_bindir() / "pg_basebackup"),
+                    "-D",
+                    str(datadir),
+                    "-R",  # standby.signal and primary_conninfo
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "-d",
+                    f"host={self.sockdir} port={self.port} user={SUPERUSER}"
+                    f" application_name={name}",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        with open(datadir / "postgresql.auto.conf", "a") as conf:
+            conf.write(f"unix_socket_directories = '{standby.sockdir}'\nhot_standby = on\n")
+        if synchronous:
+            import psycopg
+
+            with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+                conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{name}'")
+                conn.execute("ALTER SYSTEM SET synchronous_commit = on")
+                conn.execute("SELECT pg_reload_conf()")
+        standby.start()
+        return standby
+
+    def promote(self) -> None:
+        """End recovery: the standby becomes a primary."""
+        subprocess.run(
+            _run_user_cmd(
+                [str(pg_bindir() / "pg_ctl"), "-D", str(self.datadir), "-w", "-t", "60", "promote"]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
     def create_database(self, dbname: str) -> bool:
         import psycopg
         from psycopg import sql

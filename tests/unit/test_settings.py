@@ -70,3 +70,14 @@ def test_no_database_url_is_an_error_not_a_guess():
 def test_settings_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().batch_size = 3  # type: ignore[misc]
+
+
+def test_the_readers_read_where_database_read_url_says_and_the_listener_never_does():
+    env = {"DATABASE_URL": "postgresql://p/app", "DATABASE_READ_URL": "postgresql://s1,s2/app"}
+    for command in ("status", "search", "check-duplicate", "ui"):
+        assert Settings.resolve(None, command, env).read_url == "postgresql://s1,s2/app"
+    for command in ("listen", "drain", "migrate"):
+        cfg = Settings.resolve(None, command, env)
+        assert cfg.database_read_url is None and cfg.read_url == "postgresql://p/app"
+    alone = Settings.resolve(None, "search", {"DATABASE_URL": "postgresql://p/app"})
+    assert alone.read_url == "postgresql://p/app"

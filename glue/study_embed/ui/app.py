@@ -180,7 +180,7 @@ async def duplicates(request: Request) -> Response:
 
 async def dismiss(request: Request) -> Response:
     _same_origin(request)
-    bank: Bank = request.app.state.bank
+    bank: Bank = request.app.state.writer  # the one write: on the primary
     form = await request.form()
     user_id = _whole_number("user", _field(form, "user"))
     a = _whole_number("question_id", _field(form, "question_id"))
@@ -324,13 +324,24 @@ def create_app(
 ) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        db = Bank.database(settings.database_url, max_size=pool_size, app_name="study-embed ui")
+        # the pages read where the readers read (DATABASE_READ_URL: a standby); dismissing a
+        # pair, the one write, goes to the primary (DATABASE_URL)
+        db = Bank.database(settings.read_url, max_size=pool_size, app_name="study-embed ui")
         await db.open()
+        writer = db
+        if settings.read_url != settings.database_url:
+            writer = Bank.database(settings.database_url, max_size=1, app_name="study-embed ui")
+            try:
+                await writer.open()
+            except BaseException:
+                await db.close()
+                raise
         nxt = ClientConfig.next_of(settings)
         clients = [embedder or make_client(ClientConfig.of(settings))]
         clients += [make_client(nxt)] if nxt is not None else []
         try:
             app.state.bank = Bank(db, retry=False)  # a page says "down", it does not wait
+            app.state.writer = Bank(writer, retry=False)
             await check_role(app.state.bank)
             # a query is embedded by the one whose model the database serves
             app.state.embedders = clients
@@ -339,6 +350,8 @@ def create_app(
         finally:
             for client in clients:
                 await client.aclose()
+            if writer is not db:
+                await writer.close()
             await db.close()
 
     hosts = ["*"] if settings.ui_host not in LOOPBACK else [*LOOPBACK, "[::1]"]
