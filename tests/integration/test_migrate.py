@@ -10,6 +10,7 @@ import time
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from study_embed.migrate import MigrationError, Migrator
 from study_embed.sqlfiles import sql_dir
@@ -76,6 +77,39 @@ def test_from_scratch_twice_second_run_applies_nothing(empty_db):
     second = Migrator(empty_db, cron=False, log=logs.append).run()
     assert second.applied == [] and not second.idempotent and logs == []
     assert second.summary().startswith("migrate: nothing to apply")
+
+
+def test_a_migrate_keeps_the_mode_an_operator_gave_a_trigger(empty_db):
+    """CREATE OR REPLACE TRIGGER would put every trigger back to firing in origin mode: a
+    logical-replication subscriber that embeds for itself (ENABLE ALWAYS) would silently stop
+    queueing what it receives after the next upgrade."""
+    Migrator(empty_db, cron=False, log=lambda _m: None).run()
+    modes = {
+        "study_embed_guard_insert": "ENABLE ALWAYS",
+        "study_embed_guard_update": "ENABLE REPLICA",
+        "study_embed_count_insert": "DISABLE",
+    }
+    with psycopg.connect(empty_db, autocommit=True) as c:
+        for trigger, mode in modes.items():
+            c.execute(
+                sql.SQL("ALTER TABLE study_questions {} TRIGGER {}").format(
+                    sql.SQL(mode), sql.Identifier(trigger)
+                )
+            )
+    Migrator(empty_db, cron=False, log=lambda _m: None).run(force=True)
+    with psycopg.connect(empty_db) as c:
+        got = dict(
+            c.execute(
+                "SELECT tgname, tgenabled::text FROM pg_trigger"
+                " WHERE tgrelid = 'study_questions'::regclass AND NOT tgisinternal"
+            ).fetchall()
+        )
+    assert {k: got[k] for k in modes} == {
+        "study_embed_guard_insert": "A",
+        "study_embed_guard_update": "R",
+        "study_embed_count_insert": "D",
+    }
+    assert {v for k, v in got.items() if k not in modes} == {"O"}
 
 
 def test_indexes_are_the_seeds_hnsw_and_the_queue(empty_db):
