@@ -1,4 +1,6 @@
-"""Rows per second of `study-embed drain` against a zero-cost loopback embedding server.
+"""Rows per second of `study-embed drain` against a zero-cost loopback embedding server, and the
+CPU it costs per row: the listener's (the drain process and its children) and PostgreSQL's
+(every server process of the throwaway cluster, ended ones included).
 
     .venv/bin/python bench/drain_rate.py [--rows 10000] [--configs 10x1,50x2,...] [--no-index]
 
@@ -13,15 +15,38 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psycopg
 from common import LOAD, scratch_database
 
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.rows import add_topic, add_user
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(datadir: Path) -> float:
+    """CPU seconds of a cluster's processes so far: the postmaster's own, its ended children's
+    (reaped, in its cutime/cstime) and its live children's."""
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+
+    def times(pid: int, ended: bool) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return 0.0
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        return (utime + stime + (cutime + cstime if ended else 0)) / TICK
+
+    total = times(postmaster, True)
+    for child in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split():
+        total += times(int(child), False)
+    return total
 
 
 def main() -> None:
@@ -33,7 +58,7 @@ def main() -> None:
 
     server = EmbedServer(dim=1024)
     server.constant = True
-    with scratch_database() as (_, url):
+    with scratch_database() as (cluster, url):
         with psycopg.connect(url, autocommit=True) as conn:
             if args.no_index:
                 conn.execute("DROP INDEX study_questions_embedding_hnsw")
@@ -50,13 +75,17 @@ def main() -> None:
             f"drain of {args.rows} new rows, zero-cost embedder, HNSW index "
             f"{'dropped' if args.no_index else 'in place'}, {os.cpu_count()} CPUs"
         )
-        print(f"{'batch':>6} {'conc':>5} {'rows/s':>9} {'seconds':>8}")
+        print(
+            f"{'batch':>6} {'conc':>5} {'rows/s':>9} {'seconds':>8} {'listener ms/row':>16}"
+            f" {'postgres ms/row':>16}"
+        )
         for cfg in args.configs.split(","):
             batch, conc = (int(x) for x in cfg.split("x"))
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("TRUNCATE study_question_attempts, study_questions CASCADE")
                 conn.execute(LOAD, {"uid": uid, "tid": tid, "n": args.rows})
                 conn.execute("VACUUM ANALYZE study_questions")
+            pg0, me0 = server_cpu(cluster.datadir), resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.monotonic()
             r = subprocess.run(
                 [sys.executable, "-m", "study_embed.cli", "drain"],
@@ -65,10 +94,17 @@ def main() -> None:
                 env={**env, "BATCH_SIZE": str(batch), "CONCURRENCY": str(conc)},
             )
             wall = time.monotonic() - t0
+            pg = server_cpu(cluster.datadir) - pg0
+            me1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            listener = me1.ru_utime + me1.ru_stime - me0.ru_utime - me0.ru_stime
             m = re.search(r"embedded (\d+) rows in ([\d.]+) s", r.stderr)
             if r.returncode != 0 or not m or int(m.group(1)) != args.rows:
                 sys.exit(f"drain failed:\n{r.stderr}")
-            print(f"{batch:>6} {conc:>5} {args.rows / wall:>9.0f} {wall:>8.2f}", flush=True)
+            print(
+                f"{batch:>6} {conc:>5} {args.rows / wall:>9.0f} {wall:>8.2f}"
+                f" {listener * 1000 / args.rows:>16.3f} {pg * 1000 / args.rows:>16.3f}",
+                flush=True,
+            )
     server.stop()
 
 

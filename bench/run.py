@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 import adoption as adoption_bench
+import cpu_per_row as cpu_bench
 import faults as faults_bench
 import generations as generations_bench
 import psycopg
@@ -53,6 +54,9 @@ QUICK = {
     "adoption_rows": 100_000,
     "budget_rows": 5_000,
     "generation_rows": 20_000,
+    "cpu_rows": 20_000,
+    "cpu_configs": [(100, 1), (200, 2), (500, 2), (500, 4)],
+    "cpu_repeats": 1,
 }
 FULL = {
     "drain_rows": 20_000,
@@ -72,6 +76,9 @@ FULL = {
     "adoption_rows": 100_000,
     "budget_rows": 20_000,
     "generation_rows": 100_000,
+    "cpu_rows": 20_000,
+    "cpu_configs": [(100, 1), (200, 2), (500, 2), (500, 4), (1000, 2)],
+    "cpu_repeats": 2,
 }
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -516,6 +523,9 @@ def main() -> None:
         results["generations"] = generations_bench.run(
             p["generation_rows"], p["search_queries"], log
         )
+        results["cpu_per_row"] = cpu_bench.run(
+            p["cpu_rows"], p["cpu_configs"], cpu_bench.BASELINE, p["cpu_repeats"], log
+        )
     finally:
         server.stop()
     results["bench_cpu_s"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
@@ -680,6 +690,26 @@ def generation_rows(g: dict, during: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def cpu_rows(c: dict | None) -> list[tuple[str, str, str]]:
+    """CPU per embedded row by batch, the revision #26 was filed against beside this one."""
+    if not c:
+        return [("CPU per row, before / now", "skipped: no baseline revision in this clone", "")]
+    before, now = (c[k] for k in c)
+
+    def total(f: dict) -> str:
+        return f"{f['listener_ms'] + f['pg_ms']:.3f} ({f['pg_ms']:.3f})"
+
+    out = [
+        (
+            f"CPU ms per row, listener + PostgreSQL (PostgreSQL), {cfg}: {next(iter(c))} / now",
+            f"{total(before[cfg])} / {total(now[cfg])}",
+            "half; PostgreSQL at 500 <= at 100" if cfg == "500x4" else "",
+        )
+        for cfg in now
+    ]
+    return out
+
+
 def table(r: dict) -> str:
     d, ix, fr, cl, se = r["drain"], r["indexed"], r["freshness"], r["claim"], r["search"]
     best_key = max(
@@ -781,6 +811,7 @@ def table(r: dict) -> str:
     rows += fault_rows(r["faults"])
     rows += adoption_rows(r["adoption"])
     rows += generation_rows(r["generations"], r["writers"]["during_change"])
+    rows += cpu_rows(r["cpu_per_row"])
     w = [max(len(str(row[i])) for row in rows) for i in range(3)]
     lines = [f"| {a:<{w[0]}} | {b:<{w[1]}} | {c:<{w[2]}} |" for a, b, c in rows]
     lines.insert(1, f"|{'-' * (w[0] + 2)}|{'-' * (w[1] + 2)}|{'-' * (w[2] + 2)}|")

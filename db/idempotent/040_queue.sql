@@ -125,11 +125,18 @@ COMMENT ON FUNCTION study_embed.claim(integer, interval) IS
 -- The claim a queue call presents is still the row's current one: the row is pending under
 -- that token.  An edit of the text, a takeover after the lease expired, or an earlier outcome
 -- voids it.  complete(), fail() and release() act only on rows for which this holds.
+--
+-- One expression over the row and the presented claim, on purpose: written as `status =
+-- 'pending' AND ...`, the planner pushed the row-only half down to the table (where ANALYZE,
+-- run while nothing is in flight, sees no pending row), estimated one row, and chose a nested
+-- loop that re-read the whole batch, vectors and all, once per row: a batch of 500 cost its
+-- database more than twice per row what a batch of 100 did (BENCHMARKS.md).  As one CASE it is
+-- a join condition; the batch's ids lead the join.
 CREATE OR REPLACE FUNCTION study_embed._claim_is_current(status text, current_token uuid,
                                                          presented_token uuid)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN status = 'pending' AND current_token = presented_token;
+RETURN CASE WHEN status = 'pending' THEN current_token = presented_token ELSE false END;
 
 -- Store the embeddings of a claimed batch in one call, made by the served model (study_embed.
 -- generations, 046_generations.sql).  A row becomes ready only if its claim is still the

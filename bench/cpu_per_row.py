@@ -1,0 +1,199 @@
+"""The CPU one embedded row costs (the listener's and PostgreSQL's), by batch size and
+concurrency, for this checkout and for an earlier revision checked out beside it, in one run,
+interleaved: a `study-embed drain` of ROWS new rows against a zero-cost loopback server, no
+vector index (what is left is the pipeline's own work: claim, HTTP, JSON, complete, triggers).
+
+    .venv/bin/python bench/cpu_per_row.py [--rows 20000] [--configs 100x1,200x2,500x2,500x4]
+                                           [--baseline 6c0db04] [--repeats 2]
+
+Each revision gets a throwaway cluster of its own, migrated by its own code (`git archive` of its
+glue/ and db/ into a temporary directory, run with this checkout's virtualenv).  PostgreSQL's CPU
+is the cluster's (the postmaster and every backend it reaped); the listener's, the drain
+process's.  A benchmark: it prints, it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+from common import LOAD, ROOT, free_port
+
+from study_embed_dev.embed_server import EmbedServer
+from study_embed_dev.localdb import Cluster
+from study_embed_dev.rows import add_topic, add_user
+
+# the code #26 was filed against: the revision this session started from
+BASELINE = "6c0db04"
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """glue/ and db/ of `rev`, extracted under `into`; the directory to put on PYTHONPATH."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "glue", "db"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    tar = into / "code.tar"
+    tar.write_bytes(archive)
+    with tarfile.open(tar) as t:
+        t.extractall(into, filter="data")
+    return into / "glue"
+
+
+@contextlib.contextmanager
+def database(code: Path) -> Iterator[tuple[Cluster, str, dict]]:
+    """A throwaway cluster, its database migrated by the code at `code`; the environment that
+    runs that code."""
+    root = Path(tempfile.mkdtemp(prefix="study-embed-cpu-"))
+    os.chmod(root, 0o755)
+    cluster = Cluster(datadir=root / "data", port=free_port())
+    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{ROOT / 'glue'}"}
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.create_database("bench")
+        url = cluster.url("bench")
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from study_embed.migrate import Migrator; "
+                "Migrator(sys.argv[1], cron=False, log=lambda m: None).run()",
+                url,
+            ],
+            env=env,
+            check=True,
+        )
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute("DROP INDEX study_questions_embedding_hnsw")
+        yield cluster, url, env
+    finally:
+        cluster.destroy()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def server_cpu(cluster: Cluster) -> float:
+    pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / CLK  # utime stime cutime cstime
+
+
+def drain_once(
+    cluster: Cluster, url: str, env: dict, server: EmbedServer, batch: int, conc: int, rows: int
+) -> dict:
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("TRUNCATE study_question_attempts, study_questions CASCADE")
+        uid = add_user(c, f"cpu-{time.time_ns()}@example.com")
+        tid = add_topic(c, uid, "t")
+        c.execute(LOAD, {"uid": uid, "tid": tid, "n": rows})
+        c.execute("VACUUM ANALYZE study_questions")
+    pg0 = server_cpu(cluster)
+    t0 = time.monotonic()
+    p = subprocess.Popen(
+        [sys.executable, "-m", "study_embed.cli", "drain"],
+        env={
+            **env,
+            "DATABASE_URL": url,
+            "EMBEDDING_URL": server.url,
+            "EMBEDDING_API": "tei",
+            "LOG_LEVEL": "WARNING",
+            "BATCH_SIZE": str(batch),
+            "CONCURRENCY": str(conc),
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"drain failed:\n{p.stderr.read().decode() if p.stderr else ''}")
+    time.sleep(0.3)  # let the postmaster reap the backends
+    return {
+        "rows_per_s": rows / wall,
+        "listener_ms": (usage.ru_utime + usage.ru_stime) * 1000 / rows,
+        "pg_ms": (server_cpu(cluster) - pg0) * 1000 / rows,
+    }
+
+
+def run(rows: int, configs: list[tuple[int, int]], baseline: str, repeats: int, log) -> dict | None:
+    """{revision: {"BxC": {figure: median}}}, or None when `baseline` cannot be checked out
+    (a shallow clone)."""
+    server = EmbedServer(dim=1024)
+    server.constant = True
+    tmp = Path(tempfile.mkdtemp(prefix="study-embed-baseline-"))
+    try:
+        try:
+            old = checkout(baseline, tmp)
+        except subprocess.CalledProcessError:
+            log(f"cpu per row: revision {baseline} is not in this clone: section skipped")
+            return None
+        codes = {f"before ({baseline})": old, "now": ROOT / "glue"}
+        out: dict = {name: {} for name in codes}
+        with contextlib.ExitStack() as stack:
+            dbs = {name: stack.enter_context(database(code)) for name, code in codes.items()}
+            for batch, conc in configs:
+                runs: dict[str, list[dict]] = {name: [] for name in codes}
+                for _ in range(repeats):
+                    for name, (cluster, url, env) in dbs.items():  # interleaved
+                        runs[name].append(drain_once(cluster, url, env, server, batch, conc, rows))
+                for name, rs in runs.items():
+                    fig = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+                    out[name][f"{batch}x{conc}"] = fig
+                    log(
+                        f"cpu per row, {name}, batch {batch} x {conc}: "
+                        f"{fig['rows_per_s']:.0f} rows/s, listener {fig['listener_ms']:.3f} ms, "
+                        f"PostgreSQL {fig['pg_ms']:.3f} ms"
+                    )
+        return out
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def table(out: dict) -> str:
+    names = list(out)
+    lines = [
+        "CPU per embedded row, ms (listener + PostgreSQL = total), zero-cost server, no vector "
+        "index",
+        f"{'batch x conc':<13}" + "".join(f"{n:>34}" for n in names),
+    ]
+    for cfg in out[names[0]]:
+        cells = []
+        for n in names:
+            f = out[n][cfg]
+            cells.append(
+                f"{f['listener_ms']:.3f} + {f['pg_ms']:.3f} = {f['listener_ms'] + f['pg_ms']:.3f}"
+                f" ({f['rows_per_s']:.0f}/s)"
+            )
+        lines.append(f"{cfg:<13}" + "".join(f"{c:>34}" for c in cells))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--configs", default="100x1,200x2,500x2,500x4")
+    ap.add_argument("--baseline", default=BASELINE)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
+    out = run(args.rows, configs, args.baseline, args.repeats, lambda m: print(m, flush=True))
+    if out:
+        print(table(out))
+
+
+if __name__ == "__main__":
+    main()
