@@ -30,6 +30,7 @@ import cpu_per_row as cpu_bench
 import faults as faults_bench
 import generations as generations_bench
 import psycopg
+import scale_out as scale_bench
 import search as search_bench
 import writers as writers_bench
 from common import LOAD_MANY, ROOT, add_users, free_port, scratch_database
@@ -57,6 +58,8 @@ QUICK = {
     "cpu_rows": 20_000,
     "cpu_configs": [(100, 1), (200, 2), (500, 2), (500, 4)],
     "cpu_repeats": 1,
+    "scale_rows": 20_000,
+    "scale_listeners": [1, 2, 4, 8],
 }
 FULL = {
     "drain_rows": 20_000,
@@ -79,6 +82,8 @@ FULL = {
     "cpu_rows": 20_000,
     "cpu_configs": [(100, 1), (200, 2), (500, 2), (500, 4), (1000, 2)],
     "cpu_repeats": 2,
+    "scale_rows": 100_000,
+    "scale_listeners": [1, 2, 4, 8],
 }
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -526,6 +531,9 @@ def main() -> None:
         results["cpu_per_row"] = cpu_bench.run(
             p["cpu_rows"], p["cpu_configs"], cpu_bench.BASELINE, p["cpu_repeats"], log
         )
+        results["scale_out"] = scale_bench.run(
+            p["scale_rows"], p["scale_listeners"], batch=8, concurrency=1, delay=0.02, log=log
+        )
     finally:
         server.stop()
     results["bench_cpu_s"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
@@ -710,6 +718,23 @@ def cpu_rows(c: dict | None) -> list[tuple[str, str, str]]:
     return out
 
 
+def scale_rows(s: dict) -> list[tuple[str, str, str]]:
+    """Listeners that scale out: rows/s by listener processes, and the cores they took."""
+    runs = [v for k, v in s.items() if k.isdigit()]
+    one = runs[0]["rows_per_s"]
+    return [
+        (
+            f"scale-out, {s['rows']:,} rows, server {s['delay_s'] * 1000:.0f} ms per request, "
+            f"{r['listeners']} listener(s) of batch {s['batch']}: rows/s (x one), embedded "
+            "twice; cores: listeners + PostgreSQL",
+            f"{r['rows_per_s']:.0f} ({r['rows_per_s'] / one:.2f}x), {r['embedded_twice']}; "
+            f"{r['cores_listeners']:.2f} + {r['cores_postgres']:.2f}",
+            ">= 3.5x at 4, 0 twice" if r["listeners"] == 4 else "0 twice",
+        )
+        for r in runs
+    ]
+
+
 def table(r: dict) -> str:
     d, ix, fr, cl, se = r["drain"], r["indexed"], r["freshness"], r["claim"], r["search"]
     best_key = max(
@@ -812,6 +837,7 @@ def table(r: dict) -> str:
     rows += adoption_rows(r["adoption"])
     rows += generation_rows(r["generations"], r["writers"]["during_change"])
     rows += cpu_rows(r["cpu_per_row"])
+    rows += scale_rows(r["scale_out"])
     w = [max(len(str(row[i])) for row in rows) for i in range(3)]
     lines = [f"| {a:<{w[0]}} | {b:<{w[1]}} | {c:<{w[2]}} |" for a, b, c in rows]
     lines.insert(1, f"|{'-' * (w[0] + 2)}|{'-' * (w[1] + 2)}|{'-' * (w[2] + 2)}|")
