@@ -1,7 +1,8 @@
 """The CPU one embedded row costs (the listener's and PostgreSQL's), by batch size and
-concurrency, for this checkout and for an earlier revision checked out beside it, in one run,
-interleaved: a `study-embed drain` of ROWS new rows against a zero-cost loopback server, no
-vector index (what is left is the pipeline's own work: claim, HTTP, JSON, complete, triggers).
+concurrency, for this checkout and for an earlier revision checked out beside it, each with
+TEI's protocol and the OpenAI one, in one run, interleaved: a `study-embed drain` of ROWS new
+rows against a zero-cost loopback server, no vector index (what is left is the pipeline's own
+work: claim, HTTP, JSON, complete, triggers).
 
     .venv/bin/python bench/cpu_per_row.py [--rows 20000] [--configs 100x1,200x2,500x2,500x4]
                                            [--baseline 6c0db04] [--repeats 2]
@@ -92,7 +93,14 @@ def server_cpu(cluster: Cluster) -> float:
 
 
 def drain_once(
-    cluster: Cluster, url: str, env: dict, server: EmbedServer, batch: int, conc: int, rows: int
+    cluster: Cluster,
+    url: str,
+    env: dict,
+    server: EmbedServer,
+    batch: int,
+    conc: int,
+    rows: int,
+    api: str = "tei",
 ) -> dict:
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("TRUNCATE study_question_attempts, study_questions CASCADE")
@@ -108,7 +116,7 @@ def drain_once(
             **env,
             "DATABASE_URL": url,
             "EMBEDDING_URL": server.url,
-            "EMBEDDING_API": "tei",
+            "EMBEDDING_API": api,
             "LOG_LEVEL": "WARNING",
             "BATCH_SIZE": str(batch),
             "CONCURRENCY": str(conc),
@@ -141,19 +149,25 @@ def run(rows: int, configs: list[tuple[int, int]], baseline: str, repeats: int, 
             log(f"cpu per row: revision {baseline} is not in this clone: section skipped")
             return None
         codes = {f"before ({baseline})": old, "now": ROOT / "glue"}
-        out: dict = {name: {} for name in codes}
+        # each revision with TEI's protocol (JSON numbers) and the OpenAI one (JSON numbers
+        # before, base64 now)
+        variants = [(f"{name}, {api}", name, api) for name in codes for api in ("tei", "openai")]
+        out: dict = {label: {} for label, _, _ in variants}
         with contextlib.ExitStack() as stack:
             dbs = {name: stack.enter_context(database(code)) for name, code in codes.items()}
             for batch, conc in configs:
-                runs: dict[str, list[dict]] = {name: [] for name in codes}
+                runs: dict[str, list[dict]] = {label: [] for label, _, _ in variants}
                 for _ in range(repeats):
-                    for name, (cluster, url, env) in dbs.items():  # interleaved
-                        runs[name].append(drain_once(cluster, url, env, server, batch, conc, rows))
-                for name, rs in runs.items():
+                    for label, name, api in variants:  # interleaved
+                        cluster, url, env = dbs[name]
+                        runs[label].append(
+                            drain_once(cluster, url, env, server, batch, conc, rows, api)
+                        )
+                for label, rs in runs.items():
                     fig = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-                    out[name][f"{batch}x{conc}"] = fig
+                    out[label][f"{batch}x{conc}"] = fig
                     log(
-                        f"cpu per row, {name}, batch {batch} x {conc}: "
+                        f"cpu per row, {label}, batch {batch} x {conc}: "
                         f"{fig['rows_per_s']:.0f} rows/s, listener {fig['listener_ms']:.3f} ms, "
                         f"PostgreSQL {fig['pg_ms']:.3f} ms"
                     )
@@ -168,7 +182,7 @@ def table(out: dict) -> str:
     lines = [
         "CPU per embedded row, ms (listener + PostgreSQL = total), zero-cost server, no vector "
         "index",
-        f"{'batch x conc':<13}" + "".join(f"{n:>34}" for n in names),
+        f"{'batch x conc':<13}" + "".join(f"{n:>36}" for n in names),
     ]
     for cfg in out[names[0]]:
         cells = []
@@ -178,7 +192,7 @@ def table(out: dict) -> str:
                 f"{f['listener_ms']:.3f} + {f['pg_ms']:.3f} = {f['listener_ms'] + f['pg_ms']:.3f}"
                 f" ({f['rows_per_s']:.0f}/s)"
             )
-        lines.append(f"{cfg:<13}" + "".join(f"{c:>34}" for c in cells))
+        lines.append(f"{cfg:<13}" + "".join(f"{c:>36}" for c in cells))
     return "\n".join(lines)
 
 

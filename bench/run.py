@@ -702,20 +702,19 @@ def cpu_rows(c: dict | None) -> list[tuple[str, str, str]]:
     """CPU per embedded row by batch, the revision #26 was filed against beside this one."""
     if not c:
         return [("CPU per row, before / now", "skipped: no baseline revision in this clone", "")]
-    before, now = (c[k] for k in c)
+    labels = list(c)
 
     def total(f: dict) -> str:
         return f"{f['listener_ms'] + f['pg_ms']:.3f} ({f['pg_ms']:.3f})"
 
-    out = [
+    return [
         (
-            f"CPU ms per row, listener + PostgreSQL (PostgreSQL), {cfg}: {next(iter(c))} / now",
-            f"{total(before[cfg])} / {total(now[cfg])}",
+            f"CPU ms per row, listener + PostgreSQL (PostgreSQL), {cfg}: " + " / ".join(labels),
+            " / ".join(total(c[label][cfg]) for label in labels),
             "half; PostgreSQL at 500 <= at 100" if cfg == "500x4" else "",
         )
-        for cfg in now
+        for cfg in c[labels[0]]
     ]
-    return out
 
 
 def scale_rows(s: dict) -> list[tuple[str, str, str]]:

@@ -16,6 +16,7 @@ continuously; 429 with Retry-After and x-ratelimit-* headers), with
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import socket
@@ -25,6 +26,8 @@ import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import numpy as np
 
 from study_embed.worker import PROBE_TEXT
 
@@ -61,6 +64,11 @@ class Budget:
     def wait_for(self, amount: float) -> float:
         self.refill()
         return 0.0 if self.level >= amount else (amount - self.level) * 60 / self.per_minute
+
+
+def _base64(vector) -> str:
+    """A vector as OpenAI's base64 encoding_format sends it: float32 bytes, little-endian."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
 
 
 class EmbedServer:
@@ -240,7 +248,11 @@ class EmbedServer:
             return h._send(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
         if self.constant and mode is None:
             return h._send(
-                200, self._constant_reply(texts, path, body.get("model")), headers=limits
+                200,
+                self._constant_reply(
+                    texts, path, body.get("model"), body.get("encoding_format") == "base64"
+                ),
+                headers=limits,
             )
         vectors = [self.vector(t, self.dim).tolist() for t in texts]
         if mode == "wrong_count":
@@ -259,6 +271,11 @@ class EmbedServer:
         if path == "/embed":
             payload = vectors
         elif path == "/v1/embeddings":
+            # base64 when asked for (float32, little-endian), unless misbehaving: a vector that
+            # holds a string or a boolean can only be sent as numbers (a server that ignores
+            # encoding_format does the same)
+            if body.get("encoding_format") == "base64" and mode not in ("strings", "bools"):
+                vectors = [_base64(v) for v in vectors]
             # OpenAI-compatible servers may answer in any order: reversed, to be sure
             payload = {
                 "object": "list",
@@ -273,15 +290,18 @@ class EmbedServer:
             payload = {"model": body.get("model"), "embeddings": vectors}
         h._send(200, json.dumps(payload).encode(), headers=limits)
 
-    def _constant_reply(self, texts: list[str], path: str, model) -> bytes:
+    def _constant_reply(self, texts: list[str], path: str, model, b64: bool = False) -> bytes:
         """4,096 distinct pre-encoded unit vectors, picked by a hash of the text: distinct
         enough for an HNSW index to do its real work, cheap enough to measure the pipeline."""
         pool = getattr(self, "_pool", None)
         if pool is None:
-            pool = self._pool = [
-                json.dumps(vector_for(f"pool {i}", self.dim).tolist()) for i in range(4096)
-            ]
-        vs = [pool[zlib.crc32(t.encode()) % len(pool)] for t in texts]
+            vectors = [vector_for(f"pool {i}", self.dim) for i in range(4096)]
+            pool = self._pool = {
+                False: [json.dumps(v.tolist()) for v in vectors],
+                True: [json.dumps(_base64(v)) for v in vectors],
+            }
+        chosen = pool[b64 and path == "/v1/embeddings"]
+        vs = [chosen[zlib.crc32(t.encode()) % len(chosen)] for t in texts]
         if path == "/embed":
             return ("[" + ",".join(vs) + "]").encode()
         if path == "/v1/embeddings":

@@ -4,6 +4,7 @@ MockTransport answers in-process)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import httpx
@@ -128,6 +129,34 @@ def test_openai_replies_are_sorted_by_index():
 
     a, b = embed("openai", handler)
     assert a.tolist() == [1.0, 0.0] and b.tolist() == [0.0, 1.0]
+
+
+def test_openai_vectors_are_asked_for_and_read_as_base64_and_numbers_still_read():
+    asked = []
+    b64 = base64.b64encode(np.array([0.25, -1.5, 3.0], dtype="<f4").tobytes()).decode()
+
+    def handler(request):
+        asked.append(json.loads(request.content)["encoding_format"])
+        return httpx.Response(
+            200,
+            json={
+                "data": [
+                    {"index": 0, "embedding": b64},
+                    {"index": 1, "embedding": [0.5, 0.5, 0.0]},  # a server that ignores it
+                ]
+            },
+        )
+
+    a, b = embed("openai", handler)
+    assert asked == ["base64"]
+    assert a.dtype == np.float32 and a.tolist() == [0.25, -1.5, 3.0]
+    assert a.flags.writeable and b.tolist() == [0.5, 0.5, 0.0]
+
+
+@pytest.mark.parametrize("bad", ["not base64!", base64.b64encode(b"\x00\x00\x80").decode(), ""])
+def test_a_broken_base64_vector_makes_the_reply_unusable(bad):
+    body = {"data": [{"index": 0, "embedding": bad}, {"index": 1, "embedding": bad}]}
+    assert disposition("openai", answer(200, body)) is Disposition.BACK_OFF
 
 
 def test_requests_are_cut_at_max_inputs():

@@ -311,17 +311,23 @@ _NUMBER = {float, int}
 
 def parse_vectors(raw: list[Any]) -> list[np.ndarray]:
     """JSON arrays of numbers to float32 rows.  Strictly numbers: a string such as "0.1" or a
-    boolean in a vector makes the whole reply unusable (numpy would quietly convert both)."""
-    for v in raw:
+    boolean in a vector makes the whole reply unusable (numpy would quietly convert both).
+    Rows a protocol already decoded (base64: float32 arrays) pass as they are."""
+    decoded = [isinstance(v, np.ndarray) for v in raw]
+    if raw and all(decoded):
+        return list(raw)
+    for v, done in zip(raw, decoded, strict=True):
+        if done:
+            continue
         if type(v) is not list or not v:
             raise _unusable("an embedding is not a non-empty list of numbers")
         kinds = set(map(type, v))
         if not kinds <= _NUMBER:
             odd = sorted(k.__name__ for k in kinds - _NUMBER)
             raise _unusable(f"an embedding holds {', '.join(odd)} values, not only numbers")
-    if len({len(v) for v in raw}) == 1:
+    if not any(decoded) and len({len(v) for v in raw}) == 1:
         return list(np.asarray(raw, dtype=np.float32))
-    return [np.asarray(v, dtype=np.float32) for v in raw]  # ragged: checked per row
+    return [np.asarray(v, dtype=np.float32) for v in raw]  # ragged or mixed: checked per row
 
 
 async def embed_query(client: EmbeddingClient, text: str) -> np.ndarray:

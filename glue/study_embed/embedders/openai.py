@@ -1,6 +1,17 @@
-"""OpenAI-compatible servers (OpenAI, vLLM, Infinity, LiteLLM, TEI's and Ollama's /v1 routes)."""
+"""OpenAI-compatible servers (OpenAI, vLLM, Infinity, LiteLLM, TEI's and Ollama's /v1 routes).
+
+Vectors are asked for as base64 (`encoding_format: "base64"`: the float32 bytes, little-endian),
+a quarter of the bytes of JSON numbers and decoded without parsing a number: most of what the
+listener spends per row went on reading and parsing JSON floats (BENCHMARKS.md).  A server that
+ignores the field and answers with numbers is read as before.
+"""
 
 from __future__ import annotations
+
+import base64
+import binascii
+
+import numpy as np
 
 from .base import EmbeddingClient
 
@@ -12,7 +23,7 @@ class OpenAIClient(EmbeddingClient):
     health_path = "/v1/models"
 
     def payload(self, texts):
-        return {"model": self.config.model, "input": texts, "encoding_format": "float"}
+        return {"model": self.config.model, "input": texts, "encoding_format": "base64"}
 
     def vectors(self, data):
         items = data["data"]
@@ -21,7 +32,20 @@ class OpenAIClient(EmbeddingClient):
         indexes = [it["index"] for it in items]
         if sorted(indexes) != list(range(len(items))):
             raise ValueError(f"indexes are not 0..{len(items) - 1}: {indexes[:10]}")
-        return [it["embedding"] for it in sorted(items, key=lambda it: it["index"])]
+        return [_decoded(it["embedding"]) for it in sorted(items, key=lambda it: it["index"])]
 
     def usage(self, data):
         return data["usage"]["prompt_tokens"]
+
+
+def _decoded(embedding):
+    """A base64 embedding as float32 (copied: writable, aligned); numbers as they came."""
+    if not isinstance(embedding, str):
+        return embedding
+    try:
+        raw = base64.b64decode(embedding, validate=True)
+    except binascii.Error as e:
+        raise ValueError(f"an embedding is not valid base64: {e}") from None
+    if not raw or len(raw) % 4:
+        raise ValueError(f"a base64 embedding of {len(raw)} bytes is not float32 values")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
