@@ -3,7 +3,7 @@
 Vectors are asked for as base64 (`encoding_format: "base64"`: the float32 bytes, little-endian),
 a quarter of the bytes of JSON numbers and decoded without parsing a number: most of what the
 listener spends per row went on reading and parsing JSON floats (BENCHMARKS.md).  A server that
-ignores the field and answers with numbers is read as before.
+ignores the field and answers with numbers (TEI's /v1 route) is read as before.
 """
 
 from __future__ import annotations
