@@ -29,11 +29,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-from common import LOAD, ROOT, free_port
+from common import ROOT, free_port, fresh_rows
 
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.localdb import Cluster
-from study_embed_dev.rows import add_topic, add_user
 
 # the code #26 was filed against: the revision this session started from
 BASELINE = "6c0db04"
@@ -102,12 +101,7 @@ def drain_once(
     rows: int,
     api: str = "tei",
 ) -> dict:
-    with psycopg.connect(url, autocommit=True) as c:
-        c.execute("TRUNCATE study_question_attempts, study_questions CASCADE")
-        uid = add_user(c, f"cpu-{time.time_ns()}@example.com")
-        tid = add_topic(c, uid, "t")
-        c.execute(LOAD, {"uid": uid, "tid": tid, "n": rows})
-        c.execute("VACUUM ANALYZE study_questions")
+    fresh_rows(url, rows)
     pg0 = server_cpu(cluster)
     t0 = time.monotonic()
     p = subprocess.Popen(

@@ -26,10 +26,9 @@ from collections import Counter
 from pathlib import Path
 
 import psycopg
-from common import LOAD, scratch_database
+from common import fresh_rows, scratch_database
 
 from study_embed_dev.embed_server import EmbedServer
-from study_embed_dev.rows import add_topic, add_user
 
 CLK = os.sysconf("SC_CLK_TCK")
 PROBE = "dimension probe"
@@ -54,12 +53,7 @@ def process_cpu(pid: int) -> float:
 
 
 def one_run(cluster, url: str, server: EmbedServer, n: int, rows: int, args) -> dict:
-    with psycopg.connect(url, autocommit=True) as c:
-        c.execute("TRUNCATE study_question_attempts, study_questions CASCADE")
-        uid = add_user(c, f"scale-{time.time_ns()}@example.com")
-        tid = add_topic(c, uid, "t")
-        c.execute(LOAD, {"uid": uid, "tid": tid, "n": rows})
-        c.execute("VACUUM ANALYZE study_questions")
+    fresh_rows(url, rows)
     with server.lock:
         server.requests.clear()
     env = {

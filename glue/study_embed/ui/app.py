@@ -18,7 +18,7 @@ shown to a user it does not belong to.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ..bank import Bank, Draft, ModelMismatch, served_embedder
+from ..bank import Bank, Draft, Hit, ModelMismatch, served_embedder
 from ..database import DatabaseUnavailable, clean_text
 from ..embedders import ClientConfig, EmbeddingClient, EmbeddingError, make_client
 from ..settings import Settings
@@ -105,6 +105,25 @@ async def _user(request: Request):
 # -- pages ---------------------------------------------------------------------------------------
 
 
+async def _embedded(
+    request: Request, page: str, what: str, read: Callable[[EmbeddingClient], Awaitable[list]]
+) -> tuple[list, str | None]:
+    """`read` with the embedder of the model the database serves: its rows, or what to say on
+    the page (the server cannot embed `what`; no embedder has the served model)."""
+    bank: Bank = request.app.state.bank
+    client = None
+    try:
+        client = served_embedder(request.app.state.embedders, await bank.served_model())
+        return await read(client), None
+    except EmbeddingError as e:
+        where = client.config.url if client is not None else "?"
+        log.warning(f"{page}: embedding failed", extra={"fields": {"error": str(e)}})
+        return [], f"the embedding server at {where} cannot embed the {what}: {e}"
+    except ModelMismatch as e:
+        log.error(f"{page}: no embedder for the served model", extra={"fields": {"error": str(e)}})
+        return [], str(e)
+
+
 async def index(request: Request) -> Response:
     bank: Bank = request.app.state.bank
     return _page(
@@ -120,21 +139,12 @@ async def search(request: Request) -> Response:
     bank: Bank = request.app.state.bank
     user = await _user(request)
     q = clean_text(request.query_params.get("q", ""), QUERY_LIMIT).strip()
-    hits, error = [], None
+    hits: list[Hit] = []
+    error: str | None = None
     if q and user.ready:
-        client = None
-        try:
-            client = served_embedder(request.app.state.embedders, await bank.served_model())
-            hits = await bank.search(user.id, client, q, RESULTS)
-        except EmbeddingError as e:
-            where = client.config.url if client is not None else "?"
-            error = f"the embedding server at {where} cannot embed the query: {e}"
-            log.warning("search: embedding failed", extra={"fields": {"error": str(e)}})
-        except ModelMismatch as e:
-            error = str(e)
-            log.error(
-                "search: no embedder for the served model", extra={"fields": {"error": error}}
-            )
+        hits, error = await _embedded(
+            request, "search", "query", lambda client: bank.search(user.id, client, q, RESULTS)
+        )
     return _page(
         request,
         "search.html",
@@ -215,25 +225,16 @@ async def draft(request: Request) -> Response:
         raise PageError(400, "잘못된 입력", f"correct must be 1, 2, 3 or 4, not {raw!r}")
     correct = int(raw) if raw else None
     shown = {"question": question, "choices": (c1, c2, c3, c4), "correct": correct}
-    hits, error, state = [], None, "empty"
+    hits: list[Hit] = []
+    error: str | None = None
+    state = "empty"
     if question:
         state = "checked"
         if user.ready:
-            client = None
-            try:
-                client = served_embedder(request.app.state.embedders, await bank.served_model())
-                hits = await bank.check_draft(
-                    user.id, client, Draft(question, (c1, c2, c3, c4), correct)
-                )
-            except EmbeddingError as e:
-                where = client.config.url if client is not None else "?"
-                error = f"the embedding server at {where} cannot embed the draft: {e}"
-                log.warning("draft: embedding failed", extra={"fields": {"error": str(e)}})
-            except ModelMismatch as e:
-                error = str(e)
-                log.error(
-                    "draft: no embedder for the served model", extra={"fields": {"error": error}}
-                )
+            written = Draft(question, (c1, c2, c3, c4), correct)
+            hits, error = await _embedded(
+                request, "draft", "draft", lambda client: bank.check_draft(user.id, client, written)
+            )
     return _page(
         request,
         "draft.html",
