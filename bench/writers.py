@@ -384,33 +384,35 @@ def bench_graph_inserts(url: str, log) -> dict:
     return out
 
 
-# 25 topics: each vector is its topic's centre plus noise, about 0.8 cosine within a topic (so
-# at bge-m3's cluster threshold 0.75 each topic's questions are close pairs, 4,750 of them)
+# topics: each vector its topic's centre plus noise, about 0.8 cosine within a topic (so at
+# bge-m3's cluster threshold 0.75 each topic's questions are close pairs: 4,750 of them with 25
+# topics of 20, all 124,750 with one topic of 500, a learner who misses one kind of question)
 TOPIC_VECTORS = """
 WITH centre AS (
     SELECT t, array_agg(random() - 0.5 ORDER BY k) AS c
-    FROM generate_series(0, 24) t, generate_series(1, 1024) k GROUP BY t)
+    FROM generate_series(0, %(topics)s - 1) t, generate_series(1, 1024) k GROUP BY t)
 UPDATE seed.study_questions s
 SET embedding = (SELECT array_agg(c.c[k] + 0.5 * (random() - 0.5) ORDER BY k)::vector(1024)
-                 FROM centre c, generate_series(1, 1024) k WHERE c.t = s.id %% 25)
+                 FROM centre c, generate_series(1, 1024) k WHERE c.t = s.id %% %(topics)s)
 WHERE s.id <= %(n)s
 """
 
 
 def bench_clusters(url: str, log) -> dict:
     """wrong_answer_clusters at 100, 250 and 500 recent wrong answers (one user) with random
-    vectors (no close pairs), then at 500 whose vectors fall into 25 topics."""
+    vectors (no close pairs), then at 500 whose vectors fall into 25 topics, and into one."""
     out = {}
     with psycopg.connect(url, autocommit=True) as c:
         reset_rows(url)
         for label, recent, topics in (
-            ("100", 100, False),
-            ("250", 250, False),
-            ("500", 500, False),
-            ("500, 25 topics", 500, True),
+            ("100", 100, 0),
+            ("250", 250, 0),
+            ("500", 500, 0),
+            ("500, 25 topics", 500, 25),
+            ("500, one topic", 500, 1),
         ):
             if topics:  # new vectors: requeued, then completed with the seed's
-                c.execute(TOPIC_VECTORS, {"n": recent})
+                c.execute(TOPIC_VECTORS, {"n": recent, "topics": topics})
                 c.execute(
                     "UPDATE public.study_questions SET embedding_status = 'stale' WHERE id <= %s",
                     (recent,),

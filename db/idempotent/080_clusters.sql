@@ -73,17 +73,21 @@ SET jit = off
 AS $$
 DECLARE
     n integer := coalesce(cardinality(v), 0);
-    ei integer[];              -- the close pairs, closest first
-    ej integer[];
+    pairs integer[];           -- the close pairs, closest first, each i * 1024 + j
     size integer[];
     a integer;
     b integer;
     joined integer;
     passes integer := 0;
+    groups integer;            -- how many groups there are
     grp integer[];
 BEGIN
     IF n = 0 THEN
         RETURN '{}'::integer[];
+    END IF;
+    IF n > 1023 THEN
+        RAISE EXCEPTION '_average_linkage: at most 1023 questions, not %', n
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- every pair once, in one statement: the only n^2 step.  The join is on a constant (one),
     -- so that it can be a hash join: a nested loop copies every 4 kB row of its inner side out
@@ -98,22 +102,23 @@ BEGIN
               FROM x JOIN x y ON x.one = y.one AND x.i < y.i
               WHERE x.subject IS NULL OR y.subject IS NULL OR x.subject = y.subject) p
         WHERE p.sim >= threshold)
-    SELECT array_agg(c.i ORDER BY c.sim DESC, c.i, c.j),
-           array_agg(c.j ORDER BY c.sim DESC, c.i, c.j)
-    INTO ei, ej
+    -- one array, one sort: each pair packed as i * 1024 + j (at most 500 questions)
+    SELECT array_agg(c.i * 1024 + c.j ORDER BY c.sim DESC, c.i, c.j)
+    INTO pairs
     FROM close c;
     grp := array(SELECT generate_series(1, n));
     size := array_fill(1, ARRAY[n]);
+    groups := n;
     LOOP
         joined := 0;
         passes := passes + 1;
-        FOR k IN 1..coalesce(cardinality(ei), 0) LOOP
-            a := ei[k];
+        FOR k IN 1..coalesce(cardinality(pairs), 0) LOOP
+            a := pairs[k] / 1024;
             WHILE grp[a] <> a LOOP
                 grp[a] := grp[grp[a]];
                 a := grp[a];
             END LOOP;
-            b := ej[k];
+            b := pairs[k] % 1024;
             WHILE grp[b] <> b LOOP
                 grp[b] := grp[grp[b]];
                 b := grp[b];
@@ -127,8 +132,10 @@ BEGIN
             size[a] := size[a] + size[b];
             v[a] := study_embed._vector_add(v[a], v[b]);
             joined := joined + 1;
+            groups := groups - 1;
+            EXIT WHEN groups = 1;      -- one group: nothing left to join
         END LOOP;
-        EXIT WHEN joined = 0 OR passes >= 3;
+        EXIT WHEN joined = 0 OR passes >= 3 OR groups = 1;
     END LOOP;
     FOR k IN 1..n LOOP
         a := k;
