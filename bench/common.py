@@ -3,6 +3,7 @@ come from the project's one loader, study_embed_dev.rows)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -13,7 +14,17 @@ from study_embed_dev.rows import GENERATED_QUESTIONS as LOAD
 from study_embed_dev.rows import GENERATED_QUESTIONS_MANY_USERS as LOAD_MANY
 from study_embed_dev.rows import add_topic, add_user, add_users
 
-__all__ = ["LOAD", "LOAD_MANY", "ROOT", "add_users", "free_port", "fresh_rows", "scratch_database"]
+__all__ = [
+    "LOAD",
+    "LOAD_MANY",
+    "ROOT",
+    "add_users",
+    "cluster_cpu",
+    "free_port",
+    "fresh_rows",
+    "process_cpu",
+    "scratch_database",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,3 +37,28 @@ def fresh_rows(url: str, n: int) -> None:
         tid = add_topic(c, uid, "t")
         c.execute(LOAD, {"uid": uid, "tid": tid, "n": n})
         c.execute("VACUUM ANALYZE study_questions")
+
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int, reaped: bool = True) -> float:
+    """CPU seconds a process has used (utime + stime) and, with `reaped`, its ended children
+    (cutime + cstime); 0 for a process that is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime + (cutime + cstime if reaped else 0)) / CLK
+
+
+def cluster_cpu(cluster, live_children: bool = False) -> float:
+    """CPU seconds of a cluster so far: the postmaster and every backend it has reaped, and
+    with `live_children` its processes still running (taken before the backends end)."""
+    postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+    total = process_cpu(postmaster)
+    if live_children:
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        total += sum(process_cpu(int(c), reaped=False) for c in children)
+    return total

@@ -29,14 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-from common import ROOT, free_port, fresh_rows
+from common import ROOT, cluster_cpu, free_port, fresh_rows
 
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.localdb import Cluster
 
 # the code #26 was filed against: the revision this session started from
 BASELINE = "6c0db04"
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -85,12 +84,6 @@ def database(code: Path) -> Iterator[tuple[Cluster, str, dict]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def server_cpu(cluster: Cluster) -> float:
-    pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / CLK  # utime stime cutime cstime
-
-
 def drain_once(
     cluster: Cluster,
     url: str,
@@ -102,7 +95,7 @@ def drain_once(
     api: str = "tei",
 ) -> dict:
     fresh_rows(url, rows)
-    pg0 = server_cpu(cluster)
+    pg0 = cluster_cpu(cluster)
     t0 = time.monotonic()
     p = subprocess.Popen(
         [sys.executable, "-m", "study_embed.cli", "drain"],
@@ -126,7 +119,7 @@ def drain_once(
     return {
         "rows_per_s": rows / wall,
         "listener_ms": (usage.ru_utime + usage.ru_stime) * 1000 / rows,
-        "pg_ms": (server_cpu(cluster) - pg0) * 1000 / rows,
+        "pg_ms": (cluster_cpu(cluster) - pg0) * 1000 / rows,
     }
 
 

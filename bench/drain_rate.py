@@ -19,34 +19,12 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psycopg
-from common import LOAD, scratch_database
+from common import LOAD, cluster_cpu, scratch_database
 
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.rows import add_topic, add_user
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def server_cpu(datadir: Path) -> float:
-    """CPU seconds of a cluster's processes so far: the postmaster's own, its ended children's
-    (reaped, in its cutime/cstime) and its live children's."""
-    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
-
-    def times(pid: int, ended: bool) -> float:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            return 0.0
-        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-        return (utime + stime + (cutime + cstime if ended else 0)) / TICK
-
-    total = times(postmaster, True)
-    for child in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split():
-        total += times(int(child), False)
-    return total
 
 
 def main() -> None:
@@ -85,7 +63,10 @@ def main() -> None:
                 conn.execute("TRUNCATE study_question_attempts, study_questions CASCADE")
                 conn.execute(LOAD, {"uid": uid, "tid": tid, "n": args.rows})
                 conn.execute("VACUUM ANALYZE study_questions")
-            pg0, me0 = server_cpu(cluster.datadir), resource.getrusage(resource.RUSAGE_CHILDREN)
+            pg0, me0 = (
+                cluster_cpu(cluster, live_children=True),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
+            )
             t0 = time.monotonic()
             r = subprocess.run(
                 [sys.executable, "-m", "study_embed.cli", "drain"],
@@ -94,7 +75,7 @@ def main() -> None:
                 env={**env, "BATCH_SIZE": str(batch), "CONCURRENCY": str(conc)},
             )
             wall = time.monotonic() - t0
-            pg = server_cpu(cluster.datadir) - pg0
+            pg = cluster_cpu(cluster, live_children=True) - pg0
             me1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             listener = me1.ru_utime + me1.ru_stime - me0.ru_utime - me0.ru_stime
             m = re.search(r"embedded (\d+) rows in ([\d.]+) s", r.stderr)

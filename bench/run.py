@@ -33,7 +33,7 @@ import psycopg
 import scale_out as scale_bench
 import search as search_bench
 import writers as writers_bench
-from common import LOAD_MANY, ROOT, add_users, free_port, scratch_database
+from common import LOAD_MANY, ROOT, add_users, cluster_cpu, free_port, scratch_database
 
 from study_embed_dev.embed_server import EmbedServer
 
@@ -86,8 +86,6 @@ FULL = {
     "scale_listeners": [1, 2, 4, 8],
 }
 
-CLK = os.sysconf("SC_CLK_TCK")
-
 
 def summary(values: list[float]) -> dict:
     return {
@@ -96,13 +94,6 @@ def summary(values: list[float]) -> dict:
         "max": max(values),
         "runs": len(values),
     }
-
-
-def cluster_cpu_seconds(cluster) -> float:
-    """CPU of the whole cluster so far: the postmaster and every backend it has reaped."""
-    pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / CLK  # utime stime cutime cstime
 
 
 def load_new_rows(url: str, n: int) -> None:
@@ -134,7 +125,7 @@ def drain(
     }
     if metrics_port:
         env["METRICS_PORT"] = str(metrics_port)
-    pg0 = cluster_cpu_seconds(cluster)
+    pg0 = cluster_cpu(cluster)
     t0 = time.monotonic()
     p = subprocess.Popen(
         [sys.executable, "-m", "study_embed.cli", "drain"],
@@ -156,7 +147,7 @@ def drain(
     if p.returncode != 0:
         sys.exit(f"drain failed ({p.returncode}):\n{err}")
     time.sleep(0.3)  # let the postmaster reap the backends
-    pg = cluster_cpu_seconds(cluster) - pg0
+    pg = cluster_cpu(cluster) - pg0
     listener = usage.ru_utime + usage.ru_stime
     tenth = rss[len(rss) // 10 : len(rss) // 10 + 20] or rss
     return {

@@ -22,34 +22,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
-from pathlib import Path
 
 import psycopg
-from common import fresh_rows, scratch_database
+from common import cluster_cpu, fresh_rows, process_cpu, scratch_database
 
+from study_embed.worker import PROBE_TEXT
 from study_embed_dev.embed_server import EmbedServer
-
-CLK = os.sysconf("SC_CLK_TCK")
-PROBE = "dimension probe"
-
-
-def cluster_cpu(cluster) -> float:
-    pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = sum(int(x) for x in fields[11:15])
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        try:
-            f = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu += int(f[11]) + int(f[12])
-        except FileNotFoundError:
-            pass
-    return cpu / CLK
-
-
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / CLK
 
 
 def one_run(cluster, url: str, server: EmbedServer, n: int, rows: int, args) -> dict:
@@ -65,7 +43,7 @@ def one_run(cluster, url: str, server: EmbedServer, n: int, rows: int, args) -> 
         "BATCH_SIZE": str(args.batch),
         "CONCURRENCY": str(args.concurrency),
     }
-    pg0, cpu0 = cluster_cpu(cluster), os.times()
+    pg0, cpu0 = cluster_cpu(cluster, live_children=True), os.times()
     t0 = time.monotonic()
     procs = [
         subprocess.Popen(
@@ -89,7 +67,7 @@ def one_run(cluster, url: str, server: EmbedServer, n: int, rows: int, args) -> 
     wall = time.monotonic() - t0
     # CPU up to the last row, before the listeners, idle, start the near-duplicate pass over
     # what they embedded (without a vector index an exact scan per row: not the drain's cost)
-    pg = cluster_cpu(cluster) - pg0
+    pg = cluster_cpu(cluster, live_children=True) - pg0
     listeners = sum(process_cpu(p.pid) for p in procs)
     cpu1 = os.times()
     server_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)  # its threads
@@ -97,8 +75,8 @@ def one_run(cluster, url: str, server: EmbedServer, n: int, rows: int, args) -> 
         p.send_signal(signal.SIGTERM)
     for p in procs:
         p.wait(timeout=60)
-    with server.lock:
-        texts = Counter(t for _, ts in server.requests for t in ts if PROBE not in t)
+    texts = server.text_counts()
+    texts.pop(PROBE_TEXT, None)  # each listener's start-up probe
     return {
         "listeners": n,
         "rows_per_s": rows / wall,
