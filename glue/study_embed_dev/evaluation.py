@@ -3,8 +3,7 @@ through the real pipeline, and the figures computed from what the pipeline store
 
 Pure functions (the pairs a set implies, precision/recall, the best threshold, reciprocal ranks,
 the adjusted Rand index, context precision) are separate from `evaluate()`, which talks to
-PostgreSQL and the embedding
-server, so that the arithmetic can be checked on its own.
+PostgreSQL and the embedding server, so that the arithmetic can be checked on its own.
 """
 
 from __future__ import annotations
@@ -243,6 +242,13 @@ class Loaded:
 EXPLAINED = "해설: 정답의 근거를 설명한다."  # every learner question carries an explanation
 
 
+def _missed(conn: psycopg.Connection, uid: int, tid: int, q: Question, **columns: Any) -> int:
+    """A question of the set in a user's bank, answered wrongly once; its id."""
+    qid = add_question(conn, uid, tid, q.text, q.choices, q.correct, subject=q.subject, **columns)
+    add_attempts(conn, [(uid, qid, tid, q.correct % 4 + 1, q.correct, None)])
+    return qid
+
+
 def load(url: str, s: EvalSet) -> Loaded:
     """Every group question by plain SQL, one user per subject, each answered wrongly once;
     then three learners: `all` (every question of the set), `concepts` (the concepts section
@@ -267,27 +273,13 @@ def load(url: str, s: EvalSet) -> Loaded:
                 uid = add_user(conn, f"eval-{len(users)}@example.com")
                 users[q.subject] = (uid, add_topic(conn, uid, q.subject))
             uid, tid = users[q.subject]
-            ids[q.key] = add_question(
-                conn, uid, tid, q.text, q.choices, q.correct, subject=q.subject
-            )
-            add_attempts(conn, [(uid, ids[q.key], tid, q.correct % 4 + 1, q.correct, None)])
+            ids[q.key] = _missed(conn, uid, tid, q)
         for name, bank in banks.items():
             uid = add_user(conn, f"eval-learner-{name}@example.com")
             tid = add_topic(conn, uid, "오답 노트")
             keys: dict[int, tuple[int, str]] = {}
             for q in bank:
-                qid = add_question(
-                    conn,
-                    uid,
-                    tid,
-                    q.text,
-                    q.choices,
-                    q.correct,
-                    subject=q.subject,
-                    explanation=EXPLAINED,
-                )
-                keys[qid] = q.key
-                add_attempts(conn, [(uid, qid, tid, q.correct % 4 + 1, q.correct, None)])
+                keys[_missed(conn, uid, tid, q, explanation=EXPLAINED)] = q.key
             learners[name] = (uid, keys)
     return Loaded(ids, {subject: uid for subject, (uid, _) in users.items()}, learners)
 
