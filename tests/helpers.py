@@ -313,3 +313,46 @@ def legacy_ready(bank, model: str) -> int:
         embedding=vector_for(text),
         embedding_source_sha256=hashlib.sha256(text.encode()).digest(),
     )
+
+
+# -- the state machine's invariant, read off a database ------------------------------------------
+
+
+def queue_bookkeeping_broken(conn: psycopg.Connection) -> list[tuple]:
+    """Rows whose queue bookkeeping disagrees with their status: (id, status); none expected."""
+    return conn.execute(
+        "SELECT id, embedding_status FROM study_questions WHERE"
+        " (embedding_status = 'pending') <> (embedding_claim_token IS NOT NULL)"
+        " OR (embedding_status IN ('none', 'stale', 'pending') AND embedding_due_at IS NULL)"
+        " OR (embedding_status = 'ready' AND embedding_due_at IS NOT NULL)"
+    ).fetchall()
+
+
+def status_counts(conn: psycopg.Connection) -> tuple[dict[str, int], dict[str, int]]:
+    """The counters' live rows per status (study_embed.status) and the rows' own count."""
+    got = {s: n for s, n in conn.execute("SELECT status, live FROM study_embed.status") if n}
+    want = dict(
+        conn.execute(
+            "SELECT embedding_status, count(*) FROM study_questions WHERE deleted_at IS NULL"
+            " GROUP BY 1"
+        ).fetchall()
+    )
+    return got, want
+
+
+def ready_rows_not_of_their_text(conn: psycopg.Connection, vector) -> tuple[int, list[tuple]]:
+    """How many rows are ready, and those whose vector (`vector(rendered text)`) or source hash
+    is not their current text's: (why, id)."""
+    register_vector(conn)
+    ready, wrong = 0, []
+    for qid, q, c1, c2, c3, c4, emb, sha in conn.execute(
+        "SELECT id, question_text, choice_1, choice_2, choice_3, choice_4, embedding,"
+        " embedding_source_sha256 FROM study_questions WHERE embedding_status = 'ready'"
+    ):
+        ready += 1
+        text = render(q, c1, c2, c3, c4)
+        if not np.allclose(emb.to_numpy(), vector(text), atol=1e-6):
+            wrong.append(("foreign vector", qid))
+        if bytes(sha) != hashlib.sha256(text.encode()).digest():
+            wrong.append(("foreign text", qid))
+    return ready, wrong

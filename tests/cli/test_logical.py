@@ -12,11 +12,9 @@ one."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import psycopg
 import pytest
 from pgvector.psycopg import register_vector
@@ -26,7 +24,15 @@ from study_embed_dev.localdb import Cluster, free_port
 from study_embed_dev.rows import add_topic, add_user
 
 from ..conftest import scratch_dir
-from ..helpers import TEST_MODEL, listener_env, render, run_cli, vector_for, wait_until
+from ..helpers import (
+    TEST_MODEL,
+    listener_env,
+    ready_rows_not_of_their_text,
+    run_cli,
+    status_counts,
+    vector_for,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 DB = "app"
@@ -153,19 +159,12 @@ def _drain(url: str, server) -> None:
 def _ready_rows_are_their_texts(url: str) -> int:
     """Every row ready, its vector the one of its current text; the counters agree."""
     with psycopg.connect(url, autocommit=True) as c:
-        register_vector(c)
-        rows = c.execute(
-            "SELECT id, question_text, choice_1, choice_2, choice_3, choice_4, embedding,"
-            " embedding_source_sha256, embedding_status FROM study_questions"
-        ).fetchall()
-        for qid, q, c1, c2, c3, c4, emb, sha, status in rows:
-            text = render(q, c1, c2, c3, c4)
-            assert status == "ready", (qid, status)
-            assert np.allclose(emb.to_numpy(), vector_for(text), atol=1e-6), qid
-            assert bytes(sha) == hashlib.sha256(text.encode()).digest(), qid
-        counts = {s: n for s, n in c.execute("SELECT status, live FROM study_embed.status") if n}
-        assert counts == {"ready": len(rows)}
-        return len(rows)
+        [(rows,)] = c.execute("SELECT count(*) FROM study_questions").fetchall()
+        ready, wrong = ready_rows_not_of_their_text(c, vector_for)
+        assert ready == rows and wrong == []
+        got, want = status_counts(c)
+        assert got == want == {"ready": rows}
+        return rows
 
 
 def test_a_subscriber_receives_the_vectors_and_no_row_differs(two, server):

@@ -8,17 +8,14 @@ primary."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import anyio
-import numpy as np
 import psycopg
 import pytest
-from pgvector.psycopg import register_vector
 from starlette.testclient import TestClient
 
 from study_embed.api import AsyncStudyBank, Draft
@@ -31,7 +28,17 @@ from study_embed_dev.rows import add_attempts, add_question, add_topic, add_user
 from study_embed_dev.vectors import bigram_vector
 
 from ..conftest import scratch_dir
-from ..helpers import KOREAN, MORE_BIOLOGY, TEST_MODEL, listener_env, render, run_cli, wait_until
+from ..helpers import (
+    KOREAN,
+    MORE_BIOLOGY,
+    TEST_MODEL,
+    listener_env,
+    queue_bookkeeping_broken,
+    ready_rows_not_of_their_text,
+    run_cli,
+    status_counts,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 DB = "app"
@@ -207,35 +214,10 @@ def _rows_correct(url: str) -> tuple[int, list]:
     """The number of ready rows, and what breaks the state machine's invariant on this
     database: a ready row whose vector is not its current text's, queue bookkeeping out of
     step, counters that disagree with the rows."""
-    broken: list = []
     with psycopg.connect(url, autocommit=True) as c:
-        register_vector(c)
-        ready = 0
-        for qid, q, c1, c2, c3, c4, emb, sha, status in c.execute(
-            "SELECT id, question_text, choice_1, choice_2, choice_3, choice_4, embedding,"
-            " embedding_source_sha256, embedding_status FROM study_questions"
-        ):
-            if status != "ready":
-                continue
-            ready += 1
-            text = render(q, c1, c2, c3, c4)
-            if not np.allclose(emb.to_numpy(), bigram_vector(text, 1024), atol=1e-6):
-                broken.append(("foreign vector", qid))
-            if bytes(sha) != hashlib.sha256(text.encode()).digest():
-                broken.append(("foreign text", qid))
-        broken += c.execute(
-            "SELECT 'bookkeeping', id FROM study_questions WHERE"
-            " (embedding_status = 'pending') <> (embedding_claim_token IS NOT NULL)"
-            " OR (embedding_status IN ('none', 'stale', 'pending') AND embedding_due_at IS NULL)"
-            " OR (embedding_status = 'ready' AND embedding_due_at IS NOT NULL)"
-        ).fetchall()
-        want = dict(
-            c.execute(
-                "SELECT embedding_status, count(*) FROM study_questions"
-                " WHERE deleted_at IS NULL GROUP BY 1"
-            ).fetchall()
-        )
-        got = {s: n for s, n in c.execute("SELECT status, live FROM study_embed.status") if n}
+        ready, broken = ready_rows_not_of_their_text(c, lambda t: bigram_vector(t, 1024))
+        broken += [("bookkeeping", *r) for r in queue_bookkeeping_broken(c)]
+        got, want = status_counts(c)
         if got != want:
             broken.append(("counts", got, want))
     return ready, broken

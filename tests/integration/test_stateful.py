@@ -30,7 +30,15 @@ from hypothesis.stateful import (
 from study_embed.migrate import MigrationError, Migrator
 from study_embed_dev.vectors import DIM
 
-from ..helpers import TEST_MODEL, Claimed, QuestionBank, render, vector_for
+from ..helpers import (
+    TEST_MODEL,
+    Claimed,
+    QuestionBank,
+    queue_bookkeeping_broken,
+    render,
+    status_counts,
+    vector_for,
+)
 
 CONTENT = ["question_text", "choice_1", "choice_2", "choice_3", "choice_4"]
 OTHER = ["correct_choice", "explanation", "subject", "scope"]
@@ -151,23 +159,11 @@ class QueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def queue_bookkeeping_is_consistent(self):
-        bad = self.db.execute(
-            "SELECT id, embedding_status FROM study_questions WHERE"
-            " (embedding_status = 'pending') <> (embedding_claim_token IS NOT NULL)"
-            " OR (embedding_status IN ('none', 'stale', 'pending') AND embedding_due_at IS NULL)"
-            " OR (embedding_status = 'ready' AND embedding_due_at IS NOT NULL)"
-        ).fetchall()
-        assert bad == []
+        assert queue_bookkeeping_broken(self.db) == []
 
     @invariant()
     def status_counts_are_exact(self):
-        want = dict(
-            self.db.execute(
-                "SELECT embedding_status, count(*) FROM study_questions WHERE deleted_at IS NULL"
-                " GROUP BY 1"
-            ).fetchall()
-        )
-        got = {s: n for s, n in self.db.execute("SELECT status, live FROM study_embed.status") if n}
+        got, want = status_counts(self.db)
         assert got == want
 
 
