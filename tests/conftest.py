@@ -46,7 +46,7 @@ def scratch_dir(prefix: str = "study-embed-test-") -> Path:
     return d
 
 
-CLUSTER = Cluster(datadir=scratch_dir() / "pg" / "data", port=_free_port())
+CLUSTER = Cluster(datadir=scratch_dir() / "data", port=_free_port())  # destroy() removes it all
 TEMPLATE_DB = "study_embed_test"
 
 

@@ -72,9 +72,8 @@ class Two:
 @pytest.fixture
 def two() -> Iterator[Two]:
     """A publisher (wal_level = logical) and a subscriber, each with a migrated database."""
-    root = scratch_dir("study-embed-logical-")
-    pub = Cluster(datadir=root / "pub" / "data", port=free_port())
-    sub = Cluster(datadir=root / "sub" / "data", port=free_port())
+    pub = Cluster(datadir=scratch_dir("study-embed-publisher-") / "data", port=free_port())
+    sub = Cluster(datadir=scratch_dir("study-embed-subscriber-") / "data", port=free_port())
     try:
         for c in (pub, sub):
             c.init()

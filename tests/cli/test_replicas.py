@@ -79,8 +79,7 @@ def replicated(request) -> Iterator[Pair]:
     """A primary with a migrated database (the pg_cron tick scheduled), the app's reading role,
     and a streaming standby: synchronous (the primary waits for it to confirm each commit),
     unless the test asks for an asynchronous one."""
-    root = scratch_dir("study-embed-replica-")
-    primary = Cluster(datadir=root / "primary" / "data", port=free_port())
+    primary = Cluster(datadir=scratch_dir("study-embed-primary-") / "data", port=free_port())
     standby = None
     try:
         primary.init()
@@ -95,7 +94,9 @@ def replicated(request) -> Iterator[Pair]:
                 f" TO {READER}"
             )
         standby = primary.standby(
-            root / "standby" / "data", free_port(), synchronous=request.param == "synchronous"
+            scratch_dir("study-embed-standby-") / "data",
+            free_port(),
+            synchronous=request.param == "synchronous",
         )
         yield Pair(primary, standby)
     finally:

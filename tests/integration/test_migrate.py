@@ -363,7 +363,7 @@ def test_cron_tick_is_scheduled_into_the_app_database_and_notifies(empty_db):
 
 
 def test_pg_cron_not_preloaded_is_a_clear_error():
-    other = Cluster(datadir=scratch_dir() / "nocron" / "data", port=_free_port())
+    other = Cluster(datadir=scratch_dir() / "data", port=_free_port())
     other.init()
     other.start(extra_options="-c shared_preload_libraries=")
     try:
