@@ -162,7 +162,11 @@ def start_metrics(cfg: Settings, worker: Worker, loop: asyncio.AbstractEventLoop
             worker.stats,
             loop,
             status=lambda: _queue_state(worker),
-            checks={"database": worker.queue.ping, "embedding_server": worker.client.healthy},
+            checks={
+                "database": worker.queue.ping,
+                # the served generation's server, which a switch may have made NEXT_EMBEDDING_*'s
+                "embedding_server": lambda: worker.serving.healthy(),
+            },
             breaker_open=lambda: worker.breaker.is_open,
             host=cfg.metrics_host,
             port=cfg.metrics_port,

@@ -100,13 +100,21 @@ class Worker:
         self._said: set[str] = set()  # lane notices already logged
 
     @property
+    def serving(self) -> EmbeddingClient:
+        """The served generation's embedder as of the last reading of the lanes: EMBEDDING_*'s,
+        or NEXT_EMBEDDING_*'s once a switch made its model the served one (readiness asks it)."""
+        lane = next((x for x in self.lanes if x.slot == "served"), None)
+        return lane.client if lane is not None else self.client
+
+    @property
     def breaker(self) -> Breaker:
-        """EMBEDDING_*'s breaker (readiness, the metrics, a drain's give-up)."""
-        return self.breakers[id(self.client)]
+        """The served generation's embedder's breaker (readiness, the metrics, a drain's
+        give-up)."""
+        return self.breakers[id(self.serving)]
 
     @breaker.setter
     def breaker(self, breaker: Breaker) -> None:
-        self.breakers[id(self.client)] = breaker
+        self.breakers[id(self.serving)] = breaker
 
     @property
     def in_flight_rows(self) -> int:

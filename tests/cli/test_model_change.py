@@ -13,7 +13,9 @@ from study_embed.settings import EXIT_CONFIG
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.vectors import bigram_vector
 
-from ..helpers import TEST_MODEL, korean_bank, listener_env, run_cli
+from ..conftest import _free_port
+from ..helpers import TEST_MODEL, korean_bank, listener_env, run_cli, wait_until
+from .test_metrics import get
 
 NEXT, NEXT_DIM = "next-model", 384
 
@@ -122,3 +124,31 @@ def test_model_command_errors(db_url, server):
     assert r.returncode == EXIT_CONFIG and "model begin other" in r.stderr
     r = run_cli("drain", env=listener_env(db_url, server, NEXT_EMBEDDING_URL="http://127.0.0.1:9"))
     assert r.returncode == EXIT_CONFIG and "go together" in r.stderr
+
+
+def test_after_a_switch_readiness_asks_the_served_models_server(
+    bank, db_url, server, next_server, spawn
+):
+    """Once NEXT_EMBEDDING_*'s model is served, /readyz asks its server: EMBEDDING_*'s (now
+    the previous generation's) being down does not make the listener unready, and the served
+    queue drains."""
+    korean_bank(bank)
+    env = listener_env(db_url, server, NEXT_EMBEDDING_URL=next_server.url)
+    env["NEXT_EMBEDDING_MODEL"] = NEXT
+    assert run_cli("drain", env=env).returncode == 0
+    assert run_cli("model", "begin", NEXT, "--dimension", str(NEXT_DIM), env=env).returncode == 0
+    assert run_cli("drain", env=env).returncode == 0
+    r = run_cli("model", "switch", env=env)
+    assert r.returncode == 0, r.stderr
+    server.stop()  # the previous generation's server
+    port = _free_port()
+    p = spawn("listen", env={**env, "POLL_INTERVAL": "0.5", "METRICS_PORT": str(port)})
+    wait_until(lambda: get(port, "/healthz")[0] == 200, what="the endpoint")
+    status, body = get(port, "/readyz")
+    assert status == 200, body
+    question = bank.insert("새로 추가된 문제")
+    wait_until(lambda: bank.row(question)["embedding_status"] == "ready", what="served by NEXT")
+    next_server.stop()
+    wait_until(lambda: get(port, "/readyz")[0] == 503, timeout=10, what="not ready")
+    p.terminate()
+    p.wait(30)

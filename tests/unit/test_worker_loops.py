@@ -131,6 +131,33 @@ def test_the_breaker_resumes_the_drain_as_soon_as_the_server_answers():
     assert worker.breaker.failures == 0 and not worker.breaker.is_open
 
 
+def test_after_a_switch_readiness_and_the_breaker_follow_the_served_generations_server():
+    """NEXT_EMBEDDING_*'s model became the served one: /readyz asks its server (worker.serving)
+    and the drain's breaker is its, so EMBEDDING_*'s server (now the previous generation's)
+    being down leaves the listener ready and the served queue draining."""
+    s = Settings(batch_size=10, concurrency=1)
+    old, new = Embedder(), Embedder()
+    new.config = ClientConfig.of(Settings(embedding_model="next-model"))
+    queue = InMemoryQueue(dim=DIM, model=old.config.model)
+    worker = Worker(s, queue, old, new)  # type: ignore[arg-type]
+    queue.insert("a", "b")
+    queue.begin("next-model", DIM)
+    queue.switch()
+    old.down = True
+
+    async def run():
+        await worker.resolve_lanes()
+        assert worker.serving is new and worker.breaker is worker.breakers[id(new)]
+        assert await worker.serving.healthy()
+        await worker.drain(asyncio.Event(), give_up=True)
+
+    asyncio.run(run())
+    assert queue.statuses() == {"ready": 2} and not worker.gave_up
+    assert new.requests == 1 and not worker.breaker.is_open
+    # the previous generation's lane met its server down: its breaker, not the served one's
+    assert old.requests >= 1 and worker.breakers[id(old)].failures >= 1
+
+
 def test_a_stop_mid_batch_gives_the_held_rows_back():
     _, queue, client, worker = make(batch_size=5)
     queue.insert(*[f"q{i}" for i in range(5)])
