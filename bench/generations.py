@@ -79,6 +79,16 @@ def _missing(url: str, column: str) -> int:
         ).fetchone()[0]
 
 
+def _vacuuming(url: str) -> str | None:
+    """What a VACUUM of the table (the autovacuum, after a drain's dead rows) is doing now: the
+    search figures beside it share the machine with it."""
+    with psycopg.connect(url) as c:
+        return c.execute(
+            "SELECT string_agg(phase, ', ') FROM pg_stat_progress_vacuum"
+            " WHERE relid = 'study_questions'::regclass"
+        ).fetchone()[0]
+
+
 def _app_statements(url: str, ids: list[int], stop: threading.Event, out: list) -> None:
     """An app connection: a single-row update, then a search, again and again; each as
     (start, seconds)."""
@@ -172,12 +182,17 @@ def run(rows: int, queries: int, log) -> dict:
                 # next generation's drain (the change in progress): the same churn before both
                 search_bench.measure(url, ids[:20], ())  # warm the cache
                 r["search_outside"] = search_bench.measure(url, ids, ())
+                r["search_outside"]["vacuum"] = _vacuuming(url)
                 t0 = time.monotonic()
                 migrator.generation("begin", model=next_model, dimension=search_bench.DIM)
                 r["begin_s"] = time.monotonic() - t0
                 r["next_drain_rows_per_s"] = rows / _drain(url, server, next_model)
                 search_bench.measure(url, ids[:20], ())  # warm the cache, as before
                 r["search_during"] = search_bench.measure(url, ids, ())
+                r["search_during"]["vacuum"] = _vacuuming(url)
+                r["search_during_interleaved"] = search_bench.measure(
+                    url, ids, (), interleaved=True
+                )
                 r["missing_before_switch"] = _missing(url, "embedding_shadow_status")
                 r.update(_switch(url, ids))
                 t0 = time.monotonic()
@@ -190,7 +205,11 @@ def run(rows: int, queries: int, log) -> dict:
                     f"p50 {r['search_outside']['median_ms']:.1f} ms after the plain drain, "
                     f"{r['search_during']['median_ms']:.1f} ms during the change, recall@10 "
                     f"{r['search_outside']['recall_at_10']:.3f} / "
-                    f"{r['search_during']['recall_at_10']:.3f}; switch {r['switch_s']:.2f} s "
+                    f"{r['search_during']['recall_at_10']:.3f} (a VACUUM of the table beside "
+                    f"them: {r['search_outside']['vacuum'] or 'none'} / "
+                    f"{r['search_during']['vacuum'] or 'none'}; timed between exact scans as "
+                    f"before: {r['search_during_interleaved']['median_ms']:.1f} ms); "
+                    f"switch {r['switch_s']:.2f} s "
                     f"(the next HNSW index built before it in {r['index_build_s']:.1f} s), "
                     f"an app statement waited at most {r['app_statement_max_wait_s']:.2f} s; "
                     f"begin {r['begin_s']:.2f} s, drop {r['drop_s']:.2f} s"

@@ -60,6 +60,8 @@ CREATE OR REPLACE FUNCTION study_embed._nearest(
     with_explanation boolean DEFAULT false)
 RETURNS TABLE (id bigint, distance double precision)
 LANGUAGE plpgsql STABLE
+ROWS 10                       -- k's default: the callers join its rows by primary key, not by
+                              -- hashing the user's rows for the 1,000 rows of the default guess
 SET search_path = pg_catalog, pg_temp
 SET hnsw.ef_search = 100      -- the SET clause also scopes the set_config calls below
 SET jit = off
