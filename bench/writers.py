@@ -452,14 +452,17 @@ def run(rounds: int, seconds: float, clients_list: list[int], log) -> dict:
                     c.execute(statement, {"n": ROWS})
             c.execute("SELECT study_embed.recount()")
             c.execute("VACUUM ANALYZE")
-        scripts = Path(tempfile.mkdtemp(prefix="study-embed-pgbench-"))
-        for name, body in STATEMENTS.items():
-            for which, table in TABLES.items():
-                (scripts / f"{name}-{which}.sql").write_text(body.format(t=table, rows=ROWS))
-        results = {"statements": bench_statements(url, rounds, seconds, clients_list, scripts, log)}
-        results["during_change"] = bench_during_change(
-            url, rounds, seconds, clients_list, scripts, log
-        )
+        with tempfile.TemporaryDirectory(prefix="study-embed-pgbench-") as where:
+            scripts = Path(where)
+            for name, body in STATEMENTS.items():
+                for which, table in TABLES.items():
+                    (scripts / f"{name}-{which}.sql").write_text(body.format(t=table, rows=ROWS))
+            results = {
+                "statements": bench_statements(url, rounds, seconds, clients_list, scripts, log)
+            }
+            results["during_change"] = bench_during_change(
+                url, rounds, seconds, clients_list, scripts, log
+            )
         results["graph_inserts"] = bench_graph_inserts(url, log)
         results["clusters_ms"] = bench_clusters(url, log)
     return results

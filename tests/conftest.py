@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -46,7 +47,12 @@ def scratch_dir(prefix: str = "study-embed-test-") -> Path:
     return d
 
 
-CLUSTER = Cluster(datadir=scratch_dir() / "data", port=_free_port())  # destroy() removes it all
+# Its directory is made by pg_cluster, in the one process that starts it (not by every process
+# that imports this module: pytest-xdist's controller never does); destroy() removes it all.
+CLUSTER = Cluster(
+    datadir=Path(tempfile.gettempdir()) / f"study-embed-test-{uuid.uuid4().hex[:8]}" / "data",
+    port=_free_port(),
+)
 TEMPLATE_DB = "study_embed_test"
 
 
@@ -76,6 +82,8 @@ def drop_database(name: str) -> None:
 
 @pytest.fixture(scope="session")
 def pg_cluster():
+    CLUSTER.datadir.parent.mkdir()
+    os.chmod(CLUSTER.datadir.parent, 0o755)  # the unprivileged server user reaches it
     CLUSTER.init()
     CLUSTER.start()
     yield CLUSTER
