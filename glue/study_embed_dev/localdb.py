@@ -309,9 +309,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def scratch_database(embedding_dim: int = 1024, settings: str = "", model: str = "BAAI/bge-m3"):
-    """A throwaway cluster with one migrated database `bench` (benchmarks, `make eval`), serving
-    `model`; yields (cluster, url)."""
+def scratch_cluster(settings: str = ""):
+    """A throwaway cluster with one empty database `bench`; yields (cluster, url)."""
     root = Path(tempfile.mkdtemp(prefix="study-embed-bench-"))
     os.chmod(root, 0o755)
     cluster = Cluster(datadir=root / "data", port=free_port())
@@ -319,15 +318,22 @@ def scratch_database(embedding_dim: int = 1024, settings: str = "", model: str =
         cluster.init()
         cluster.start(extra_options=settings)
         cluster.create_database("bench")
-        url = cluster.url("bench")
-        from study_embed.migrate import Migrator
+        yield cluster, cluster.url("bench")
+    finally:
+        cluster.destroy()
 
+
+@contextlib.contextmanager
+def scratch_database(embedding_dim: int = 1024, settings: str = "", model: str = "BAAI/bge-m3"):
+    """A throwaway cluster with one migrated database `bench` (benchmarks, `make eval`), serving
+    `model`; yields (cluster, url)."""
+    from study_embed.migrate import Migrator
+
+    with scratch_cluster(settings) as (cluster, url):
         Migrator(
             url, embedding_dim=embedding_dim, model=model, cron=False, log=lambda m: None
         ).run()
         yield cluster, url
-    finally:
-        cluster.destroy()
 
 
 def main(argv: list[str] | None = None) -> None:
