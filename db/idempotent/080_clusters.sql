@@ -73,7 +73,7 @@ SET jit = off
 AS $$
 DECLARE
     n integer := coalesce(cardinality(v), 0);
-    pairs integer[];           -- the close pairs, closest first, each i * 1024 + j
+    pairs bigint[];            -- the close pairs, closest first (see below)
     size integer[];
     a integer;
     b integer;
@@ -92,20 +92,25 @@ BEGIN
     -- every pair once, in one statement: the only n^2 step.  The join is on a constant (one),
     -- so that it can be a hash join: a nested loop copies every 4 kB row of its inner side out
     -- of the CTE's store once per outer row, which cost more than the distances (BENCHMARKS.md).
-    WITH x AS MATERIALIZED (
-        SELECT u.i::integer AS i, 1 AS one, s.subject, u.v
-        FROM unnest(v) WITH ORDINALITY u(v, i)
-        JOIN unnest(subjects) WITH ORDINALITY s(subject, i) ON s.i = u.i),
-    close AS (
-        SELECT p.i, p.j, p.sim
-        FROM (SELECT x.i, y.i AS j, study_embed._inner_product(x.v, y.v) AS sim
-              FROM x JOIN x y ON x.one = y.one AND x.i < y.i
-              WHERE x.subject IS NULL OR y.subject IS NULL OR x.subject = y.subject) p
-        WHERE p.sim >= threshold)
-    -- one array, one sort: each pair packed as i * 1024 + j (at most 500 questions)
-    SELECT array_agg(c.i * 1024 + c.j ORDER BY c.sim DESC, c.i, c.j)
-    INTO pairs
-    FROM close c;
+    -- One array, one sort of one bigint per pair: (1 - similarity) in steps of 2^-20, then the
+    -- pair packed as i * 1024 + j in the low 20 bits.  Ascending, that is the closest first and,
+    -- within a millionth of similarity, by (i, j): the order of (similarity DESC, i, j) but for
+    -- pairs closer than that, sorted as one int8 instead of three keys (BENCHMARKS.md).
+    pairs := array(
+        WITH x AS MATERIALIZED (
+            SELECT u.i::integer AS i, 1 AS one, s.subject, u.v
+            FROM unnest(v) WITH ORDINALITY u(v, i)
+            JOIN unnest(subjects) WITH ORDINALITY s(subject, i) ON s.i = u.i),
+        close AS (
+            SELECT p.i, p.j, p.sim
+            FROM (SELECT x.i, y.i AS j, study_embed._inner_product(x.v, y.v) AS sim
+                  FROM x JOIN x y ON x.one = y.one AND x.i < y.i
+                  WHERE x.subject IS NULL OR y.subject IS NULL OR x.subject = y.subject
+                  OFFSET 0) p     -- not pulled up: each product computed once, not again for
+            WHERE p.sim >= threshold)   -- the filter (pg_stat_user_functions counted both)
+        SELECT round((1 - c.sim) * 1048576)::bigint * 1048576 + c.i * 1024 + c.j AS key
+        FROM close c
+        ORDER BY key);
     grp := array(SELECT generate_series(1, n));
     size := array_fill(1, ARRAY[n]);
     groups := n;
@@ -113,12 +118,12 @@ BEGIN
         joined := 0;
         passes := passes + 1;
         FOR k IN 1..coalesce(cardinality(pairs), 0) LOOP
-            a := pairs[k] / 1024;
+            a := ((pairs[k] % 1048576) / 1024)::integer;
             WHILE grp[a] <> a LOOP
                 grp[a] := grp[grp[a]];
                 a := grp[a];
             END LOOP;
-            b := pairs[k] % 1024;
+            b := (pairs[k] % 1024)::integer;
             WHILE grp[b] <> b LOOP
                 grp[b] := grp[grp[b]];
                 b := grp[b];
