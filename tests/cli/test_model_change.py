@@ -144,8 +144,8 @@ def test_after_a_switch_readiness_asks_the_served_models_server(
     port = _free_port()
     p = spawn("listen", env={**env, "POLL_INTERVAL": "0.5", "METRICS_PORT": str(port)})
     wait_until(lambda: get(port, "/healthz")[0] == 200, what="the endpoint")
-    status, body = get(port, "/readyz")
-    assert status == 200, body
+    # ready once it has read the generations (until then it knows only EMBEDDING_*)
+    wait_until(lambda: get(port, "/readyz")[0] == 200, timeout=15, what="ready")
     question = bank.insert("새로 추가된 문제")
     wait_until(lambda: bank.row(question)["embedding_status"] == "ready", what="served by NEXT")
     next_server.stop()
