@@ -3,6 +3,7 @@ come from the project's one loader, study_embed_dev.rows)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -22,8 +23,10 @@ __all__ = [
     "cluster_cpu",
     "free_port",
     "fresh_rows",
+    "print_figures",
     "process_cpu",
     "scratch_database",
+    "stamped_log",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,3 +65,17 @@ def cluster_cpu(cluster, live_children: bool = False) -> float:
         children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
         total += sum(process_cpu(int(c), reaped=False) for c in children)
     return total
+
+
+def stamped_log():
+    """A log for a bench run alone: each line printed at once, after the seconds since now."""
+    t0 = time.monotonic()
+    return lambda m: print(f"[{time.monotonic() - t0:6.0f}s] {m}", flush=True)
+
+
+def print_figures(out: dict, path: str | None) -> None:
+    """A bench's figures as JSON on stdout, and in the file `path` when one is given."""
+    print(json.dumps(out, indent=2, default=str))
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=2, default=str)

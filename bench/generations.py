@@ -25,7 +25,6 @@ Benchmarks are not tests: nothing here asserts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ import time
 
 import psycopg
 import search as search_bench
-from common import scratch_database
+from common import print_figures, scratch_database, stamped_log
 
 from study_embed.migrate import Migrator
 from study_embed_dev.embed_server import EmbedServer
@@ -229,16 +228,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
-    t0 = time.monotonic()
     out = run(
         args.rows,
         args.queries,
-        lambda m: print(f"[{time.monotonic() - t0:6.0f}s] {m}", flush=True),
+        stamped_log(),
     )
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    print_figures(out, args.json)
 
 
 if __name__ == "__main__":

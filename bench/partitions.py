@@ -23,11 +23,11 @@ are not tests: nothing here asserts.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import psycopg
+from common import print_figures, stamped_log
 from psycopg import sql
 
 from study_embed_dev.localdb import scratch_cluster
@@ -171,17 +171,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
-    t0 = time.monotonic()
     out = run(
         args.rows,
         [int(x) for x in args.partitions.split(",")],
         args.rounds,
-        lambda m: print(f"[{time.monotonic() - t0:6.0f}s] {m}", flush=True),
+        stamped_log(),
     )
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    print_figures(out, args.json)
 
 
 if __name__ == "__main__":
