@@ -36,8 +36,12 @@
 -- (insufficient_privilege); a value no row may ever hold (an unknown status) is also refused
 -- by the CHECK constraints of 0001_schema.sql (23514), which a trigger cannot bypass.
 --
--- Every function pins search_path to pg_catalog, pg_temp: no name resolves in a schema that
--- another role may create objects in.  pgvector's type and operators are schema-qualified.
+-- No name resolves in a schema that another role may create objects in: every function
+-- either pins search_path to pg_catalog, pg_temp, or is a small expression with a SQL-standard
+-- body (`RETURN ...`), whose names were bound when migrate created it (under that same path)
+-- and which a SET clause would only keep the planner from inlining: each call would then start
+-- an executor of its own, once per row of a claim or a complete (BENCHMARKS.md, "CPU per
+-- embedded row").  pgvector's type and operators are schema-qualified.
 --
 -- psql variables: :"vector_schema" (the schema pgvector is installed in).
 
@@ -52,16 +56,15 @@ CREATE OR REPLACE FUNCTION study_embed.render_question(
     question_text text, choice_1 text, choice_2 text, choice_3 text, choice_4 text)
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 RETURN '문제: ' || question_text || E'\n보기:\n1. ' || choice_1 || E'\n2. ' || choice_2
        || E'\n3. ' || choice_3 || E'\n4. ' || choice_4;
 COMMENT ON FUNCTION study_embed.render_question(text, text, text, text, text) IS
     'The exact text embedded for a question: 문제/보기 and the four numbered choices.';
 
+-- STABLE as convert_to() is: declared IMMUTABLE, it could not be inlined.
 CREATE OR REPLACE FUNCTION study_embed.text_sha256(body text)
 RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
 RETURN sha256(convert_to(body, 'UTF8'));
 COMMENT ON FUNCTION study_embed.text_sha256(text) IS
     'sha256 of a rendered text: what embedding_source_sha256 records.';
@@ -80,7 +83,6 @@ COMMENT ON FUNCTION study_embed.served_model() IS
 CREATE OR REPLACE FUNCTION study_embed.transition_allowed(op text, old_status text, new_status text)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 RETURN CASE op
     WHEN 'client'   THEN new_status = old_status OR new_status = 'stale'
     WHEN 'claim'    THEN old_status IN ('none', 'stale', 'failed', 'pending')
@@ -100,7 +102,6 @@ COMMENT ON FUNCTION study_embed.transition_allowed(text, text, text) IS
 CREATE OR REPLACE FUNCTION study_embed.pipeline_role()
 RETURNS name
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 RETURN 'study_embed_pipeline'::name;
 COMMENT ON FUNCTION study_embed.pipeline_role() IS
     'The role that owns the queue functions; only its updates may make pipeline transitions.';
@@ -110,7 +111,6 @@ COMMENT ON FUNCTION study_embed.pipeline_role() IS
 CREATE OR REPLACE FUNCTION study_embed._actor()
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 RETURN CASE WHEN current_user = study_embed.pipeline_role()
             THEN coalesce(nullif(current_setting('study_embed.actor', true), ''), 'client')
             ELSE 'client' END;
@@ -128,7 +128,6 @@ CREATE OR REPLACE FUNCTION study_embed._vectors_differ(a :"vector_schema".vector
                                                        b :"vector_schema".vector)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 RETURN CASE WHEN a IS NULL OR b IS NULL THEN (a IS NULL) <> (b IS NULL)
             ELSE a OPERATOR(:"vector_schema".<>) b END;
 

@@ -23,7 +23,6 @@
 CREATE OR REPLACE FUNCTION study_embed.channel()
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 RETURN 'study_embed';
 COMMENT ON FUNCTION study_embed.channel() IS
     'The NOTIFY channel that wakes listeners when something becomes claimable.';
@@ -32,7 +31,6 @@ COMMENT ON FUNCTION study_embed.channel() IS
 CREATE OR REPLACE FUNCTION study_embed.sleep_lock_key()
 RETURNS integer[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 RETURN ARRAY[1397048642, 1];
 COMMENT ON FUNCTION study_embed.sleep_lock_key() IS
     'The advisory lock (classid, objid) a sleeping listener holds exclusively.';

@@ -132,6 +132,30 @@ def test_a_new_row_costs_one_graph_insert(bank):
     assert bank.status(qid) == "ready"
 
 
+def test_claim_and_complete_run_no_sql_function_per_row(bank):
+    """The helpers a claim and a complete evaluate for every row (render_question, text_sha256,
+    _actor, transition_allowed, _vectors_differ) are inlined into the statements that use them.
+    A SET clause, or a volatility declared below its body's, would make the planner call each
+    one as a function that starts an executor of its own, row after row (BENCHMARKS.md, "CPU per
+    embedded row").  PostgreSQL counts only the calls it did not inline."""
+    rows = 25
+    for _ in range(rows):
+        bank.insert()
+    db = bank.conn
+    with db.transaction():
+        db.execute("SET LOCAL track_functions = 'all'")
+        claimed = bank.claim(rows)
+        assert len(bank.complete(claimed)) == rows
+        calls = db.execute(
+            "SELECT p.proname, pg_stat_get_xact_function_calls(p.oid)"
+            " FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
+            " WHERE p.pronamespace = 'study_embed'::regnamespace AND l.lanname = 'sql'"
+            "   AND pg_stat_get_xact_function_calls(p.oid) IS NOT NULL"
+        ).fetchall()
+    assert calls, "track_functions counted nothing: the check would pass vacuously"
+    assert {name: n for name, n in calls if n >= rows} == {}
+
+
 def test_a_permanent_failure_leaves_the_queue_and_an_edit_brings_it_back(bank, db):
     qid = bank.insert()
     bank.fail(bank.claim(1), retryable=False)
