@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import struct
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector_async
 from psycopg import errors, sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .backoff import Backoff
@@ -124,6 +128,47 @@ async def _typed_errors() -> AsyncIterator[None]:
         raise typed(e) from e
 
 
+class VectorRows:
+    """Vectors of one dimension, sent as one `vector[]` parameter (a batch's complete()): numpy
+    writes the array's binary form in one step.  psycopg's list dumper made a pgvector.Vector
+    of each element and packed it alone (BENCHMARKS.md, "CPU per embedded row")."""
+
+    def __init__(self, vectors: Sequence[np.ndarray]) -> None:
+        self.matrix = np.stack(vectors).astype(np.float32, copy=False)
+        if self.matrix.ndim != 2 or not len(self.matrix):
+            raise ValueError(f"not a batch of vectors: shape {self.matrix.shape}")
+
+
+class _VectorRowsDumper(Dumper):
+    format = Format.BINARY
+    element_oid = 0  # pgvector's type, as this connection knows it (_configure)
+
+    def dump(self, obj: VectorRows) -> bytes:
+        n, dim = obj.matrix.shape
+        # array_send's form: one dimension, no NULL, the element type, n elements from index 1;
+        # then each element's length and vector_send's form: dim, 0, big-endian float4s
+        items = np.empty(
+            n, dtype=[("length", ">i4"), ("dim", ">i2"), ("unused", ">i2"), ("x", ">f4", (dim,))]
+        )
+        items["length"] = 4 + 4 * dim
+        items["dim"] = dim
+        items["unused"] = 0
+        items["x"] = obj.matrix
+        return struct.pack(">iiIii", 1, 0, self.element_oid, n, 1) + items.tobytes()
+
+
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    """A new pooled connection: pgvector's adapters, and VectorRows as `vector[]`."""
+    await register_vector_async(conn)
+    vector = conn.adapters.types["vector"]
+    dumper = type(
+        "VectorRowsDumper",
+        (_VectorRowsDumper,),
+        {"oid": vector.array_oid, "element_oid": vector.oid},
+    )
+    conn.adapters.register_dumper(VectorRows, dumper)
+
+
 class Database:
     """A pool of autocommit connections and the statements of some db/queries/*.sql files."""
 
@@ -140,7 +185,7 @@ class Database:
             max_size=max_size,
             open=False,
             kwargs={"autocommit": True, "application_name": app_name},
-            configure=register_vector_async,
+            configure=_configure,
             check=AsyncConnectionPool.check_connection,
             name=app_name,
         )

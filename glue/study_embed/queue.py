@@ -21,7 +21,7 @@ from uuid import UUID
 import numpy as np
 import psycopg
 
-from .database import Database, clean_text
+from .database import Database, VectorRows, clean_text
 
 APP_NAME = "study-embed listener"
 
@@ -159,12 +159,17 @@ class QueueClient(Database):
         refuses a model that is not the slot's."""
         if not done:
             return set()
+        vectors = [v for _, v in done]
         rows = await self.run(
             _slot("complete", slot),
             {
                 "ids": [c.id for c, _ in done],
                 "claim_tokens": [c.token for c, _ in done],
-                "embeddings": [v for _, v in done],
+                # one shape (the column's, as check_vectors() saw to): one array in one step;
+                # else as they are, for the database to refuse
+                "embeddings": VectorRows(vectors)
+                if len({v.shape for v in vectors}) == 1
+                else vectors,
                 "model": model,
             },
         )
