@@ -1,11 +1,11 @@
 """The CPU one embedded row costs (the listener's and PostgreSQL's), by batch size and
-concurrency, for this checkout and for an earlier revision checked out beside it, each with
+concurrency, for this checkout and for earlier revisions checked out beside it, each with
 TEI's protocol and the OpenAI one, in one run, interleaved: a `study-embed drain` of ROWS new
 rows against a zero-cost loopback server, no vector index (what is left is the pipeline's own
 work: claim, HTTP, JSON, complete, triggers).
 
     .venv/bin/python bench/cpu_per_row.py [--rows 20000] [--configs 100x1,200x2,500x2,500x4]
-                                           [--baseline 6c0db04] [--repeats 2]
+                                           [--baseline 6c0db04,949cdd2] [--repeats 2]
 
 Each revision gets a throwaway cluster of its own, migrated by its own code (`git archive` of its
 glue/ and db/ into a temporary directory, run with this checkout's virtualenv).  PostgreSQL's CPU
@@ -25,7 +25,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psycopg
@@ -34,8 +34,9 @@ from common import ROOT, cluster_cpu, free_port, fresh_rows
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.localdb import Cluster
 
-# the code #26 was filed against: the revision this session started from
-BASELINE = "6c0db04"
+# the code #26 was filed against, and the revision before the per-row helpers were inlined
+# (database and listener side, BENCHMARKS.md)
+BASELINES = ("6c0db04", "949cdd2")
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -123,19 +124,25 @@ def drain_once(
     }
 
 
-def run(rows: int, configs: list[tuple[int, int]], baseline: str, repeats: int, log) -> dict | None:
-    """{revision: {"BxC": {figure: median}}}, or None when `baseline` cannot be checked out
-    (a shallow clone)."""
+def run(
+    rows: int, configs: list[tuple[int, int]], baselines: Sequence[str], repeats: int, log
+) -> dict | None:
+    """{revision: {"BxC": {figure: median}}}, each baseline that can be checked out beside this
+    checkout; None when none can (a shallow clone)."""
     server = EmbedServer(dim=1024)
     server.constant = True
     tmp = Path(tempfile.mkdtemp(prefix="study-embed-baseline-"))
     try:
-        try:
-            old = checkout(baseline, tmp)
-        except subprocess.CalledProcessError:
-            log(f"cpu per row: revision {baseline} is not in this clone: section skipped")
+        codes: dict[str, Path] = {}
+        for rev in baselines:
+            try:
+                (tmp / rev).mkdir()
+                codes[f"before ({rev})"] = checkout(rev, tmp / rev)
+            except subprocess.CalledProcessError:
+                log(f"cpu per row: revision {rev} is not in this clone: left out")
+        if not codes:
             return None
-        codes = {f"before ({baseline})": old, "now": ROOT / "glue"}
+        codes["now"] = ROOT / "glue"
         # each revision with TEI's protocol (JSON numbers) and the OpenAI one (JSON numbers
         # before, base64 now)
         variants = [(f"{name}, {api}", name, api) for name in codes for api in ("tei", "openai")]
@@ -187,11 +194,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--configs", default="100x1,200x2,500x2,500x4")
-    ap.add_argument("--baseline", default=BASELINE)
+    ap.add_argument("--baseline", default=",".join(BASELINES), help="revisions, comma-separated")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
-    out = run(args.rows, configs, args.baseline, args.repeats, lambda m: print(m, flush=True))
+    out = run(
+        args.rows, configs, args.baseline.split(","), args.repeats, lambda m: print(m, flush=True)
+    )
     if out:
         print(table(out))
 

@@ -523,7 +523,7 @@ def main() -> None:
             p["generation_rows"], p["search_queries"], log
         )
         results["cpu_per_row"] = cpu_bench.run(
-            p["cpu_rows"], p["cpu_configs"], cpu_bench.BASELINE, p["cpu_repeats"], log
+            p["cpu_rows"], p["cpu_configs"], cpu_bench.BASELINES, p["cpu_repeats"], log
         )
         results["scale_out"] = scale_bench.run(
             p["scale_rows"], p["scale_listeners"], batch=8, concurrency=1, delay=0.02, log=log
