@@ -94,6 +94,7 @@ def drain_once(
     conc: int,
     rows: int,
     api: str = "tei",
+    max_inputs: int = 32,
 ) -> dict:
     fresh_rows(url, rows)
     pg0 = cluster_cpu(cluster)
@@ -105,6 +106,7 @@ def drain_once(
             "DATABASE_URL": url,
             "EMBEDDING_URL": server.url,
             "EMBEDDING_API": api,
+            "EMBEDDING_MAX_INPUTS": str(max_inputs),
             "LOG_LEVEL": "WARNING",
             "BATCH_SIZE": str(batch),
             "CONCURRENCY": str(conc),
@@ -117,9 +119,12 @@ def drain_once(
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"drain failed:\n{p.stderr.read().decode() if p.stderr else ''}")
     time.sleep(0.3)  # let the postmaster reap the backends
+    listener_s = usage.ru_utime + usage.ru_stime
+    if not rows:  # a drain with nothing to do: what a start costs
+        return {"listener_s": listener_s}
     return {
         "rows_per_s": rows / wall,
-        "listener_ms": (usage.ru_utime + usage.ru_stime) * 1000 / rows,
+        "listener_ms": listener_s * 1000 / rows,
         "pg_ms": (cluster_cpu(cluster) - pg0) * 1000 / rows,
     }
 
@@ -127,8 +132,9 @@ def drain_once(
 def run(
     rows: int, configs: list[tuple[int, int]], baselines: Sequence[str], repeats: int, log
 ) -> dict | None:
-    """{revision: {"BxC": {figure: median}}}, each baseline that can be checked out beside this
-    checkout; None when none can (a shallow clone)."""
+    """{"by_batch": {revision: {"BxC": {figure: median}}}, "listener_start_s": {revision:
+    the CPU seconds of a drain with nothing to do (imports, connections, checks)}}, each baseline
+    that can be checked out beside this checkout; None when none can (a shallow clone)."""
     server = EmbedServer(dim=1024)
     server.constant = True
     tmp = Path(tempfile.mkdtemp(prefix="study-embed-baseline-"))
@@ -145,17 +151,27 @@ def run(
         codes["now"] = ROOT / "glue"
         # each revision with TEI's protocol (JSON numbers) and the OpenAI one (JSON numbers
         # before, base64 now)
-        variants = [(f"{name}, {api}", name, api) for name in codes for api in ("tei", "openai")]
-        out: dict = {label: {} for label, _, _ in variants}
+        variants = [
+            (f"{name}, {api}", name, api, 32) for name in codes for api in ("tei", "openai")
+        ]
+        # and this checkout asking for a batch of 200 in one request, where a server takes it
+        variants.append(("now, openai, 200 a request", "now", "openai", 200))
+        out: dict = {label: {} for label, *_ in variants}
+        start: dict[str, float] = {}
         with contextlib.ExitStack() as stack:
             dbs = {name: stack.enter_context(database(code)) for name, code in codes.items()}
+            for name, (cluster, url, env) in dbs.items():
+                start[name] = statistics.median(
+                    drain_once(cluster, url, env, server, 100, 1, 0)["listener_s"] for _ in range(3)
+                )
+                log(f"cpu per row, {name}: a drain with nothing to do, {start[name]:.2f} CPU s")
             for batch, conc in configs:
-                runs: dict[str, list[dict]] = {label: [] for label, _, _ in variants}
+                runs: dict[str, list[dict]] = {label: [] for label, *_ in variants}
                 for _ in range(repeats):
-                    for label, name, api in variants:  # interleaved
+                    for label, name, api, inputs in variants:  # interleaved
                         cluster, url, env = dbs[name]
                         runs[label].append(
-                            drain_once(cluster, url, env, server, batch, conc, rows, api)
+                            drain_once(cluster, url, env, server, batch, conc, rows, api, inputs)
                         )
                 for label, rs in runs.items():
                     fig = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
@@ -165,13 +181,14 @@ def run(
                         f"{fig['rows_per_s']:.0f} rows/s, listener {fig['listener_ms']:.3f} ms, "
                         f"PostgreSQL {fig['pg_ms']:.3f} ms"
                     )
-        return out
+        return {"by_batch": out, "listener_start_s": start}
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def table(out: dict) -> str:
+def table(result: dict) -> str:
+    out = result["by_batch"]
     names = list(out)
     lines = [
         "CPU per embedded row, ms (listener + PostgreSQL = total), zero-cost server, no vector "
@@ -187,6 +204,10 @@ def table(out: dict) -> str:
                 f" ({f['rows_per_s']:.0f}/s)"
             )
         lines.append(f"{cfg:<13}" + "".join(f"{c:>36}" for c in cells))
+    lines.append(
+        "a drain with nothing to do, listener CPU s: "
+        + ", ".join(f"{n} {v:.2f}" for n, v in result["listener_start_s"].items())
+    )
     return "\n".join(lines)
 
 

@@ -697,6 +697,8 @@ def cpu_rows(c: dict | None) -> list[tuple[str, str, str]]:
     """CPU per embedded row by batch, the revision #26 was filed against beside this one."""
     if not c:
         return [("CPU per row, before / now", "skipped: no baseline revision in this clone", "")]
+    start = c["listener_start_s"]
+    c = c["by_batch"]
     labels = list(c)
 
     def total(f: dict) -> str:
@@ -709,6 +711,12 @@ def cpu_rows(c: dict | None) -> list[tuple[str, str, str]]:
             "half; PostgreSQL at 500 <= at 100" if cfg == "500x4" else "",
         )
         for cfg in c[labels[0]]
+    ] + [
+        (
+            "listener CPU s of a drain with nothing to do (start): " + " / ".join(start),
+            " / ".join(f"{v:.2f}" for v in start.values()),
+            "",
+        )
     ]
 
 
