@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import ssl
 
 import httpx
 import numpy as np
@@ -21,7 +20,6 @@ from study_embed.embedders import (
     check_vectors,
     parse_vectors,
 )
-from study_embed.embedders.base import tls_verification
 
 
 def client(api: str, handler) -> object:
@@ -245,13 +243,3 @@ def test_a_proxys_html_error_page_on_every_route_is_not_healthy():
         )
 
     assert asyncio.run(client("tei", handler).healthy()) is False
-
-
-def test_tls_is_verified_against_the_ca_bundle_and_a_plain_http_server_trusts_nothing():
-    assert tls_verification("https://api.openai.com/v1") is True  # httpx's default: the bundle
-    assert tls_verification("HTTPS://tei.internal:8443") is True
-    plain = tls_verification("http://127.0.0.1:8080")
-    assert isinstance(plain, ssl.SSLContext)
-    # never used for http; were it ever, every certificate would be refused
-    assert plain.verify_mode is ssl.CERT_REQUIRED and plain.check_hostname
-    assert plain.cert_store_stats()["x509_ca"] == 0
