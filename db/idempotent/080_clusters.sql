@@ -239,7 +239,7 @@ BEGIN
               JOIN public.study_questions q
                 ON q.id = w.study_question_id AND q.user_id = for_user
               WHERE NOT w.is_correct AND q.deleted_at IS NULL AND q.embedding IS NOT NULL
-                AND q.embedding_model = study_embed.served_model()
+                AND q.embedding_model = (SELECT study_embed.served_model())   -- once, not per row
               ORDER BY w.answered_at DESC, w.study_question_id
               LIMIT recent) x),
     grouped AS MATERIALIZED (
