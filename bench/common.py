@@ -67,6 +67,15 @@ def cluster_cpu(cluster, live_children: bool = False) -> float:
     return total
 
 
+def settled_cluster_cpu(cluster) -> float:
+    """cluster_cpu() once the postmaster has reaped the backends that just ended.  A backend's
+    CPU reaches the postmaster's count only when it is reaped: read at once, the CPU of the
+    backend that had just loaded a drain's rows (its INSERTs and VACUUM ANALYZE) was counted as
+    the drain's, about 0.03 ms per row (BENCHMARKS.md, "A measurement fix")."""
+    time.sleep(0.3)
+    return cluster_cpu(cluster)
+
+
 def stamped_log():
     """A log for a bench run alone: each line printed at once, after the seconds since now."""
     t0 = time.monotonic()

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psycopg
-from common import ROOT, cluster_cpu, free_port, fresh_rows
+from common import ROOT, free_port, fresh_rows, settled_cluster_cpu
 
 from study_embed_dev.embed_server import EmbedServer
 from study_embed_dev.localdb import Cluster
@@ -97,10 +97,7 @@ def drain_once(
     max_inputs: int = 32,
 ) -> dict:
     fresh_rows(url, rows)
-    # let the postmaster reap the backend that loaded the rows first: its CPU (the INSERT and
-    # the VACUUM ANALYZE) was counted as the drain's when it was reaped after the reading below
-    time.sleep(0.3)
-    pg0 = cluster_cpu(cluster)
+    pg0 = settled_cluster_cpu(cluster)
     t0 = time.monotonic()
     p = subprocess.Popen(
         [sys.executable, "-m", "study_embed.cli", "drain"],
@@ -121,14 +118,14 @@ def drain_once(
     wall = time.monotonic() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"drain failed:\n{p.stderr.read().decode() if p.stderr else ''}")
-    time.sleep(0.3)  # let the postmaster reap the backends
+    pg = settled_cluster_cpu(cluster) - pg0
     listener_s = usage.ru_utime + usage.ru_stime
     if not rows:  # a drain with nothing to do: what a start costs
         return {"listener_s": listener_s}
     return {
         "rows_per_s": rows / wall,
         "listener_ms": listener_s * 1000 / rows,
-        "pg_ms": (cluster_cpu(cluster) - pg0) * 1000 / rows,
+        "pg_ms": pg * 1000 / rows,
     }
 
 

@@ -34,7 +34,7 @@ import psycopg
 import scale_out as scale_bench
 import search as search_bench
 import writers as writers_bench
-from common import LOAD_MANY, ROOT, add_users, cluster_cpu, free_port, scratch_database
+from common import LOAD_MANY, ROOT, add_users, free_port, scratch_database, settled_cluster_cpu
 
 from study_embed_dev.embed_server import EmbedServer
 
@@ -128,10 +128,7 @@ def drain(
     }
     if metrics_port:
         env["METRICS_PORT"] = str(metrics_port)
-    # let the postmaster reap the backend that loaded the rows first: its CPU (the INSERT and
-    # the VACUUM ANALYZE) was counted as the drain's when it was reaped after this reading
-    time.sleep(0.3)
-    pg0 = cluster_cpu(cluster)
+    pg0 = settled_cluster_cpu(cluster)
     t0 = time.monotonic()
     p = subprocess.Popen(
         [sys.executable, "-m", "study_embed.cli", "drain"],
@@ -152,8 +149,7 @@ def drain(
     err = p.stderr.read().decode()
     if p.returncode != 0:
         sys.exit(f"drain failed ({p.returncode}):\n{err}")
-    time.sleep(0.3)  # let the postmaster reap the backends
-    pg = cluster_cpu(cluster) - pg0
+    pg = settled_cluster_cpu(cluster) - pg0
     listener = usage.ru_utime + usage.ru_stime
     tenth = rss[len(rss) // 10 : len(rss) // 10 + 20] or rss
     return {
@@ -697,7 +693,8 @@ def generation_rows(g: dict, during: dict) -> list[tuple[str, str, str]]:
 
 
 def cpu_rows(c: dict | None) -> list[tuple[str, str, str]]:
-    """CPU per embedded row by batch, the revision #26 was filed against beside this one."""
+    """CPU per embedded row by batch, earlier revisions beside this one, and the listener's
+    start."""
     if not c:
         return [("CPU per row, before / now", "skipped: no baseline revision in this clone", "")]
     start = c["listener_start_s"]
