@@ -18,18 +18,15 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import psycopg
-from common import free_port
 
 from study_embed.migrate import Migrator
 from study_embed.worker import PROBE_TEXT
 from study_embed_dev.embed_server import EmbedServer
-from study_embed_dev.localdb import Cluster
+from study_embed_dev.localdb import scratch_cluster
 from study_embed_dev.rows import vector_index_built_after
 from study_embed_dev.seed_bank import GENERATED_READY, SCHEMA, SEED_MODEL, owner
 
@@ -83,14 +80,7 @@ def _app_for(url: str, rows: int, seconds: float | None = None, during=None) -> 
 
 
 def run(rows: int, log) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="study-embed-adopt-"))
-    os.chmod(root, 0o755)
-    cluster = Cluster(datadir=root / "data", port=free_port())
-    try:
-        cluster.init()
-        cluster.start(extra_options="-c maintenance_work_mem=1GB")
-        cluster.create_database("seed")
-        url = cluster.url("seed")
+    with scratch_cluster("-c maintenance_work_mem=1GB") as (_, url):
         log(f"adoption: loading {rows} ready rows of the seed's worker (and its HNSW index)")
         with psycopg.connect(url, autocommit=True) as c:
             c.execute(SCHEMA)
@@ -140,8 +130,6 @@ def run(rows: int, log) -> dict:
             "app_before": baseline["app"],
             "app_during": during["app"],
         }
-    finally:
-        cluster.destroy()
 
 
 def main() -> None:

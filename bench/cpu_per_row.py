@@ -29,10 +29,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psycopg
-from common import ROOT, free_port, fresh_rows, settled_cluster_cpu
+from common import ROOT, fresh_rows, settled_cluster_cpu
 
 from study_embed_dev.embed_server import EmbedServer
-from study_embed_dev.localdb import Cluster
+from study_embed_dev.localdb import Cluster, scratch_cluster
 
 # the code #26 was filed against, and the revision before the per-row helpers were inlined
 # (database and listener side, BENCHMARKS.md)
@@ -57,15 +57,8 @@ def checkout(rev: str, into: Path) -> Path:
 def database(code: Path) -> Iterator[tuple[Cluster, str, dict]]:
     """A throwaway cluster, its database migrated by the code at `code`; the environment that
     runs that code."""
-    root = Path(tempfile.mkdtemp(prefix="study-embed-cpu-"))
-    os.chmod(root, 0o755)
-    cluster = Cluster(datadir=root / "data", port=free_port())
     env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{ROOT / 'glue'}"}
-    try:
-        cluster.init()
-        cluster.start()
-        cluster.create_database("bench")
-        url = cluster.url("bench")
+    with scratch_cluster() as (cluster, url):
         subprocess.run(
             [
                 sys.executable,
@@ -80,9 +73,6 @@ def database(code: Path) -> Iterator[tuple[Cluster, str, dict]]:
         with psycopg.connect(url, autocommit=True) as c:
             c.execute("DROP INDEX study_questions_embedding_hnsw")
         yield cluster, url, env
-    finally:
-        cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def drain_once(
