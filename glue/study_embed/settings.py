@@ -32,7 +32,7 @@ class Settings:
     embedding_model: str = "BAAI/bge-m3"
     embedding_api_key: str | None = None
     embedding_timeout: float = 15.0
-    embedding_max_inputs: int = 32
+    embedding_max_inputs: int | None = None  # None: the protocol's (embedders)
     embedding_rpm: int | None = None
     embedding_tpm: int | None = None
     next_embedding_api: str | None = None
@@ -222,8 +222,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "EMBEDDING_MAX_INPUTS",
-        "most texts per HTTP request (TEI's default "
-        "max_client_batch_size is 32); larger batches are split",
+        "most texts per HTTP request (unset: 32 for tei, TEI's default "
+        "max_client_batch_size; 128 for openai and ollama); larger batches are split, and "
+        "a server that refuses a request for its size gets smaller ones from then on",
         _positive_int,
         commands=EMBED,
     ),

@@ -80,6 +80,9 @@ class EmbedServer:
         self.mode: str | int | None = None  # None, an HTTP status, or a misbehaviour name
         self.poison: set[str] = set()  # texts containing one of these get 422
         self.poison_message = "Input validation error: input is too long"
+        # most texts a request may hold (TEI's --max-client-batch-size); more get TEI's 422
+        self.max_batch: int | None = None
+        self.size_message = True  # False: a proxy's 413 that names no size
         self.spare_probe = True  # the listener's start-up probe is answered correctly
         self.constant = False  # benchmarks: pre-encoded vectors, next to no server cost
         self.vector = vector_for  # text, dim -> the vector returned (vectors.bigram_vector)
@@ -241,6 +244,17 @@ class EmbedServer:
             deadline = time.monotonic() + 60
             while self.mode == "stall" and time.monotonic() < deadline:
                 time.sleep(0.02)
+        if self.max_batch is not None and len(texts) > self.max_batch:
+            if not self.size_message:
+                return h._send(
+                    413, b"<html><body>413 Request Entity Too Large</body></html>", "text/html"
+                )
+            return self._error(
+                h,
+                path,
+                422,
+                f"batch size {len(texts)} > maximum allowed batch size {self.max_batch}",
+            )
         wait, limits = self._charge(texts)
         if wait:
             limits["retry-after"] = str(math.ceil(wait))

@@ -65,6 +65,21 @@ def test_requests_respect_the_server_input_limit(bank, db_url, server):
     assert sizes == [32, 18]
 
 
+def test_the_listener_keeps_to_the_request_size_the_server_names(bank, db, db_url, server):
+    """TEI's OpenAI route refuses more than its --max-client-batch-size (32 by default) with a
+    422 that names it; the OpenAI protocol asks for 128 by default: the listener is refused
+    once, then keeps to the size named."""
+    ids = [bank.insert() for _ in range(40)]
+    server.max_batch = 8
+    env = listener_env(db_url, server, EMBEDDING_API="openai", BATCH_SIZE=20, CONCURRENCY=1)
+    r = run_cli("drain", env=env)
+    assert r.returncode == 0, r.stderr
+    sizes = [len(ts) for _, ts in server.requests if ts != [PROBE]]
+    assert sizes == [20, 8, 8, 4, 8, 8, 4], sizes
+    assert "refused a request for its size" in r.stderr
+    assert_ready_with_current_text(db, set(ids))
+
+
 def test_content_edit_is_reembedded_and_other_edits_are_not(bank, db, db_url, server):
     a, b = bank.insert("first"), bank.insert("second")
     env = listener_env(db_url, server)

@@ -22,9 +22,14 @@ from study_embed.embedders import (
 )
 
 
-def client(api: str, handler) -> object:
+def client(api: str, handler, max_inputs: int | None = 32) -> object:
     config = ClientConfig(
-        api=api, url="http://embed.test", model="m", api_key=None, timeout=1.0, max_inputs=32
+        api=api,
+        url="http://embed.test",
+        model="m",
+        api_key=None,
+        timeout=1.0,
+        max_inputs=max_inputs,
     )
     http = httpx.AsyncClient(base_url=config.url, transport=httpx.MockTransport(handler))
     return CLIENTS[api](config, http=http)
@@ -159,18 +164,74 @@ def test_a_broken_base64_vector_makes_the_reply_unusable(bad):
     assert disposition("openai", answer(200, body)) is Disposition.BACK_OFF
 
 
-def test_requests_are_cut_at_max_inputs():
-    sizes = []
+def sized_client(api: str, limit: int, max_inputs: int | None, named: bool = True):
+    """A client of a server that takes at most `limit` texts a request (TEI's 422 names it; a
+    proxy's 413 does not); the sizes of the requests it was sent."""
+    sizes: list[int] = []
 
     def handler(request):
-        n = len(json.loads(request.content)["inputs"])
+        body = json.loads(request.content)
+        n = len(body.get("inputs") or body.get("input"))
         sizes.append(n)
-        return httpx.Response(200, json=[[1.0, 0.0]] * n)
+        if n > limit:
+            if named:
+                return httpx.Response(
+                    422,
+                    json={
+                        "error": f"batch size {n} > maximum allowed batch size {limit}",
+                        "error_type": "Validation",
+                    },
+                )
+            return httpx.Response(413, content=b"<html>413 Request Entity Too Large</html>")
+        if any("bad" in t for t in body.get("inputs") or body.get("input")):
+            return httpx.Response(422, json={"error": "input is too long"})
+        return answer(200, ok_reply(api, n))(request)
 
-    c = client("tei", handler)
-    c.config = ClientConfig(**{**c.config.__dict__, "max_inputs": 4})
+    return client(api, handler, max_inputs), sizes
+
+
+def test_requests_are_cut_at_max_inputs():
+    c, sizes = sized_client("tei", limit=100, max_inputs=4)
     assert len(asyncio.run(c.embed(["t"] * 10))) == 10
     assert sizes == [4, 4, 2]
+
+
+@pytest.mark.parametrize("api,default", [("tei", 32), ("openai", 128), ("ollama", 128)])
+def test_the_request_size_defaults_to_the_protocols(api, default):
+    c, sizes = sized_client(api, limit=1000, max_inputs=None)
+    asyncio.run(c.embed(["t"] * 300))
+    assert sizes[0] == default and max(sizes) == default
+
+
+def test_a_size_the_server_names_is_kept_from_then_on():
+    c, sizes = sized_client("tei", limit=5, max_inputs=8)
+    assert len(asyncio.run(c.embed(["t"] * 12))) == 12
+    assert sizes == [8, 5, 3, 4]  # refused at 8, sent again as the 5 the server named
+    assert c.max_inputs == 5
+    sizes.clear()
+    asyncio.run(c.embed(["t"] * 12))
+    assert sizes == [5, 5, 2]
+
+
+def test_a_size_refused_without_a_word_is_halved_until_answered():
+    c, sizes = sized_client("openai", limit=3, max_inputs=8, named=False)
+    assert len(asyncio.run(c.embed(["t"] * 8))) == 8
+    assert sizes == [8, 4, 2, 2, 2, 2] and c.max_inputs == 2
+    sizes.clear()
+    asyncio.run(c.embed(["t"] * 5))
+    assert sizes == [2, 2, 1]
+
+
+def test_a_refused_text_is_not_taken_for_the_size():
+    c, sizes = sized_client("tei", limit=100, max_inputs=4)
+    with pytest.raises(EmbeddingError) as e:
+        asyncio.run(c.embed(["a", "b", "bad", "c"]))
+    assert e.value.disposition is Disposition.SPLIT and "input is too long" in str(e.value)
+    assert sizes == [4, 2, 2] and c.max_inputs == 4  # one half was answered, the other not
+    sizes.clear()
+    with pytest.raises(EmbeddingError):  # the worker's halving: no second guess about size
+        asyncio.run(c.embed(["bad", "c"]))
+    assert sizes == [2]
 
 
 def test_parse_vectors_is_float32_and_strict():

@@ -11,6 +11,7 @@ import enum
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,10 @@ RATE_LIMIT_PATIENCE = 30.0  # seconds a batch waits out rate limits before it is
 # the smallest real request, when the server must be asked whether it embeds (not the listener's
 # start-up probe, which the test server may be told to spare)
 HEALTH_PROBE_TEXT = "문제: ?"
+# the size a server names when it refuses a request for holding too many texts: TEI's "batch
+# size 64 > maximum allowed batch size 32" (its --max-client-batch-size), and gateways that
+# copied it ("input batch size 100 > maximum allowed batch size 64")
+_SIZE_LIMIT = re.compile(r"maximum allowed batch size\D{0,3}(\d+)", re.IGNORECASE)
 
 
 class Disposition(enum.Enum):
@@ -75,7 +80,7 @@ class ClientConfig:
     model: str
     api_key: str | None
     timeout: float
-    max_inputs: int
+    max_inputs: int | None  # None: the protocol's default (EmbeddingClient.default_max_inputs)
     rpm: int | None = None  # requests per minute the listener keeps under
     tpm: int | None = None  # tokens per minute (estimated: pacing.py)
 
@@ -153,9 +158,16 @@ class EmbeddingClient:
 
     path = ""
     health_path = ""
+    # texts per request unless EMBEDDING_MAX_INPUTS says otherwise: every request costs the
+    # listener about half a millisecond of CPU whatever it holds (BENCHMARKS.md)
+    default_max_inputs = 32
 
     def __init__(self, config: ClientConfig, http: httpx.AsyncClient | None = None) -> None:
         self.config = config
+        # the most texts a request holds; lowered to what the server takes when it refuses a
+        # request for its size (_sized_request)
+        self.max_inputs = config.max_inputs or self.default_max_inputs
+        self.largest_answered = 0  # the most texts a request has been answered for
         self.pacer = Pacer(config.rpm, config.tpm)
         self.answered_at = float("-inf")  # the last time an embedding request succeeded
         self._probing = asyncio.Lock()
@@ -228,10 +240,46 @@ class EmbeddingClient:
         """Embed texts in requests of at most max_inputs; one result per text, in order.
         With `dim`, vectors of another dimension make the reply unusable."""
         out: list[np.ndarray | RowFailure] = []
-        step = self.config.max_inputs
-        for i in range(0, len(texts), step):
-            out += check_vectors(await self._paced_request(texts[i : i + step]), dim)
+        while len(out) < len(texts):
+            part = texts[len(out) : len(out) + self.max_inputs]
+            out += check_vectors(await self._sized_request(part), dim)
         return out
+
+    async def _sized_request(self, texts: list[str]) -> list[np.ndarray]:
+        """One request; refused (400, 413, 422) while holding more texts than any request
+        answered so far, it may be its size and not a text: sent again in parts of the size
+        the server names (TEI's message), else of half.  When every part is answered, that was
+        it: max_inputs comes down to the part's size for good.  When a part is refused too, a
+        text is: the first refusal goes up, for the worker to find the text (embed_rows)."""
+        try:
+            return await self._paced_request(texts)
+        except EmbeddingError as e:
+            if (
+                e.disposition is not Disposition.SPLIT
+                or len(texts) == 1
+                or len(texts) <= self.largest_answered
+            ):
+                raise
+            named = _SIZE_LIMIT.search(str(e))
+            size = int(named[1]) if named and 0 < int(named[1]) < len(texts) else len(texts) // 2
+            vectors: list[np.ndarray] = []
+            try:
+                while len(vectors) < len(texts):  # (a part may have learned a smaller size)
+                    step = min(size, self.max_inputs)
+                    vectors += await self._sized_request(texts[len(vectors) : len(vectors) + step])
+            except EmbeddingError as part:
+                if part.disposition is Disposition.SPLIT:
+                    raise e from None
+                raise
+            if size < self.max_inputs:
+                self.max_inputs = size
+                log.warning(
+                    "the embedding server refused a request for its size; requests hold "
+                    "fewer texts from now on (set EMBEDDING_MAX_INPUTS to the server's limit "
+                    "to skip this)",
+                    extra={"fields": {"refused": len(texts), "max_inputs": size}},
+                )
+            return vectors
 
     async def _paced_request(self, texts: list[str]) -> list[np.ndarray]:
         """One request; refused for a rate limit, it is sent again once the time the server
@@ -289,6 +337,7 @@ class EmbeddingClient:
             raise _unusable(f"asked for {len(texts)} embeddings, got {got}")
         vectors = parse_vectors(raw)
         self.answered_at = time.monotonic()
+        self.largest_answered = max(self.largest_answered, len(texts))
         return vectors
 
 

@@ -10,6 +10,7 @@ class OllamaClient(EmbeddingClient):
 
     path = "/api/embed"
     health_path = "/api/version"
+    default_max_inputs = 128  # /api/embed takes any number of inputs
 
     def payload(self, texts):
         return {

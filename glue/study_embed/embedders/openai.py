@@ -21,6 +21,9 @@ class OpenAIClient(EmbeddingClient):
 
     path = "/v1/embeddings"
     health_path = "/v1/models"
+    # OpenAI takes 2,048 inputs a request, vLLM and Ollama any number; TEI's route says its
+    # limit when it refuses (32 by default), and the client keeps to it from then on
+    default_max_inputs = 128
 
     def payload(self, texts):
         return {"model": self.config.model, "input": texts, "encoding_format": "base64"}
