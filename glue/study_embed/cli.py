@@ -9,11 +9,17 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+# Set before numpy is imported (by .database), unless the operator set it: the commands' numpy
+# work is small 1-D arrays, which no BLAS thread helps, and OpenBLAS starts a thread per core at
+# numpy's import that spins there (0.1 CPU s of every start on 2 cores; more on a big machine).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from . import __version__, logs
 from .database import Database, DatabaseError, DatabaseUnavailable, NotMigrated

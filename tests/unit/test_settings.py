@@ -81,3 +81,22 @@ def test_the_readers_read_where_database_read_url_says_and_the_listener_never_do
         assert cfg.database_read_url is None and cfg.read_url == "postgresql://p/app"
     alone = Settings.resolve(None, "search", {"DATABASE_URL": "postgresql://p/app"})
     assert alone.read_url == "postgresql://p/app"
+
+
+def test_the_command_line_starts_no_blas_threads():
+    """numpy's OpenBLAS starts a thread per core at import, spinning there; the commands' numpy
+    work is 1-D vectors, which no BLAS thread helps (cli.py keeps it to one, as the listener's
+    image would)."""
+    import os
+    import subprocess
+    import sys
+
+    count = "import os; print(len(os.listdir('/proc/self/task')))"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+
+    def threads(imports: str) -> int:
+        return int(subprocess.check_output([sys.executable, "-c", imports + count], env=env))
+
+    if (os.cpu_count() or 1) > 1:  # else OpenBLAS starts none, with or without cli.py
+        assert threads("import numpy; ") > 1  # what the setting prevents
+    assert threads("import study_embed.cli, numpy; ") == 1
