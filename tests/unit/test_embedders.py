@@ -227,6 +227,14 @@ def test_a_refused_text_is_not_taken_for_the_size():
     with pytest.raises(EmbeddingError) as e:
         asyncio.run(c.embed(["a", "b", "bad", "c"]))
     assert e.value.disposition is Disposition.SPLIT and "input is too long" in str(e.value)
+    assert sizes == [4] and c.max_inputs == 4  # a 422 that names no size is a text's
+
+
+def test_a_413_whose_parts_are_refused_too_is_a_texts():
+    c, sizes = sized_client("openai", limit=2, max_inputs=4, named=False)
+    with pytest.raises(EmbeddingError) as e:
+        asyncio.run(c.embed(["a", "b", "bad", "c"]))
+    assert e.value.status == 413  # the first refusal goes up, for the worker to halve
     assert sizes == [4, 2, 2] and c.max_inputs == 4  # one half was answered, the other not
     sizes.clear()
     with pytest.raises(EmbeddingError):  # the worker's halving: no second guess about size

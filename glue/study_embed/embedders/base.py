@@ -54,6 +54,7 @@ class EmbeddingError(Exception):
         super().__init__(message)
         self.disposition = disposition
         self.retry_after = retry_after
+        self.status: int | None = None  # the HTTP status, when the server answered with one
 
     @property
     def server_side(self) -> bool:
@@ -246,21 +247,23 @@ class EmbeddingClient:
         return out
 
     async def _sized_request(self, texts: list[str]) -> list[np.ndarray]:
-        """One request; refused (400, 413, 422) while holding more texts than any request
-        answered so far, it may be its size and not a text: sent again in parts of the size
-        the server names (TEI's message), else of half.  When every part is answered, that was
-        it: max_inputs comes down to the part's size for good.  When a part is refused too, a
-        text is: the first refusal goes up, for the worker to find the text (embed_rows)."""
+        """One request; refused for its size while holding more texts than any request
+        answered so far (a refusal that names the most texts a request may hold, as TEI's 422
+        does, or a 413 that names nothing), it is sent again in parts of the size named, else of
+        half.  When every part is answered, that was it: max_inputs comes down to the part's
+        size for good.  When a part is refused too, a text is: the first refusal goes up, for
+        the worker to find the text (embed_rows), as any other refusal (400, 422) does."""
         try:
             return await self._paced_request(texts)
         except EmbeddingError as e:
+            named = _SIZE_LIMIT.search(str(e))
             if (
                 e.disposition is not Disposition.SPLIT
+                or not (named or e.status == 413)
                 or len(texts) == 1
                 or len(texts) <= self.largest_answered
             ):
                 raise
-            named = _SIZE_LIMIT.search(str(e))
             size = int(named[1]) if named and 0 < int(named[1]) < len(texts) else len(texts) // 2
             vectors: list[np.ndarray] = []
             try:
@@ -320,6 +323,7 @@ class EmbeddingClient:
             ) from e
         if resp.status_code >= 300:
             err = self.classify(resp)
+            err.status = resp.status_code
             if err.disposition is Disposition.RATE_LIMITED:
                 err.retry_after = self.pacer.pause(err.retry_after)
             raise err
