@@ -8,7 +8,8 @@ SELECT id, claim_token, body
 FROM study_embed.claim(%(batch_size)s, make_interval(secs => %(lease_seconds)s));
 
 -- name: complete
-SELECT id FROM study_embed.complete(%(ids)s, %(claim_tokens)s, %(embeddings)b, %(model)s) AS id;
+-- (the batch's arrays in binary: psycopg's text form of a list checks every element for quoting)
+SELECT id FROM study_embed.complete(%(ids)b, %(claim_tokens)b, %(embeddings)b, %(model)s) AS id;
 
 -- name: fail
 SELECT id FROM study_embed.fail(%(ids)s, %(claim_tokens)s, %(errors)s, %(retryable)s) AS id;
@@ -22,7 +23,7 @@ SELECT id, claim_token, body
 FROM study_embed.claim_shadow(%(batch_size)s, make_interval(secs => %(lease_seconds)s));
 
 -- name: complete_shadow
-SELECT id FROM study_embed.complete_shadow(%(ids)s, %(claim_tokens)s, %(embeddings)b, %(model)s) AS id;
+SELECT id FROM study_embed.complete_shadow(%(ids)b, %(claim_tokens)b, %(embeddings)b, %(model)s) AS id;
 
 -- name: fail_shadow
 SELECT id FROM study_embed.fail_shadow(%(ids)s, %(claim_tokens)s, %(errors)s, %(retryable)s) AS id;

@@ -34,7 +34,7 @@ DEFAULT_RETRY_AFTER = 1.0  # a 429 that names no time
 
 
 def estimate_bytes(texts: list[str]) -> int:
-    return sum(len(t.encode()) for t in texts)
+    return len("".join(texts).encode())  # (one encode: a request's texts, twice a request)
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
