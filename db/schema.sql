@@ -342,15 +342,30 @@ COMMENT ON VIEW study_embed.duplicate_pairs IS 'Open near-duplicate pairs of liv
 --
 
 CREATE TABLE study_embed.duplicate_queue (
-    question_id bigint NOT NULL,
-    queued_at timestamp with time zone DEFAULT now() NOT NULL
+    id bigint NOT NULL,
+    question_ids bigint[] NOT NULL,
+    queued_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT duplicate_batches_question_ids_check CHECK ((cardinality(question_ids) > 0))
 );
 
 --
 -- Name: TABLE duplicate_queue; Type: COMMENT; Schema: study_embed; Owner: -
 --
 
-COMMENT ON TABLE study_embed.duplicate_queue IS 'Questions embedded since the last near-duplicate pass (study_embed.detect_duplicates).';
+COMMENT ON TABLE study_embed.duplicate_queue IS 'Questions embedded since the last near-duplicate pass (study_embed.detect_duplicates), a row per complete() call.';
+
+--
+-- Name: duplicate_queue_id_seq; Type: SEQUENCE; Schema: study_embed; Owner: -
+--
+
+ALTER TABLE study_embed.duplicate_queue ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME study_embed.duplicate_queue_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
 
 --
 -- Name: failures; Type: VIEW; Schema: study_embed; Owner: -
@@ -482,7 +497,7 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --
 
 ALTER TABLE ONLY study_embed.duplicate_queue
-    ADD CONSTRAINT duplicate_queue_pkey PRIMARY KEY (question_id);
+    ADD CONSTRAINT duplicate_queue_pkey PRIMARY KEY (id);
 
 --
 -- Name: generations generations_pkey; Type: CONSTRAINT; Schema: study_embed; Owner: -
@@ -553,12 +568,6 @@ CREATE INDEX duplicate_candidates_duplicate_of ON study_embed.duplicate_candidat
 --
 
 CREATE INDEX duplicate_candidates_user ON study_embed.duplicate_candidates USING btree (user_id) WHERE (dismissed_at IS NULL);
-
---
--- Name: duplicate_queue_queued_at; Type: INDEX; Schema: study_embed; Owner: -
---
-
-CREATE INDEX duplicate_queue_queued_at ON study_embed.duplicate_queue USING btree (queued_at);
 
 --
 -- Name: study_questions study_embed_after_delete; Type: TRIGGER; Schema: public; Owner: -

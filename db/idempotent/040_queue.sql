@@ -195,8 +195,7 @@ BEGIN
     IF done IS NOT NULL THEN   -- near-duplicates are looked for later, off this hot path
         -- an adopted row's own hash now says where its vector came from
         DELETE FROM study_embed.adopted_source a WHERE a.question_id = ANY (done);
-        INSERT INTO study_embed.duplicate_queue (question_id)
-        SELECT unnest(done) ON CONFLICT (question_id) DO UPDATE SET queued_at = now();
+        INSERT INTO study_embed.duplicate_queue (question_ids) VALUES (done);  -- one row a batch
     END IF;
     RETURN QUERY SELECT unnest(done);
 END;

@@ -96,11 +96,11 @@ BEGIN
 END;
 $$;
 
--- The near-duplicate pass: questions embedded since the last pass (queued by complete()),
--- oldest first, in chunks, until the queue is empty or the time budget is spent.  Its cost per
--- question grows with the size of the user's bank (the planner scans a small bank exactly),
--- which is why it is not part of complete().  Run by tick() and by an idle listener; concurrent
--- runs take different chunks.  Returns how many questions it examined.
+-- The near-duplicate pass: questions embedded since the last pass (queued by complete(), a row
+-- per call), oldest first, in chunks, until the queue is empty or the time budget is spent.  Its
+-- cost per question grows with the size of the user's bank (the planner scans a small bank
+-- exactly), which is why it is not part of complete().  Run by tick() and by an idle listener;
+-- concurrent runs take different queue rows.  Returns how many questions it examined.
 CREATE OR REPLACE FUNCTION study_embed.detect_duplicates(budget interval DEFAULT '10 seconds',
                                                          chunk integer DEFAULT 200)
 RETURNS bigint
@@ -110,16 +110,36 @@ AS $$
 DECLARE
     started timestamptz := clock_timestamp();
     ids bigint[];
+    room integer;
+    queued record;
     examined bigint := 0::bigint;
 BEGIN
+    IF chunk IS NULL OR chunk < 1 THEN
+        RAISE EXCEPTION 'detect_duplicates: chunk must be a positive number of questions, not %',
+            quote_nullable(chunk) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     LOOP
-        WITH taken AS (
-            DELETE FROM study_embed.duplicate_queue d
-            WHERE d.question_id IN (SELECT x.question_id FROM study_embed.duplicate_queue x
-                                    ORDER BY x.queued_at LIMIT chunk FOR UPDATE SKIP LOCKED)
-            RETURNING d.question_id)
-        SELECT array_agg(t.question_id) INTO ids FROM taken t;
-        EXIT WHEN ids IS NULL;
+        ids := '{}';
+        -- the oldest queue rows until the chunk is full; the one that overfills it gives up its
+        -- first ids and keeps the rest (locked by this pass until it ends)
+        FOR queued IN
+            SELECT d.id, d.question_ids FROM study_embed.duplicate_queue d
+            ORDER BY d.id FOR UPDATE SKIP LOCKED
+        LOOP
+            room := chunk - cardinality(ids);
+            IF cardinality(queued.question_ids) > room THEN
+                UPDATE study_embed.duplicate_queue d SET question_ids = queued.question_ids[room + 1:]
+                WHERE d.id = queued.id;
+                ids := ids || queued.question_ids[:room];
+            ELSE
+                DELETE FROM study_embed.duplicate_queue d WHERE d.id = queued.id;
+                ids := ids || queued.question_ids;
+            END IF;
+            EXIT WHEN cardinality(ids) >= chunk;
+        END LOOP;
+        EXIT WHEN cardinality(ids) = 0;
+        -- a question embedded twice since the last pass is examined once
+        ids := ARRAY(SELECT DISTINCT x FROM unnest(ids) AS x);
         PERFORM study_embed._record_duplicates(ids);
         examined := examined + cardinality(ids);
         EXIT WHEN clock_timestamp() - started >= budget;

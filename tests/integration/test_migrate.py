@@ -200,6 +200,34 @@ def test_new_migration_and_changed_functions_are_applied(empty_db, tmp_path):
         assert c.execute("SELECT study_embed.extra()").fetchone()[0] == 7
 
 
+def test_the_near_duplicate_queue_keeps_its_questions_when_it_becomes_a_row_per_batch(
+    empty_db, tmp_path
+):
+    """0010: what the pass had not examined yet, queued a row per question, is queued again in
+    rows of 200, oldest first."""
+    db_dir = tmp_path / "db"
+    shutil.copytree(sql_dir(), db_dir)
+    later = db_dir / "migrations" / "0010_duplicate_batches.sql"
+    text = later.read_text()
+    later.unlink()
+    Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
+    with psycopg.connect(empty_db, autocommit=True) as c:
+        c.execute(
+            "INSERT INTO study_embed.duplicate_queue (question_id, queued_at)"
+            " SELECT 1000 - i, now() - make_interval(secs => 1000 - i)"
+            " FROM generate_series(1, 250) AS i"
+        )
+    later.write_text(text)
+    r = Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
+    assert "0010_duplicate_batches.sql" in r.applied
+    with psycopg.connect(empty_db) as c:
+        rows = c.execute("SELECT question_ids FROM study_embed.duplicate_queue ORDER BY id")
+        assert [ids for (ids,) in rows] == [
+            list(range(999, 799, -1)),
+            list(range(799, 749, -1)),
+        ]
+
+
 def test_failed_migration_rolls_back_with_its_ledger_row(empty_db, tmp_path):
     db_dir = tmp_path / "db"
     shutil.copytree(sql_dir(), db_dir)

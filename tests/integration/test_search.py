@@ -301,13 +301,37 @@ def test_complete_queues_rows_for_the_duplicate_pass(bank, db):
     a, b = bank.insert("one", ("x", "y", "z", "w")), bank.insert("two", ("x", "y", "z", "w"))
     bank.complete(bank.claim(), vectors=[vector_for("same")] * 2)
     assert db.execute("SELECT count(*) FROM study_embed.duplicate_pairs").fetchone()[0] == 0
-    queued = {r[0] for r in db.execute("SELECT question_id FROM study_embed.duplicate_queue")}
-    assert queued == {a, b}
+    queued = db.execute("SELECT question_ids FROM study_embed.duplicate_queue").fetchall()
+    assert [sorted(ids) for (ids,) in queued] == [sorted([a, b])]  # one row for the call
     assert db.execute("SELECT study_embed.tick()").fetchone() is not None  # runs the pass
     assert db.execute(
         "SELECT question_id, duplicate_of FROM study_embed.duplicate_pairs"
     ).fetchall() == [(a, b)]
     assert db.execute("SELECT count(*) FROM study_embed.duplicate_queue").fetchone()[0] == 0
+
+
+def test_the_pass_takes_the_queue_in_chunks_and_each_question_once(bank, db):
+    """A queue row holds a complete() call's ids: the pass cuts a row larger than its chunk and
+    examines a question queued by two calls once."""
+    choices = ("x", "y", "z", "w")
+    ids = [bank.insert(f"q{i}", choices) for i in range(5)]
+    bank.complete(bank.claim(), vectors=[vector_for(f"v{i}") for i in range(5)])
+    db.execute(
+        "INSERT INTO study_embed.duplicate_queue (question_ids) VALUES (%s)", ([ids[0], ids[1]],)
+    )
+    rows = db.execute("SELECT question_ids FROM study_embed.duplicate_queue ORDER BY id")
+    assert [len(r[0]) for r in rows] == [5, 2]
+    # chunks of 2: [0, 1], [2, 3], [4] + [0] from the second row, then [1]
+    examined = db.execute("SELECT study_embed.detect_duplicates(chunk => 2)").fetchone()[0]
+    assert examined == 7  # 5 + the two queued again (a later pass sees them again)
+    assert db.execute("SELECT count(*) FROM study_embed.duplicate_queue").fetchone()[0] == 0
+    db.execute(
+        "INSERT INTO study_embed.duplicate_queue (question_ids) VALUES (%s), (%s)",
+        ([ids[0]], [ids[0], ids[1]]),
+    )
+    assert db.execute("SELECT study_embed.detect_duplicates()").fetchone()[0] == 2
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute("SELECT study_embed.detect_duplicates(chunk => 0)")
 
 
 def test_duplicates_are_recorded_for_near_copies_only(bank, db):
@@ -757,7 +781,7 @@ def test_a_question_one_word_away_with_another_answer_is_not_a_duplicate(bank, d
     db.execute("UPDATE study_embed.settings SET duplicate_same_answer = false")
     db.execute("UPDATE study_embed.duplicate_candidates SET dismissed_at = NULL")
     bank.conn.execute(
-        "INSERT INTO study_embed.duplicate_queue (question_id) VALUES (%s)", (higher,)
+        "INSERT INTO study_embed.duplicate_queue (question_ids) VALUES (ARRAY[%s])", (higher,)
     )
     db.execute("SELECT study_embed.detect_duplicates()")
     assert db.execute("SELECT count(*) FROM study_embed.duplicate_pairs").fetchone()[0] == 3
@@ -787,7 +811,9 @@ def test_a_models_own_threshold_overrides_the_setting(bank, db):
         "UPDATE study_embed.model_thresholds SET duplicate_threshold = 0.95"
         " WHERE model = 'test-model'"
     )
-    bank.conn.execute("INSERT INTO study_embed.duplicate_queue (question_id) VALUES (%s)", (a,))
+    bank.conn.execute(
+        "INSERT INTO study_embed.duplicate_queue (question_ids) VALUES (ARRAY[%s])", (a,)
+    )
     db.execute("SELECT study_embed.detect_duplicates()")
     assert db.execute("SELECT count(*) FROM study_embed.duplicate_pairs").fetchone()[0] == 1
 
