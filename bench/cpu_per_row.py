@@ -73,8 +73,8 @@ def database(code: Path) -> Iterator[tuple[Cluster, str, dict]]:
         )
         with psycopg.connect(url, autocommit=True) as c:
             c.execute("DROP INDEX study_questions_embedding_hnsw")
-            # an autovacuum landing in one drain's window and not another's was most of the
-            # noise between runs (0.01 ms per row); the vacuum is measured after each drain
+            # autovacuum off: the VACUUM of what each drain left is measured after it, for every
+            # revision alike, instead of landing in one drain's window and not another's
             c.execute("ALTER SYSTEM SET autovacuum = off")
             c.execute("SELECT pg_reload_conf()")
         yield cluster, url, env
@@ -96,7 +96,7 @@ def drain_once(
     t0 = time.monotonic()
     p = subprocess.Popen(
         # trio kept out, as from the listener's image: this virtualenv has it (selenium's), and
-        # httpcore imports it whenever it is installed (encode/httpcore#692), 0.3 CPU s a start
+        # httpcore imports it whenever it is installed (encode/httpcore#692), 0.05 CPU s a start
         [sys.executable, "-c", NO_TRIO + "sys.exit(main(['drain']))"],
         env={
             **env,
