@@ -256,13 +256,14 @@ class EmbeddingClient:
         try:
             return await self._paced_request(texts)
         except EmbeddingError as e:
-            named = _SIZE_LIMIT.search(str(e))
             if (
                 e.disposition is not Disposition.SPLIT
-                or not (named or e.status == 413)
                 or len(texts) == 1
                 or len(texts) <= self.largest_answered
             ):
+                raise
+            named = _SIZE_LIMIT.search(str(e))
+            if not (named or e.status == 413):
                 raise
             size = int(named[1]) if named and 0 < int(named[1]) < len(texts) else len(texts) // 2
             vectors: list[np.ndarray] = []
