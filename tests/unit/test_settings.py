@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -87,10 +90,6 @@ def test_the_command_line_starts_no_blas_threads():
     """numpy's OpenBLAS starts a thread per core at import, spinning there; the commands' numpy
     work is 1-D vectors, which no BLAS thread helps (cli.py keeps it to one, as the listener's
     image would)."""
-    import os
-    import subprocess
-    import sys
-
     count = "import os; print(len(os.listdir('/proc/self/task')))"
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
 
