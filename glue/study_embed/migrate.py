@@ -44,7 +44,8 @@ from .sqlfiles import queries, sql_dir
 
 LOCK_KEY = 0x5354_5544_5945_4D42 & 0x7FFF_FFFF_FFFF_FFFF  # "STUDYEMB"
 IDEMPOTENT_LEDGER_NAME = "idempotent/*"
-MIN_PGVECTOR = (0, 5, 0)  # HNSW
+# HNSW (0.5), l2_normalize() and sparsevec (0.7: _unit(), the words of wrong-answer clusters)
+MIN_PGVECTOR = (0, 7, 0)
 LOCK_TIMEOUT = "1s"  # longest a migration statement queues other sessions behind itself
 LOCK_TRIES = 30  # transactions tried before migrate gives up on a busy table
 HNSW = "study_questions_embedding_shadow_hnsw"  # the next generation's graph
@@ -211,7 +212,10 @@ class Migrator:
             )
         version = row[1] or row[0]
         if _version_tuple(version) < MIN_PGVECTOR:
-            raise MigrationError(f"pgvector {version} is too old: HNSW needs 0.5.0 or newer")
+            raise MigrationError(
+                f"pgvector {version} is too old: study-embed needs 0.7.0 or newer "
+                "(l2_normalize, sparsevec)"
+            )
         cron_db = None
         if self.cron:
             row = conn.execute(self.q["migrate_cron_database"]).fetchone()
