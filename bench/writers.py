@@ -400,7 +400,8 @@ WHERE s.id <= %(n)s
 
 def bench_clusters(url: str, log) -> dict:
     """wrong_answer_clusters at 100, 250 and 500 recent wrong answers (one user) with random
-    vectors (no close pairs), then at 500 whose vectors fall into 25 topics, and into one."""
+    vectors (no close pairs), then at 500 whose vectors fall into 25 topics, and into one; at
+    500, with the words the questions share as well."""
     out = {}
     with psycopg.connect(url, autocommit=True) as c:
         reset_rows(url)
@@ -430,15 +431,89 @@ def bench_clusters(url: str, log) -> dict:
                 " FROM public.study_questions WHERE id <= %s",
                 (recent,),
             )
-            times = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                c.execute(
-                    "SELECT count(*) FROM study_embed.wrong_answer_clusters(1, %s)", (recent,)
-                ).fetchone()
-                times.append((time.perf_counter() - t0) * 1000)
-            out[label] = statistics.median(times)
-            log(f"wrong_answer_clusters at {label} recent wrong answers: {out[label]:.0f} ms")
+            # the served model's own settings (bge-m3's: the vectors alone), and at 500 the
+            # words questions share as well, at e5's weight (1,024 more dimensions per pair)
+            for words, name in ((None, label), (0.15, f"{label}, words at 0.15")):
+                if words and recent < 500:
+                    continue
+                times = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    c.execute(
+                        "SELECT count(*)"
+                        " FROM study_embed.wrong_answer_clusters(1, %s, NULL, %s::real)",
+                        (recent, words),
+                    ).fetchone()
+                    times.append((time.perf_counter() - t0) * 1000)
+                out[name] = statistics.median(times)
+                log(f"wrong_answer_clusters at {name} recent wrong answers: {out[name]:.0f} ms")
+    return out
+
+
+# 500 questions of one learner for the e5 clusters step: e5's 384 dimensions, 25 topics of 20,
+# e5's compressed similarities (each vector a part all share, its topic's centre and noise in
+# variances 0.72 : 0.20 : 0.08: about 0.72 across topics, where about half the pairs are close
+# enough for their words to be compared, and 0.92 within one), texts with words of their topic
+# and of four or five questions of it besides words all share, every question answered wrongly
+# once
+E5_LOAD = """
+WITH centre AS (
+    SELECT t, array_agg(sqrt(12 * 0.20) * (random() - 0.5)
+                        + sqrt(12 * 0.72) * (hashtext(k::text) % 1000 / 2000.0) ORDER BY k)
+              AS c
+    FROM generate_series(0, 24) t, generate_series(1, 384) k GROUP BY t),
+texts AS (
+    SELECT g, '다음 중 ' || w.topic || '와 ' || w.few || '에 대한 설명으로 옳은 것은?' AS text,
+           w.topic || '의 특징' AS c1, 'term' || w.en || ' rule' AS c2, w.few || ' 사례' AS c3
+    FROM generate_series(1, 500) g
+    CROSS JOIN LATERAL (
+        SELECT chr(44032 + g % 25 * 28) || chr(45208 + g % 25 * 28) AS topic,
+               chr(47560 + g % 100 * 28) || '리' AS few,
+               chr(97 + g % 25) || chr(97 + g % 25) AS en) w)
+INSERT INTO public.study_questions (user_id, study_topic_id, question_text, choice_1, choice_2,
+    choice_3, choice_4, correct_choice, embedding, embedding_status, embedding_model,
+    embedding_updated_at, embedding_source_sha256)
+SELECT 1, 5, x.text, x.c1, x.c2, x.c3, '없음', 1,
+       (SELECT array_agg(c.c[k] + sqrt(12 * 0.08) * (random() - 0.5) ORDER BY k)::vector(384)
+        FROM centre c, generate_series(1, 384) k WHERE c.t = g % 25),
+       'ready', 'intfloat/multilingual-e5-small', now(),
+       study_embed.text_sha256(study_embed.render_question(x.text, x.c1, x.c2, x.c3, '없음'))
+FROM texts x;
+INSERT INTO study_question_attempts (user_id, study_question_id, study_topic_id,
+    selected_choice, correct_choice, is_correct)
+SELECT 1, id, 5, 2, 1, false FROM public.study_questions
+"""
+
+
+def bench_clusters_e5(log, repeats: int = 7) -> dict:
+    """wrong_answer_clusters at 500 wrong answers served by multilingual-e5-small (the model
+    make eval measures clusters with): its own threshold and word weight, and the vectors
+    alone at its threshold for them, interleaved."""
+    calls = {
+        "500, e5, its threshold and word weight": (None, None),
+        "500, e5, the vectors alone at 0.88": (0.88, 0.0),
+    }
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    model = "intfloat/multilingual-e5-small"
+    with scratch_database(embedding_dim=384, model=model) as (_, url):
+        with psycopg.connect(url, autocommit=True) as c:
+            add_users(c)
+            for statement in E5_LOAD.split(";\n"):
+                c.execute(statement)
+            c.execute("SELECT study_embed.recount()")
+            c.execute("VACUUM ANALYZE")
+            for _ in range(repeats):
+                for label, (threshold, words) in calls.items():
+                    t0 = time.perf_counter()
+                    c.execute(
+                        "SELECT count(*) FROM study_embed.wrong_answer_clusters("
+                        "1, 500, %s::real, %s::real)",
+                        (threshold, words),
+                    ).fetchone()
+                    times[label].append((time.perf_counter() - t0) * 1000)
+    out = {label: statistics.median(ts) for label, ts in times.items()}
+    for label, ms in out.items():
+        log(f"wrong_answer_clusters at {label}: {ms:.0f} ms")
     return out
 
 
@@ -465,6 +540,7 @@ def run(rounds: int, seconds: float, clients_list: list[int], log) -> dict:
             )
         results["graph_inserts"] = bench_graph_inserts(url, log)
         results["clusters_ms"] = bench_clusters(url, log)
+    results["clusters_ms"] |= bench_clusters_e5(log)
     return results
 
 

@@ -143,7 +143,9 @@ CREATE TABLE study_embed.model_thresholds (
     cluster_threshold real DEFAULT 0.75 NOT NULL,
     chosen_by text NOT NULL,
     context_threshold real,
+    cluster_word_weight real DEFAULT 0 NOT NULL,
     CONSTRAINT model_thresholds_cluster_threshold_check CHECK (((cluster_threshold > (0)::double precision) AND (cluster_threshold <= (1)::double precision))),
+    CONSTRAINT model_thresholds_cluster_word_weight_check CHECK (((cluster_word_weight >= (0)::double precision) AND (cluster_word_weight < (1)::double precision))),
     CONSTRAINT model_thresholds_context_threshold_check CHECK (((context_threshold > (0)::double precision) AND (context_threshold <= (1)::double precision))),
     CONSTRAINT model_thresholds_duplicate_threshold_check CHECK (((duplicate_threshold > (0)::double precision) AND (duplicate_threshold <= (1)::double precision))),
     CONSTRAINT model_thresholds_model_check CHECK ((model <> ''::text))
@@ -160,6 +162,12 @@ COMMENT ON TABLE study_embed.model_thresholds IS 'Thresholds per embedding model
 --
 
 COMMENT ON COLUMN study_embed.model_thresholds.context_threshold IS 'explanation_context() returns no question less similar than this (NULL: no floor).';
+
+--
+-- Name: COLUMN model_thresholds.cluster_word_weight; Type: COMMENT; Schema: study_embed; Owner: -
+--
+
+COMMENT ON COLUMN study_embed.model_thresholds.cluster_word_weight IS 'wrong_answer_clusters() links questions by (1 - this) x the cosine of their vectors + this x the cosine of their sets of words; 0: the vectors alone.  Chosen with cluster_threshold.';
 
 --
 -- Name: settings; Type: TABLE; Schema: study_embed; Owner: -
@@ -687,7 +695,7 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> boolean  SECURITY DEFINER  [010_state_machine.sql]
 -- study_embed._all(anyarray,anycompatible)
 --     -> anycompatiblearray  [030_counts.sql]
--- study_embed._average_linkage(public.vector[],text[],real)
+-- study_embed._average_linkage(public.vector[],text[],real,public.sparsevec[],real)
 --     -> integer[]  [080_clusters.sql]
 -- study_embed._check_batch(text,text[],integer[])
 --     -> void  [040_queue.sql]
@@ -727,6 +735,8 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> trigger  [010_state_machine.sql]
 -- study_embed._has_shadow()
 --     -> boolean  [046_generations.sql]
+-- study_embed._inner_product(public.sparsevec,public.sparsevec)
+--     -> double precision  [080_clusters.sql]
 -- study_embed._inner_product(public.vector,public.vector)
 --     -> double precision  [080_clusters.sql]
 -- study_embed._nearest(bigint,public.vector,integer,bigint,bigint,boolean)
@@ -763,6 +773,12 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> boolean  [010_state_machine.sql]
 -- study_embed._wake(text)
 --     -> void  [020_wake.sql]
+-- study_embed._with_words(public.vector,public.sparsevec,double precision)
+--     -> public.vector  [080_clusters.sql]
+-- study_embed._word_bucket(text)
+--     -> integer  [080_clusters.sql]
+-- study_embed._word_vector(integer[])
+--     -> public.sparsevec  [080_clusters.sql]
 -- study_embed._words_query(text)
 --     -> tsquery  [060_search.sql]
 -- study_embed.adopt(text,boolean,integer)
@@ -841,5 +857,5 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> boolean  SECURITY DEFINER  [090_tick.sql]
 -- study_embed.transition_allowed(text,text,text)
 --     -> boolean  [010_state_machine.sql]
--- study_embed.wrong_answer_clusters(bigint,integer,real)
+-- study_embed.wrong_answer_clusters(bigint,integer,real,real)
 --     -> TABLE(cluster integer, representative_id bigint, question_id bigint, similarity double precision, question_text text, last_wrong_at timestamp with time zone, cluster_name text)  [080_clusters.sql]

@@ -15,7 +15,8 @@ answered wrongly once), `study-embed drain`, then from what the pipeline stored:
   study_embed.search_questions(user, query, 10): recall@1, recall@10, MRR;
 - wrong-answer clusters against concepts: study_embed.wrong_answer_clusters(user, 500) for a
   learner who missed every question of the set, and for one who missed the concepts section
-  alone; adjusted Rand index and the share of singletons, at the model's threshold and others;
+  alone; adjusted Rand index and the share of singletons, at the model's threshold and word
+  weight, at other thresholds with that weight, and with the vectors alone (word weight 0);
 - explanation context: study_embed.explanation_context(user, question, 3) for every question
   of that learner (precision: the share of the context's questions of the same concept) and of
   a learner with one question per concept (how often the context is empty), at the model's
@@ -137,13 +138,20 @@ def table(model: str, r: dict) -> str:
             f"recall@10 {s['recall_at_10']:.3f}, MRR {s['mrr']:.3f}",
             f"  search, hybrid (dense + lexical, RRF): recall@1 {h['recall_at_1']:.3f}, "
             f"recall@10 {h['recall_at_10']:.3f}, MRR {h['mrr']:.3f}",
-            f"  wrong-answer clusters at {ca['threshold']:.2f}: {clus('all')}",
+            f"  wrong-answer clusters at {ca['threshold']:.3f}, word weight "
+            f"{ca['word_weight']:.2f}: {clus('all')}",
             f"    the concepts section alone: {clus('concepts')}",
             "    by threshold (all / concepts section), adjusted Rand index: "
             + ", ".join(
-                f"{t} {v['adjusted_rand_index']:.2f}/"
+                f"{t} {v['adjusted_rand_index']:.3f}/"
                 f"{c['concepts']['by_threshold'][t]['adjusted_rand_index']:.2f}"
                 for t, v in ca["by_threshold"].items()
+            ),
+            "    the vectors alone (word weight 0), by threshold: "
+            + ", ".join(
+                f"{t} {v['adjusted_rand_index']:.3f}/"
+                f"{c['concepts']['vectors_alone_by_threshold'][t]['adjusted_rand_index']:.2f}"
+                for t, v in ca["vectors_alone_by_threshold"].items()
             ),
             "    names (concepts section): "
             + "; ".join(f"{n['name']} ({n['size']})" for n in c["concepts"]["names"][:12]),

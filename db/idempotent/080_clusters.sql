@@ -17,6 +17,25 @@ RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN :"vector_schema".inner_product(a, b);
 
+-- The same for the sparse vectors of questions' words (_word_vector).
+CREATE OR REPLACE FUNCTION study_embed._inner_product(a :"vector_schema".sparsevec,
+                                                      b :"vector_schema".sparsevec)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN :"vector_schema".inner_product(a, b);
+
+-- A vector followed by a question's words (_word_vector, made dense) times `factor`: the product
+-- of two is the product of the vectors + factor^2 x the cosine of the words (pgvector's `||`).
+CREATE OR REPLACE FUNCTION study_embed._with_words(v :"vector_schema".vector,
+                                                   words :"vector_schema".sparsevec,
+                                                   factor double precision)
+RETURNS :"vector_schema".vector
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN v OPERATOR(:"vector_schema".||)
+    (CAST(words AS :"vector_schema".vector) OPERATOR(:"vector_schema".*)
+     CAST(array_fill(factor::real, ARRAY[:"vector_schema".vector_dims(
+              CAST(words AS :"vector_schema".vector))]) AS :"vector_schema".vector));
+
 -- pgvector's l2_normalize(), schema-qualified: a server need not send unit vectors.
 CREATE OR REPLACE FUNCTION study_embed._unit(v :"vector_schema".vector)
 RETURNS :"vector_schema".vector
@@ -53,19 +72,46 @@ COMMENT ON FUNCTION study_embed._cluster_word(text) IS
     'A question word for a cluster''s name: lower case, a Korean particle off its end, NULL for '
     'words every question has.';
 
--- Average linkage over unit vectors (_unit()): groups join only while the average cosine
--- similarity over all pairs of their questions is at least `threshold`.  The candidate joins are
+-- A question's words as wrong_answer_clusters() compares them: each distinct word
+-- (_cluster_word's) hashed into one of 1,024 buckets (_word_bucket), the buckets hit as a unit
+-- sparse vector (_word_vector: equal values in the buckets hit).  The product of two is the
+-- cosine of their word sets (two words that share a bucket count as one); sparse, it costs a
+-- third of a dense 1,024-value product (BENCHMARKS.md).
+CREATE OR REPLACE FUNCTION study_embed._word_bucket(word text)
+RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (hashtext(word) & 1023) + 1;
+
+-- The buckets in any order, repeats and values outside 1..1024 ignored; no values for none.
+-- Made from pgvector's text form (`{3:1,17:1}/1024`, numbers only).
+CREATE OR REPLACE FUNCTION study_embed._word_vector(buckets integer[])
+RETURNS :"vector_schema".sparsevec
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN :"vector_schema".l2_normalize(CAST(
+    '{' || coalesce((SELECT string_agg(DISTINCT h::text || ':1', ',')
+                     FROM unnest(buckets) h WHERE h BETWEEN 1 AND 1024), '') || '}/1024'
+    AS :"vector_schema".sparsevec));
+
+-- Average linkage over unit vectors (_unit()): groups join only while the average similarity
+-- over all pairs of their questions is at least `threshold`.  A pair's similarity is the cosine
+-- of its vectors or, given the questions' words (_word_vector()) and a word weight w,
+-- (1 - w) x that cosine + w x the cosine of their words.  The candidate joins are
 -- the close pairs (similarity >= threshold; two groups whose average reaches it have at least
 -- one), taken from the closest down, a union-find joining their groups when the average still
 -- holds.  The average of two groups is the inner product of their vector sums over the product of
--- their sizes, so each check is one product whatever the groups' sizes.  Passes repeat (three at
--- most) until nothing joins: a group that grew may now reach a neighbour it did not.  Two
--- questions whose subjects are both set and differ are never a close pair.  Returns each
--- question's group (the index of one of its members, the union-find's root), in the order given.
+-- their sizes (with words, each vector is followed by its words, _with_words()), so each check
+-- is one product whatever the groups' sizes.  Passes repeat (three at most) until nothing joins: a group that grew may
+-- now reach a neighbour it did not.  Two questions whose subjects are both set and differ are
+-- never a close pair.  Returns each question's group (the index of one of its members, the
+-- union-find's root), in the order given.
 -- (v is a working copy: v[root] becomes the sum of its group.  PL/pgSQL cannot declare a pgvector
 -- variable of its own while search_path is pinned, but its parameters are variables.)
+-- (It gained the words: the three-argument function it was is dropped, and a call with three
+-- arguments finds this one.)
+DROP FUNCTION IF EXISTS study_embed._average_linkage(:"vector_schema".vector[], text[], real);
 CREATE OR REPLACE FUNCTION study_embed._average_linkage(
-    v :"vector_schema".vector[], subjects text[], threshold real)
+    v :"vector_schema".vector[], subjects text[], threshold real,
+    words :"vector_schema".sparsevec[] DEFAULT NULL, word_weight real DEFAULT 0)
 RETURNS integer[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
@@ -81,12 +127,24 @@ DECLARE
     passes integer := 0;
     groups integer;            -- how many groups there are
     grp integer[];
+    w double precision := CASE WHEN words IS NULL THEN 0
+                               ELSE coalesce(word_weight, 0)::double precision END;
+    reach double precision;    -- with words: the least cosine a close pair can have
+    bar double precision := threshold::double precision;  -- what a pair of groups must reach
 BEGIN
     IF n = 0 THEN
         RETURN '{}'::integer[];
     END IF;
     IF n > 1023 THEN
         RAISE EXCEPTION '_average_linkage: at most 1023 questions, not %', n
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF w < 0 OR w >= 1 THEN
+        RAISE EXCEPTION '_average_linkage: word_weight must be at least 0 and below 1, not %', w
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF w > 0 AND cardinality(words) <> n THEN
+        RAISE EXCEPTION '_average_linkage: % questions but words of %', n, cardinality(words)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- every pair once, in one statement: the only n^2 step.  The join is on a constant (one),
@@ -96,21 +154,54 @@ BEGIN
     -- pair packed as i * 1024 + j in the low 20 bits.  Ascending, that is the closest first and,
     -- within a millionth of similarity, by (i, j): the order of (similarity DESC, i, j) but for
     -- pairs closer than that, sorted as one int8 instead of three keys (BENCHMARKS.md).
-    pairs := array(
-        WITH x AS MATERIALIZED (
-            SELECT u.i::integer AS i, 1 AS one, s.subject, u.v
-            FROM unnest(v) WITH ORDINALITY u(v, i)
-            JOIN unnest(subjects) WITH ORDINALITY s(subject, i) ON s.i = u.i),
-        close AS (
-            SELECT p.i, p.j, p.sim
-            FROM (SELECT x.i, y.i AS j, study_embed._inner_product(x.v, y.v) AS sim
-                  FROM x JOIN x y ON x.one = y.one AND x.i < y.i
-                  WHERE x.subject IS NULL OR y.subject IS NULL OR x.subject = y.subject
-                  OFFSET 0) p     -- not pulled up: each product computed once, not again for
-            WHERE p.sim >= threshold)   -- the filter (pg_stat_user_functions counted both)
-        SELECT round((1 - c.sim) * 1048576)::bigint * 1048576 + c.i * 1024 + c.j AS key
-        FROM close c
-        ORDER BY key);
+    IF w = 0 THEN
+        pairs := array(
+            WITH x AS MATERIALIZED (
+                SELECT u.i::integer AS i, 1 AS one, u.subject, u.v
+                FROM unnest(v, subjects) WITH ORDINALITY u(v, subject, i)),
+            close AS (
+                SELECT p.i, p.j, p.sim
+                FROM (SELECT x.i, y.i AS j, study_embed._inner_product(x.v, y.v) AS sim
+                      FROM x JOIN x y ON x.one = y.one AND x.i < y.i
+                      WHERE x.subject IS NULL OR y.subject IS NULL OR x.subject = y.subject
+                      OFFSET 0) p     -- not pulled up: each product computed once, not again
+                WHERE p.sim >= threshold)   -- for the filter (pg_stat_user_functions counted both)
+            SELECT round((1 - c.sim) * 1048576)::bigint * 1048576 + c.i * 1024 + c.j AS key
+            FROM close c
+            ORDER BY key);
+    ELSE
+        -- with words: their product only for a pair whose cosine leaves the threshold within
+        -- reach (words that are all the same would add w)
+        reach := (threshold - w) / (1 - w);
+        pairs := array(
+            WITH x AS MATERIALIZED (
+                SELECT u.i::integer AS i, 1 AS one, u.subject, u.v, u.words
+                FROM unnest(v, subjects, words) WITH ORDINALITY u(v, subject, words, i)),
+            close AS (
+                SELECT p.i, p.j, p.sim
+                FROM (SELECT q.i, q.j,
+                             (1 - w) * q.cos + w * study_embed._inner_product(q.xw, q.yw) AS sim
+                      FROM (SELECT x.i, y.i AS j, study_embed._inner_product(x.v, y.v) AS cos,
+                                   x.words AS xw, y.words AS yw
+                            FROM x JOIN x y ON x.one = y.one AND x.i < y.i
+                            WHERE x.subject IS NULL OR y.subject IS NULL
+                               OR x.subject = y.subject
+                            OFFSET 0) q
+                      WHERE q.cos >= reach
+                      OFFSET 0) p
+                WHERE p.sim >= threshold)
+            SELECT round((1 - c.sim) * 1048576)::bigint * 1048576 + c.i * 1024 + c.j AS key
+            FROM close c
+            ORDER BY key);
+    END IF;
+    IF w > 0 THEN
+        -- from here on each vector is followed by its words times sqrt(w / (1 - w)): the product
+        -- of two groups' sums is their summed similarity over (1 - w)
+        FOR k IN 1..n LOOP
+            v[k] := study_embed._with_words(v[k], words[k], sqrt(w / (1 - w)));
+        END LOOP;
+        bar := threshold / (1 - w);
+    END IF;
     grp := array(SELECT generate_series(1, n));
     size := array_fill(1, ARRAY[n]);
     groups := n;
@@ -129,7 +220,7 @@ BEGIN
                 b := grp[b];
             END LOOP;
             CONTINUE WHEN a = b OR study_embed._inner_product(v[a], v[b])
-                                   < threshold::double precision * size[a] * size[b];
+                                   < bar * size[a] * size[b];
             IF size[a] < size[b] THEN       -- the bigger group's root stays
                 a := a # b; b := a # b; a := a # b;
             END IF;
@@ -180,8 +271,10 @@ END;
 -- `recent` most recent of them), grouped by concept with _average_linkage() over the served
 -- model's vectors.  Measured against concepts by `make eval` (BENCHMARKS.md): the greedy stars
 -- around a representative at a near-duplicate threshold that this replaced split a learner's
--- weak spots into crumbs.  Without a threshold, the served model's
--- (model_thresholds.cluster_threshold), else 0.75.
+-- weak spots into crumbs.  Questions are compared by their vectors and, at `word_weight`, by
+-- the words they share, their own and their choices' (_word_vector; 0: the vectors alone).
+-- Without a threshold or a word weight, the served model's (model_thresholds.cluster_threshold
+-- and cluster_word_weight, chosen together by make eval), else 0.75 and 0.
 --
 -- Each cluster is named (cluster_name): its members' common scope where they share one, else
 -- their common subject and the words at least half of them use (two at least; of its 12 most
@@ -192,18 +285,12 @@ END;
 --
 -- Cost (BENCHMARKS.md: 500 wrong answers): the pairwise similarities (one set-based statement
 -- over vectors read once), then one pass over the close pairs.
-DO $$
-BEGIN
-    -- the result gained cluster_name: CREATE OR REPLACE cannot change a result type
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_proc
-               WHERE oid = to_regprocedure('study_embed.wrong_answer_clusters(bigint,integer,real)')
-                 AND NOT ('cluster_name' = ANY (proargnames))) THEN
-        DROP FUNCTION study_embed.wrong_answer_clusters(bigint, integer, real);
-    END IF;
-END;
-$$;
+-- (it gained word_weight: the three-argument function it was is dropped, and a call with
+-- three arguments finds this one)
+DROP FUNCTION IF EXISTS study_embed.wrong_answer_clusters(bigint, integer, real);
 CREATE OR REPLACE FUNCTION study_embed.wrong_answer_clusters(
-    for_user bigint, recent integer DEFAULT 50, threshold real DEFAULT NULL)
+    for_user bigint, recent integer DEFAULT 50, threshold real DEFAULT NULL,
+    word_weight real DEFAULT NULL)
 RETURNS TABLE (cluster integer, representative_id bigint, question_id bigint,
                similarity double precision, question_text text, last_wrong_at timestamptz,
                cluster_name text)
@@ -219,16 +306,24 @@ BEGIN
         RAISE EXCEPTION 'recent must be between 1 and 500, not %', recent
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF threshold IS NULL THEN
-        SELECT m.cluster_threshold INTO threshold
+    IF word_weight < 0 OR word_weight >= 1 THEN
+        RAISE EXCEPTION 'word_weight must be at least 0 and below 1, not %', word_weight
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF threshold IS NULL OR word_weight IS NULL THEN
+        SELECT coalesce(threshold, m.cluster_threshold),
+               coalesce(word_weight, m.cluster_word_weight)
+        INTO threshold, word_weight
         FROM study_embed.model_thresholds m
         WHERE m.model = study_embed.served_model();
         threshold := coalesce(threshold, 0.75);
+        word_weight := coalesce(word_weight, 0);
     END IF;
     RETURN QUERY
     WITH wrong AS MATERIALIZED (
         SELECT row_number() OVER (ORDER BY x.answered_at DESC, x.id)::integer AS i, x.*
         FROM (SELECT w.study_question_id AS id, w.answered_at, q.question_text, q.subject,
+                     q.choice_1, q.choice_2, q.choice_3, q.choice_4,
                      nullif(lower(btrim(q.subject)), '') AS subject_key,
                      nullif(btrim(q.scope), '') AS scope, q.embedding
               FROM (SELECT DISTINCT ON (t.study_question_id)
@@ -242,11 +337,32 @@ BEGIN
                 AND q.embedding_model = (SELECT study_embed.served_model())   -- once, not per row
               ORDER BY w.answered_at DESC, w.study_question_id
               LIMIT recent) x),
+    -- the words of each question and its choices, only when they weigh: each distinct token
+    -- of the batch through _cluster_word() once
+    tokens AS MATERIALIZED (
+        SELECT w.i, t.tok
+        FROM wrong w
+        CROSS JOIN LATERAL regexp_split_to_table(
+            lower(concat_ws(' ', w.question_text, w.choice_1, w.choice_2, w.choice_3,
+                            w.choice_4)),
+            '[[:space:][:punct:]·]+') t(tok)
+        WHERE word_weight > 0),
+    question_words AS (
+        SELECT t.i, array_agg(DISTINCT n.bucket) AS hits
+        FROM tokens t
+        JOIN (SELECT d.tok, study_embed._word_bucket(study_embed._cluster_word(d.tok)) AS bucket
+              FROM (SELECT DISTINCT tokens.tok FROM tokens) d
+              OFFSET 0) n ON n.tok = t.tok      -- (not pushed down: once per distinct token)
+        WHERE n.bucket IS NOT NULL
+        GROUP BY t.i),
     grouped AS MATERIALIZED (
-        SELECT study_embed._average_linkage(u.v, u.subjects, threshold) AS grp, u.v
+        SELECT study_embed._average_linkage(u.v, u.subjects, threshold, u.words, word_weight)
+                   AS grp, u.v
         FROM (SELECT array_agg(study_embed._unit(w.embedding) ORDER BY w.i) AS v,
-                     array_agg(w.subject_key ORDER BY w.i) AS subjects
-              FROM wrong w) u),
+                     array_agg(w.subject_key ORDER BY w.i) AS subjects,
+                     array_agg(study_embed._word_vector(wd.hits) ORDER BY w.i)
+                         FILTER (WHERE word_weight > 0) AS words
+              FROM wrong w LEFT JOIN question_words wd ON wd.i = w.i) u),
     m AS MATERIALIZED (
         SELECT w.i, w.id, w.answered_at, w.question_text, w.subject, w.subject_key, w.scope,
                r.rep, r.similarity, gr.grp[w.i] AS g
@@ -294,6 +410,7 @@ BEGIN
     ORDER BY nd.c, m.i;
 END;
 $$;
-COMMENT ON FUNCTION study_embed.wrong_answer_clusters(bigint, integer, real) IS
+COMMENT ON FUNCTION study_embed.wrong_answer_clusters(bigint, integer, real, real) IS
     'Groups the questions a user most recently answered wrongly by concept (average linkage '
-    'over the served model''s cosine similarities), each group named.';
+    'over the served model''s cosine similarities and, at word_weight, the words the questions '
+    'share), each group named.';

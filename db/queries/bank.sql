@@ -82,4 +82,5 @@ SELECT study_embed.dismiss_duplicate(%(user_id)s, %(question_id)s, %(duplicate_o
 -- name: bank_clusters
 SELECT cluster, representative_id, question_id, similarity, question_text, last_wrong_at,
        cluster_name
-FROM study_embed.wrong_answer_clusters(%(user_id)s, %(recent)s, %(threshold)s::real);
+FROM study_embed.wrong_answer_clusters(%(user_id)s, %(recent)s, %(threshold)s::real,
+                                       %(word_weight)s::real);

@@ -154,12 +154,20 @@ class AsyncStudyBank:
         return await self._bank.check_draft(user_id, self._clients, draft, threshold)
 
     async def clusters(
-        self, user_id: int, recent: int = 50, threshold: float | None = None
+        self,
+        user_id: int,
+        recent: int = 50,
+        threshold: float | None = None,
+        word_weight: float | None = None,
     ) -> list[ClusterMember]:
-        """The user's recent wrong answers grouped by concept, each group named."""
+        """The user's recent wrong answers grouped by concept, each group named.  Questions are
+        compared by their vectors and, at `word_weight` (0 to below 1), by the words they share;
+        without a threshold or a weight, the served model's."""
         if not 1 <= recent <= 500:
             raise ValueError(f"recent must be between 1 and 500, not {recent}")
-        return await self._bank.clusters(user_id, recent, threshold)
+        if word_weight is not None and not 0 <= word_weight < 1:
+            raise ValueError(f"word_weight must be at least 0 and below 1, not {word_weight}")
+        return await self._bank.clusters(user_id, recent, threshold, word_weight)
 
 
 def _check_k(k: int) -> None:
@@ -236,6 +244,10 @@ class StudyBank:
         return self._run(self._async.check_draft, user_id, draft, threshold)
 
     def clusters(
-        self, user_id: int, recent: int = 50, threshold: float | None = None
+        self,
+        user_id: int,
+        recent: int = 50,
+        threshold: float | None = None,
+        word_weight: float | None = None,
     ) -> list[ClusterMember]:
-        return self._run(self._async.clusters, user_id, recent, threshold)
+        return self._run(self._async.clusters, user_id, recent, threshold, word_weight)

@@ -302,10 +302,18 @@ class Bank:
         return bool(done)
 
     async def clusters(
-        self, user_id: int, recent: int = 50, threshold: float | None = None
+        self,
+        user_id: int,
+        recent: int = 50,
+        threshold: float | None = None,
+        word_weight: float | None = None,
     ) -> list[ClusterMember]:
-        """Without a threshold, the model's (wrong_answer_clusters)."""
+        """Without a threshold or a word weight, the model's (wrong_answer_clusters)."""
         rows = await self._rows(
-            "bank_clusters", user_id=user_id, recent=recent, threshold=threshold
+            "bank_clusters",
+            user_id=user_id,
+            recent=recent,
+            threshold=threshold,
+            word_weight=word_weight,
         )
         return [ClusterMember(*r) for r in rows]

@@ -30,7 +30,24 @@ from .rows import add_attempts, add_question, add_topic, add_user, one_value
 
 ROLES = ("base", "same", "flip")
 # cluster thresholds tried besides the pipeline's own (the model's, else the function's default)
-CLUSTER_THRESHOLDS = (0.75, 0.80, 0.84, 0.86, 0.87, 0.88, 0.89, 0.90, 0.92, 0.94)
+CLUSTER_THRESHOLDS = (
+    0.70,
+    0.72,
+    0.74,
+    0.75,
+    0.755,
+    0.76,
+    0.77,
+    0.80,
+    0.84,
+    0.86,
+    0.87,
+    0.88,
+    0.89,
+    0.90,
+    0.92,
+    0.94,
+)
 # relevance floors tried for explanation context besides the model's own
 CONTEXT_FLOORS = (0.50, 0.60, 0.70, 0.80, 0.85, 0.87, 0.88, 0.89, 0.90, 0.91, 0.92, 0.93)
 CONTEXT_K = 3  # the context's size that precision is measured at
@@ -349,13 +366,15 @@ def evaluate(url: str, s: EvalSet, client: EmbeddingClient, env: dict[str, str])
 
         concept = {q.key: q.concept for q in s.questions}
 
-        def clusters_of(learner: str, threshold: float | None) -> tuple[list[list], list]:
+        def clusters_of(
+            learner: str, threshold: float | None, word_weight: float | None = None
+        ) -> tuple[list[list], list]:
             """The learner's clusters (question keys) and their names."""
             uid, keys = loaded.learners[learner]
-            rows = conn.execute(  # no threshold: the function's own choice (the model's)
+            rows = conn.execute(  # None: the function's own choice (the model's)
                 "SELECT cluster, question_id, cluster_name"
-                " FROM study_embed.wrong_answer_clusters(%s, 500, %s::real)",
-                (uid, threshold),
+                " FROM study_embed.wrong_answer_clusters(%s, 500, %s::real, %s::real)",
+                (uid, threshold, word_weight),
             ).fetchall()
             grouped: dict[int, list] = defaultdict(list)
             names: dict[int, str] = {}
@@ -367,6 +386,7 @@ def evaluate(url: str, s: EvalSet, client: EmbeddingClient, env: dict[str, str])
                 for c, m in grouped.items()
             ]
 
+        # the model's threshold and word weight, else the function's defaults
         cluster_threshold = float(
             one_value(
                 conn,
@@ -374,14 +394,27 @@ def evaluate(url: str, s: EvalSet, client: EmbeddingClient, env: dict[str, str])
                 " WHERE m.model = study_embed.served_model()), 0.75)",
             )
         )
+        word_weight = float(
+            one_value(
+                conn,
+                "SELECT coalesce((SELECT m.cluster_word_weight FROM study_embed.model_thresholds m"
+                " WHERE m.model = study_embed.served_model()), 0)",
+            )
+        )
         clusters: dict[str, dict] = {}
         for learner in ("all", "concepts"):
             found, names = clusters_of(learner, None)
             clusters[learner] = concept_figures(found, concept) | {
                 "threshold": cluster_threshold,
+                "word_weight": word_weight,
                 "names": names,
                 "by_threshold": {
                     str(t): concept_figures(clusters_of(learner, t)[0], concept)
+                    for t in CLUSTER_THRESHOLDS
+                },
+                # the vectors alone (word weight 0), for comparison
+                "vectors_alone_by_threshold": {
+                    str(t): concept_figures(clusters_of(learner, t, 0.0)[0], concept)
                     for t in CLUSTER_THRESHOLDS
                 },
             }

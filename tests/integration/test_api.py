@@ -105,6 +105,9 @@ async def test_the_async_api_answers_every_read_for_the_user_only(app_url, serve
         }
         assert all(m.cluster_name for m in clusters)
         assert await bank.clusters(b) == []
+        # with the words the questions share (the app's role runs every helper it takes)
+        worded = await bank.clusters(a, threshold=0.5, word_weight=0.3)
+        assert {m.question_id for m in worded} == {m.question_id for m in clusters}
 
 
 @pytest.mark.anyio
@@ -122,6 +125,8 @@ async def test_the_async_api_raises_the_typed_errors(app_url, server, korean):
             await bank.search(a, "광합성", k=0)
         with pytest.raises(ValueError, match="recent must be between 1 and 500"):
             await bank.clusters(a, recent=501)
+        with pytest.raises(ValueError, match="word_weight must be at least 0 and below 1"):
+            await bank.clusters(a, word_weight=1.0)
         server.stop()
         with pytest.raises(EmbeddingError):
             await bank.search(a, "광합성")

@@ -228,6 +228,42 @@ def test_the_near_duplicate_queue_keeps_its_questions_when_it_becomes_a_row_per_
         ]
 
 
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(0.88, (0.755, 0.15)), (0.9, (0.9, 0.0))],
+    ids=["as make eval chose it", "changed by an operator"],
+)
+def test_e5_clusters_with_the_words_unless_an_operator_chose_its_threshold(
+    empty_db, tmp_path, before, after
+):
+    """0011: e5's cluster threshold and word weight become the pair make eval chose together;
+    a threshold an operator changed keeps its meaning (the vectors alone)."""
+    db_dir = tmp_path / "db"
+    shutil.copytree(sql_dir(), db_dir)
+    later = db_dir / "migrations" / "0011_cluster_words.sql"
+    text = later.read_text()
+    later.unlink()
+    Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
+    e5 = "intfloat/multilingual-e5-small"
+    with psycopg.connect(empty_db, autocommit=True) as c:
+        c.execute(
+            "UPDATE study_embed.model_thresholds SET cluster_threshold = %s WHERE model = %s",
+            (before, e5),
+        )
+    later.write_text(text)
+    r = Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
+    assert "0011_cluster_words.sql" in r.applied
+    with psycopg.connect(empty_db) as c:
+        rows = dict(
+            c.execute(
+                "SELECT model, (cluster_threshold, cluster_word_weight)"
+                " FROM study_embed.model_thresholds"
+            ).fetchall()
+        )
+    assert tuple(float(x) for x in rows[e5]) == pytest.approx(after)
+    assert tuple(float(x) for x in rows["BAAI/bge-m3"]) == pytest.approx((0.75, 0.0))
+
+
 def test_failed_migration_rolls_back_with_its_ledger_row(empty_db, tmp_path):
     db_dir = tmp_path / "db"
     shutil.copytree(sql_dir(), db_dir)

@@ -509,6 +509,12 @@ def test_search_functions_reject_missing_user(bank, db):
         db.execute("SELECT * FROM study_embed.search_questions(NULL, %s)", (vector_for("x"),))
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         db.execute("SELECT * FROM study_embed.wrong_answer_clusters(NULL)")
+    for weight in (-0.1, 1.0):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="word_weight"):
+            db.execute(
+                "SELECT * FROM study_embed.wrong_answer_clusters(%s, 50, 0.8, %s::real)",
+                (bank.user_id, weight),
+            )
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -589,10 +595,15 @@ def test_search_and_check_duplicate_commands(bank, db, db_url):
         server.stop()
 
 
-def _average_linkage(vecs: np.ndarray, threshold: float, subjects=None) -> list[int]:
-    """The documented method, written out plainly: each question's group (its root's index)."""
+def _average_linkage(
+    vecs: np.ndarray, threshold: float, subjects=None, normalize: bool = True
+) -> list[int]:
+    """The documented method, written out plainly: each question's group (its root's index).
+    A pair's similarity is the product of its rows (made unit vectors first, unless told)."""
     n = len(vecs)
-    unit_ = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    unit_ = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True) if normalize else vecs).astype(
+        np.float32
+    )
     sims = unit_ @ unit_.T
     subjects = subjects or [None] * n
     close = sorted(
@@ -673,6 +684,83 @@ def test_wrong_answer_clusters_follow_the_documented_average_linkage(bank, db):
             if cluster == c:
                 assert representative == rep
                 assert sim == pytest.approx(float(vec[qid] @ vec[rep]), abs=1e-5)
+
+
+def _word_bags(db, texts: list[str]) -> np.ndarray:
+    """The documented word vector of each text (words that _cluster_word keeps as they are):
+    its distinct words, each in the bucket _word_bucket() hashes it to, as a unit vector."""
+    bags = np.zeros((len(texts), 1024))
+    for k, text in enumerate(texts):
+        for word in set(text.lower().split()):
+            [(bucket,)] = db.execute("SELECT study_embed._word_bucket(%s)", (word,)).fetchall()
+            bags[k, bucket - 1] = 1.0
+        bags[k] /= np.linalg.norm(bags[k])
+    return bags
+
+
+def test_clusters_weigh_the_words_questions_share_as_documented(bank, db):
+    """Three concepts whose vectors are all about equally close (the vectors alone make one
+    cluster of them) but whose questions and choices share their concept's words: at a word
+    weight, a pair's similarity is (1 - w) x cosine + w x the cosine of their word sets, and
+    the SQL groups exactly as the plain method does on those similarities, by concept; the
+    served model's weight is the default."""
+    rng = np.random.default_rng(8)
+    base = unit(rng.standard_normal(1024))
+    concepts = [["alpha", "bravo", "charlie"], ["delta", "echo", "foxtrot"], ["golf", "hotel"]]
+    common = ["india", "juliet", "kilo", "lima", "mike", "november"]
+    ids, vecs, texts, concept_of = [], [], [], {}
+    for i in range(30):
+        own = concepts[i % 3]
+        question = " ".join([*rng.choice(own, 2, replace=False), *rng.choice(common, 2)])
+        choices = tuple(f"{rng.choice(own)} {rng.choice(common)}" for _ in range(4))
+        qid = bank.insert(question, choices)
+        ids.append(qid)
+        concept_of[qid] = i % 3
+        vecs.append(base + 0.5 * rng.standard_normal(1024) / 32)  # about 0.8 to any other
+        texts.append(" ".join([question, *choices]))
+    _embed_all(bank, dict(zip(ids, vecs, strict=True)))
+    _wrong(db, bank, ids)
+
+    def groups(sql: str, *args) -> list[list[int]]:
+        got: dict[int, list[int]] = {}
+        for c, qid in db.execute(sql, (bank.user_id, *args)):
+            got.setdefault(c, []).append(qid)
+        return sorted(sorted(g) for g in got.values())
+
+    def expected(roots: list[int]) -> list[list[int]]:
+        want: dict[int, list[int]] = {}
+        for qid, r in zip(ids, roots, strict=True):
+            want.setdefault(r, []).append(qid)
+        return sorted(sorted(g) for g in want.values())
+
+    w, threshold = 0.3, 0.7
+    units = np.array([unit(v) for v in vecs])
+    combined = np.hstack([np.sqrt(1 - w) * units, np.sqrt(w) * _word_bags(db, texts)])
+    with_words = groups(
+        "SELECT cluster, question_id"
+        " FROM study_embed.wrong_answer_clusters(%s, 50, %s::real, %s::real)",
+        threshold,
+        w,
+    )
+    assert with_words == expected(_average_linkage(combined, threshold, normalize=False))
+    by_concept = [sorted(q for q in ids if concept_of[q] == k) for k in range(3)]
+    assert with_words == sorted(by_concept)
+    alone = groups(
+        "SELECT cluster, question_id FROM study_embed.wrong_answer_clusters(%s, 50, %s::real, 0)",
+        threshold,
+    )
+    assert alone == [sorted(ids)] == expected(_average_linkage(np.array(vecs), threshold))
+    # the served model's threshold and weight, when none are given
+    db.execute(
+        "INSERT INTO study_embed.model_thresholds (model, duplicate_threshold,"
+        " cluster_threshold, cluster_word_weight, chosen_by)"
+        " VALUES (%s, 0.92, %s, %s, 'a test')",
+        (TEST_MODEL, threshold, w),
+    )
+    default = "SELECT cluster, question_id FROM study_embed.wrong_answer_clusters(%s)"
+    assert groups(default) == with_words
+    db.execute("UPDATE study_embed.model_thresholds SET cluster_word_weight = 0")
+    assert groups(default) == alone
 
 
 def test_a_chain_of_close_questions_is_not_one_cluster(bank, db):
