@@ -168,6 +168,13 @@ def run(
                     drain_once(cluster, url, env, server, 100, 1, 0)["listener_s"] for _ in range(3)
                 )
                 log(f"cpu per row, {name}: a drain with nothing to do, {start[name]:.2f} CPU s")
+            # one drain of each column, not counted: the first drain of a run cost more in every
+            # column (session 15: 0.240 ms a row at 100 x 1 measured first, 0.223 and 0.198 after
+            # 200 x 2; 6c0db04 0.474, then 0.457 and 0.462)
+            for _, name, api, inputs in variants:
+                cluster, url, env = dbs[name]
+                drain_once(cluster, url, env, server, *configs[0], rows, api, inputs)
+            log("cpu per row: one drain of each column done, not counted")
             for batch, conc in configs:
                 runs: dict[str, list[dict]] = {label: [] for label, *_ in variants}
                 for _ in range(repeats):
