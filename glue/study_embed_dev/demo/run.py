@@ -389,7 +389,7 @@ async def _what_it_finds(b: Bank, url: str, served: server.Served) -> None:
     members = sorted(await b.clusters(users[who], 50), key=lambda m: (m.cluster, -m.similarity))
     _title(
         f"{who}'s wrong-answer clusters (study_embed.wrong_answer_clusters: the questions "
-        "last answered wrongly, grouped by concept at the model's threshold)"
+        "last answered wrongly, grouped by concept at the model's threshold and word weight)"
     )
     by_cluster: dict[int, list] = {}
     names: dict[int, str] = {}
