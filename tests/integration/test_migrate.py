@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -200,26 +202,34 @@ def test_new_migration_and_changed_functions_are_applied(empty_db, tmp_path):
         assert c.execute("SELECT study_embed.extra()").fetchone()[0] == 7
 
 
+@contextlib.contextmanager
+def _before_migration(url: str, tmp_path, name: str) -> Iterator[psycopg.Connection]:
+    """A database migrated up to migrations/`name`, not including it, for the block to leave as
+    an older release would; then `name` applied."""
+    db_dir = tmp_path / "db"
+    shutil.copytree(sql_dir(), db_dir)
+    later = db_dir / "migrations" / name
+    text = later.read_text()
+    later.unlink()
+    Migrator(url, cron=False, db_dir=db_dir, log=lambda m: None).run()
+    with psycopg.connect(url, autocommit=True) as c:
+        yield c
+    later.write_text(text)
+    r = Migrator(url, cron=False, db_dir=db_dir, log=lambda m: None).run()
+    assert name in r.applied
+
+
 def test_the_near_duplicate_queue_keeps_its_questions_when_it_becomes_a_row_per_batch(
     empty_db, tmp_path
 ):
     """0010: what the pass had not examined yet, queued a row per question, is queued again in
     rows of 200, oldest first."""
-    db_dir = tmp_path / "db"
-    shutil.copytree(sql_dir(), db_dir)
-    later = db_dir / "migrations" / "0010_duplicate_batches.sql"
-    text = later.read_text()
-    later.unlink()
-    Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
-    with psycopg.connect(empty_db, autocommit=True) as c:
+    with _before_migration(empty_db, tmp_path, "0010_duplicate_batches.sql") as c:
         c.execute(
             "INSERT INTO study_embed.duplicate_queue (question_id, queued_at)"
             " SELECT 1000 - i, now() - make_interval(secs => 1000 - i)"
             " FROM generate_series(1, 250) AS i"
         )
-    later.write_text(text)
-    r = Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
-    assert "0010_duplicate_batches.sql" in r.applied
     with psycopg.connect(empty_db) as c:
         rows = c.execute("SELECT question_ids FROM study_embed.duplicate_queue ORDER BY id")
         assert [ids for (ids,) in rows] == [
@@ -238,30 +248,19 @@ def test_e5_clusters_with_the_words_unless_an_operator_chose_its_threshold(
 ):
     """0011: e5's cluster threshold and word weight become the pair make eval chose together;
     a threshold an operator changed keeps its meaning (the vectors alone)."""
-    db_dir = tmp_path / "db"
-    shutil.copytree(sql_dir(), db_dir)
-    later = db_dir / "migrations" / "0011_cluster_words.sql"
-    text = later.read_text()
-    later.unlink()
-    Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
     e5 = "intfloat/multilingual-e5-small"
-    with psycopg.connect(empty_db, autocommit=True) as c:
+    with _before_migration(empty_db, tmp_path, "0011_cluster_words.sql") as c:
         c.execute(
             "UPDATE study_embed.model_thresholds SET cluster_threshold = %s WHERE model = %s",
             (before, e5),
         )
-    later.write_text(text)
-    r = Migrator(empty_db, cron=False, db_dir=db_dir, log=lambda m: None).run()
-    assert "0011_cluster_words.sql" in r.applied
+    pair = (
+        "SELECT cluster_threshold, cluster_word_weight FROM study_embed.model_thresholds"
+        " WHERE model = %s"
+    )
     with psycopg.connect(empty_db) as c:
-        rows = dict(
-            c.execute(
-                "SELECT model, (cluster_threshold, cluster_word_weight)"
-                " FROM study_embed.model_thresholds"
-            ).fetchall()
-        )
-    assert tuple(float(x) for x in rows[e5]) == pytest.approx(after)
-    assert tuple(float(x) for x in rows["BAAI/bge-m3"]) == pytest.approx((0.75, 0.0))
+        assert c.execute(pair, (e5,)).fetchone() == pytest.approx(after)
+        assert c.execute(pair, ("BAAI/bge-m3",)).fetchone() == pytest.approx((0.75, 0.0))
 
 
 def test_failed_migration_rolls_back_with_its_ledger_row(empty_db, tmp_path):
