@@ -432,7 +432,7 @@ def bench_clusters(url: str, log) -> dict:
                 (recent,),
             )
             # the served model's own settings (bge-m3's: the vectors alone), and at 500 the
-            # words questions share as well, at e5's weight (1,024 more dimensions per pair)
+            # words questions share as well, at e5's weight
             for words, name in ((None, label), (0.15, f"{label}, words at 0.15")):
                 if words and recent < 500:
                     continue

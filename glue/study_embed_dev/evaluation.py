@@ -30,24 +30,7 @@ from .rows import add_attempts, add_question, add_topic, add_user, one_value
 
 ROLES = ("base", "same", "flip")
 # cluster thresholds tried besides the pipeline's own (the model's, else the function's default)
-CLUSTER_THRESHOLDS = (
-    0.70,
-    0.72,
-    0.74,
-    0.75,
-    0.755,
-    0.76,
-    0.77,
-    0.80,
-    0.84,
-    0.86,
-    0.87,
-    0.88,
-    0.89,
-    0.90,
-    0.92,
-    0.94,
-)
+CLUSTER_THRESHOLDS = (0.72, 0.74, 0.75, 0.755, 0.76, 0.77, 0.80, 0.86, 0.87, 0.88, 0.89, 0.90, 0.94)
 # relevance floors tried for explanation context besides the model's own
 CONTEXT_FLOORS = (0.50, 0.60, 0.70, 0.80, 0.85, 0.87, 0.88, 0.89, 0.90, 0.91, 0.92, 0.93)
 CONTEXT_K = 3  # the context's size that precision is measured at
