@@ -170,7 +170,7 @@ def run(
                 log(f"cpu per row, {name}: a drain with nothing to do, {start[name]:.2f} CPU s")
             # one drain of each column, not counted: the first drain of a run cost more in every
             # column (session 15: 0.240 ms a row at 100 x 1 measured first, 0.223 and 0.198 after
-            # 200 x 2; 6c0db04 0.474, then 0.457 and 0.462)
+            # 200 x 2; 6c0db04 0.474, then 0.459 and 0.462)
             for _, name, api, inputs in variants:
                 cluster, url, env = dbs[name]
                 drain_once(cluster, url, env, server, *configs[0], rows, api, inputs)
