@@ -1,8 +1,9 @@
 -- 010_state_machine.sql — re-runnable: applied by `make migrate` whenever it changed.
 --
 -- The embedding status of a question, written once.  Every status change of
--- public.study_questions, whoever makes it, passes through study_embed._guard_update(); the
--- allowed transitions are the one CASE in study_embed.transition_allowed().
+-- public.study_questions passes through a guard: a client's through study_embed._guard_update(),
+-- the pipeline's own through study_embed._guard_pipeline(); the allowed transitions are the one
+-- CASE in study_embed.transition_allowed().
 --
 --   status    meaning                                              claimable when
 --   none      inserted, never embedded                             at once
@@ -41,7 +42,9 @@
 -- body (`RETURN ...`), whose names were bound when migrate created it (under that same path)
 -- and which a SET clause would only keep the planner from inlining: each call would then start
 -- an executor of its own, once per row of a claim or a complete (BENCHMARKS.md, "CPU per
--- embedded row").  pgvector's type and operators are schema-qualified.
+-- embedded row").  The one exception is _guard_pipeline(), which fires only inside the
+-- pipeline's own functions and so runs under the path they pinned.  pgvector's type and
+-- operators are schema-qualified.
 --
 -- psql variables: :"vector_schema" (the schema pgvector is installed in).
 
@@ -72,11 +75,16 @@ COMMENT ON FUNCTION study_embed.text_sha256(text) IS
 -- The model whose vectors the `embedding` column serves (study_embed.generations; a model change
 -- is 046_generations.sql): complete() takes no other, search compares no other.  SECURITY
 -- DEFINER: the app's and the listener's roles may not read the table.
+-- (plpgsql: its query is planned once per session, not at every call.)
 CREATE OR REPLACE FUNCTION study_embed.served_model()
 RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-RETURN (SELECT g.model FROM study_embed.generations g WHERE g.slot = 'served');
+AS $$
+BEGIN
+    RETURN (SELECT g.model FROM study_embed.generations g WHERE g.slot = 'served');
+END;
+$$;
 COMMENT ON FUNCTION study_embed.served_model() IS
     'The model whose vectors search serves (and with which a query must be embedded).';
 
@@ -106,22 +114,21 @@ RETURN 'study_embed_pipeline'::name;
 COMMENT ON FUNCTION study_embed.pipeline_role() IS
     'The role that owns the queue functions; only its updates may make pipeline transitions.';
 
--- Which operation the current update is: the pipeline's own (claim, complete, ...) only when
--- it runs as the pipeline role; `client` for everybody else, whatever they set.
-CREATE OR REPLACE FUNCTION study_embed._actor()
-RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN CASE WHEN current_user = study_embed.pipeline_role()
-            THEN coalesce(nullif(current_setting('study_embed.actor', true), ''), 'client')
-            ELSE 'client' END;
-
 -- Set by the queue functions around their UPDATE (transaction-local).  Only the pipeline role
--- may call it, and only the pipeline role's updates read it.
+-- may call it, and only the pipeline role's updates read it.  plpgsql, as every helper the queue
+-- functions call once per batch: a SQL function that is not inlined is parsed and planned again
+-- at every call (about 10 % of PostgreSQL's CPU per embedded row at batches of 100 for the
+-- eleven such calls of a claim and a complete; BENCHMARKS.md), a plpgsql one plans once per
+-- session.
 CREATE OR REPLACE FUNCTION study_embed._set_actor(actor text)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-RETURN (SELECT NULL::void FROM set_config('study_embed.actor', coalesce(actor, ''), true));
+AS $$
+BEGIN
+    PERFORM set_config('study_embed.actor', coalesce(actor, ''), true);
+END;
+$$;
 
 -- pgvector's inequality, NULL-aware, with the operator named by its schema.
 CREATE OR REPLACE FUNCTION study_embed._vectors_differ(a :"vector_schema".vector,
@@ -140,50 +147,41 @@ LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 RETURN EXISTS (SELECT 1 FROM study_embed.adopted_source a WHERE a.question_id = _adopted.question_id);
 
--- Every status must come with the bookkeeping that makes it true.  An assertion about the
--- pipeline's own writes (a client cannot reach these states: the guards refuse first).
-DROP FUNCTION IF EXISTS study_embed._check_consistent(public.study_questions);
+-- Every status must come with the bookkeeping that makes it true: what is wrong with a row's
+-- status and bookkeeping, or NULL.  An assertion about the pipeline's own writes (a client
+-- cannot reach these states: the guards refuse first).  The guards pass the columns, not the
+-- row: a SQL-standard body is inlined into the guard's own expression.  As a plpgsql function
+-- of the row it cost every claim and complete about 7 µs a row (a second function call with its
+-- search_path, and the row built as a composite value: the new vector copied, an old one read
+-- back from TOAST), 15 % of PostgreSQL's CPU per embedded row (BENCHMARKS.md).
 DROP FUNCTION IF EXISTS study_embed._check_consistent(public.study_questions, boolean);
-CREATE OR REPLACE FUNCTION study_embed._check_consistent(q public.study_questions)
-RETURNS void
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    problem text := CASE q.embedding_status
-        WHEN 'ready' THEN CASE
-            WHEN q.embedding IS NULL THEN 'it has no embedding'
-            WHEN q.embedding_model IS NULL THEN 'it has no embedding_model'
-            WHEN q.embedding_source_sha256 IS NULL AND NOT study_embed._adopted(q.id)
-                THEN 'it has no embedding_source_sha256 (and was not adopted)'
-            WHEN q.embedding_claim_token IS NOT NULL OR q.embedding_due_at IS NOT NULL
-                 OR q.embedding_queued_at IS NOT NULL
-                THEN 'it is still queued' END
-        WHEN 'pending' THEN CASE
-            WHEN q.embedding_claim_token IS NULL OR q.embedding_due_at IS NULL
-                THEN 'nobody claimed it (pending is set by study_embed.claim only)' END
-        WHEN 'none' THEN CASE
-            WHEN q.embedding_claim_token IS NOT NULL THEN 'it carries a claim token'
-            WHEN q.embedding_due_at IS NULL OR q.embedding_queued_at IS NULL
-                THEN 'it is not queued' END
-        WHEN 'stale' THEN CASE
-            WHEN q.embedding_claim_token IS NOT NULL THEN 'it carries a claim token'
-            WHEN q.embedding_due_at IS NULL OR q.embedding_queued_at IS NULL
-                THEN 'it is not queued' END
-        WHEN 'failed' THEN CASE
-            WHEN q.embedding_claim_token IS NOT NULL THEN 'it carries a claim token'
-            WHEN q.embedding_last_error IS NULL THEN 'it has no error recorded' END
-        ELSE format('%L is not an embedding status (none, pending, ready, failed, stale)',
-                    q.embedding_status)
-    END;
-BEGIN
-    IF problem IS NOT NULL THEN
-        RAISE EXCEPTION 'study_questions %: embedding_status % is inconsistent: %',
-            q.id, q.embedding_status, problem
-            USING ERRCODE = 'check_violation';
-    END IF;
+CREATE OR REPLACE FUNCTION study_embed._inconsistency(
+    question_id bigint, status text, has_embedding boolean, model text, source_sha256 bytea,
+    claim_token uuid, due_at timestamptz, queued_at timestamptz, last_error text)
+RETURNS text
+LANGUAGE sql STABLE
+RETURN CASE status
+    WHEN 'ready' THEN CASE
+        WHEN NOT has_embedding THEN 'it has no embedding'
+        WHEN model IS NULL THEN 'it has no embedding_model'
+        WHEN source_sha256 IS NULL AND NOT study_embed._adopted(question_id)
+            THEN 'it has no embedding_source_sha256 (and was not adopted)'
+        WHEN claim_token IS NOT NULL OR due_at IS NOT NULL OR queued_at IS NOT NULL
+            THEN 'it is still queued' END
+    WHEN 'pending' THEN CASE
+        WHEN claim_token IS NULL OR due_at IS NULL
+            THEN 'nobody claimed it (pending is set by study_embed.claim only)' END
+    WHEN 'none' THEN CASE
+        WHEN claim_token IS NOT NULL THEN 'it carries a claim token'
+        WHEN due_at IS NULL OR queued_at IS NULL THEN 'it is not queued' END
+    WHEN 'stale' THEN CASE
+        WHEN claim_token IS NOT NULL THEN 'it carries a claim token'
+        WHEN due_at IS NULL OR queued_at IS NULL THEN 'it is not queued' END
+    WHEN 'failed' THEN CASE
+        WHEN claim_token IS NOT NULL THEN 'it carries a claim token'
+        WHEN last_error IS NULL THEN 'it has no error recorded' END
+    ELSE format('%L is not an embedding status (none, pending, ready, failed, stale)', status)
 END;
-$$;
 
 -- BEFORE INSERT: a new question starts as `none` and is queued for the backfill.  The only
 -- other way in is `ready` with its embedding, model and the hash of its text, and only for the
@@ -194,6 +192,8 @@ RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    problem text;
 BEGIN
     NEW.embedding_claim_token := NULL;
     IF NEW.embedding_status = 'ready' THEN
@@ -235,21 +235,30 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Leave embedding_status at its default (none): the row is queued and embedded.';
     END IF;
-    PERFORM study_embed._check_consistent(NEW);
+    problem := study_embed._inconsistency(
+        NEW.id, NEW.embedding_status, NEW.embedding IS NOT NULL, NEW.embedding_model,
+        NEW.embedding_source_sha256, NEW.embedding_claim_token, NEW.embedding_due_at,
+        NEW.embedding_queued_at, NEW.embedding_last_error);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'study_questions %: embedding_status % is inconsistent: %',
+            NEW.id, NEW.embedding_status, problem
+            USING ERRCODE = 'check_violation';
+    END IF;
     RETURN NEW;
 END;
 $$;
 
--- BEFORE UPDATE: the state machine.  The trigger fires only for updates that name a text or
--- pipeline column and really change one (its WHEN clause), so an app's update of any other
--- column never runs it.
+-- BEFORE UPDATE by a client (any role but study_embed_pipeline): the state machine.  The
+-- trigger fires only for updates that name a text or pipeline column and really change one
+-- (its WHEN clause), so an app's update of any other column never runs it.  A client may edit
+-- the question (the row is queued again) or ask for a re-embed; the bookkeeping is the
+-- pipeline's.
 CREATE OR REPLACE FUNCTION study_embed._guard_update()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    actor text := study_embed._actor();
     -- cheap column comparison first; render only when a column really changed
     text_changed boolean :=
         (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4)
@@ -259,37 +268,30 @@ DECLARE
             IS DISTINCT FROM
             study_embed.render_question(NEW.question_text, NEW.choice_1, NEW.choice_2,
                                         NEW.choice_3, NEW.choice_4);
-    touched text[];
+    touched text[] := array_remove(ARRAY[
+        CASE WHEN study_embed._vectors_differ(NEW.embedding, OLD.embedding) THEN 'embedding' END,
+        CASE WHEN NEW.embedding_model IS DISTINCT FROM OLD.embedding_model THEN 'embedding_model' END,
+        CASE WHEN NEW.embedding_updated_at IS DISTINCT FROM OLD.embedding_updated_at THEN 'embedding_updated_at' END,
+        CASE WHEN NEW.embedding_source_sha256 IS DISTINCT FROM OLD.embedding_source_sha256 THEN 'embedding_source_sha256' END,
+        CASE WHEN NEW.embedding_claim_token IS DISTINCT FROM OLD.embedding_claim_token THEN 'embedding_claim_token' END,
+        CASE WHEN NEW.embedding_due_at IS DISTINCT FROM OLD.embedding_due_at THEN 'embedding_due_at' END,
+        CASE WHEN NEW.embedding_queued_at IS DISTINCT FROM OLD.embedding_queued_at THEN 'embedding_queued_at' END,
+        CASE WHEN NEW.embedding_attempts IS DISTINCT FROM OLD.embedding_attempts THEN 'embedding_attempts' END,
+        CASE WHEN NEW.embedding_last_error IS DISTINCT FROM OLD.embedding_last_error THEN 'embedding_last_error' END
+    ], NULL);
+    problem text;
 BEGIN
-    IF actor = 'client' THEN
-        touched := array_remove(ARRAY[
-            CASE WHEN study_embed._vectors_differ(NEW.embedding, OLD.embedding) THEN 'embedding' END,
-            CASE WHEN NEW.embedding_model IS DISTINCT FROM OLD.embedding_model THEN 'embedding_model' END,
-            CASE WHEN NEW.embedding_updated_at IS DISTINCT FROM OLD.embedding_updated_at THEN 'embedding_updated_at' END,
-            CASE WHEN NEW.embedding_source_sha256 IS DISTINCT FROM OLD.embedding_source_sha256 THEN 'embedding_source_sha256' END,
-            CASE WHEN NEW.embedding_claim_token IS DISTINCT FROM OLD.embedding_claim_token THEN 'embedding_claim_token' END,
-            CASE WHEN NEW.embedding_due_at IS DISTINCT FROM OLD.embedding_due_at THEN 'embedding_due_at' END,
-            CASE WHEN NEW.embedding_queued_at IS DISTINCT FROM OLD.embedding_queued_at THEN 'embedding_queued_at' END,
-            CASE WHEN NEW.embedding_attempts IS DISTINCT FROM OLD.embedding_attempts THEN 'embedding_attempts' END,
-            CASE WHEN NEW.embedding_last_error IS DISTINCT FROM OLD.embedding_last_error THEN 'embedding_last_error' END
-        ], NULL);
-        IF cardinality(touched) > 0 THEN
-            RAISE EXCEPTION 'study_questions %: % managed by the embedding pipeline', OLD.id,
-                array_to_string(touched, ', ') || CASE WHEN cardinality(touched) > 1 THEN ' are' ELSE ' is' END
-                USING ERRCODE = 'insufficient_privilege',
-                      HINT = 'Edit the question; to ask for a new embedding set embedding_status = ''stale''.';
-        END IF;
-    ELSIF text_changed THEN
-        RAISE EXCEPTION 'study_embed.% must not change question text', actor;
+    IF cardinality(touched) > 0 THEN
+        RAISE EXCEPTION 'study_questions %: % managed by the embedding pipeline', OLD.id,
+            array_to_string(touched, ', ') || CASE WHEN cardinality(touched) > 1 THEN ' are' ELSE ' is' END
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Edit the question; to ask for a new embedding set embedding_status = ''stale''.';
     END IF;
-
-    IF NOT study_embed.transition_allowed(actor, OLD.embedding_status, NEW.embedding_status) THEN
-        RAISE EXCEPTION 'study_questions %: embedding_status cannot go from % to % (%)', OLD.id,
-            OLD.embedding_status, quote_nullable(NEW.embedding_status),
-            CASE actor WHEN 'client' THEN 'a SQL client may only set ''stale'', to ask for a re-embed'
-                       ELSE 'by study_embed.' || actor END
-            USING ERRCODE = CASE actor WHEN 'client' THEN 'insufficient_privilege'
-                                       ELSE 'check_violation' END;
+    IF NOT study_embed.transition_allowed('client', OLD.embedding_status, NEW.embedding_status) THEN
+        RAISE EXCEPTION 'study_questions %: embedding_status cannot go from % to % (a SQL client '
+                        'may only set ''stale'', to ask for a re-embed)', OLD.id,
+            OLD.embedding_status, quote_nullable(NEW.embedding_status)
+            USING ERRCODE = 'insufficient_privilege';
     END IF;
 
     -- New text, or an explicit request: queue the row again.  The previous embedding stays
@@ -297,8 +299,7 @@ BEGIN
     -- A row already waiting keeps its place in the queue (embedding_queued_at, the queue
     -- index's key, is left as it is, so the edit can be HOT); a ready or parked failed row
     -- joins it.
-    IF text_changed OR (actor = 'client' AND NEW.embedding_status = 'stale'
-                        AND OLD.embedding_status <> 'stale') THEN
+    IF text_changed OR (NEW.embedding_status = 'stale' AND OLD.embedding_status <> 'stale') THEN
         NEW.embedding_status := 'stale';
         NEW.embedding_claim_token := NULL;
         NEW.embedding_due_at := now();
@@ -311,10 +312,67 @@ BEGIN
     -- The text hash is computed by complete() from this very row and checked on the way in by
     -- _guard_insert: it is not re-verified here, so a change of render_question() never breaks
     -- an app's update of a ready row.
-    PERFORM study_embed._check_consistent(NEW);
+    problem := study_embed._inconsistency(
+        NEW.id, NEW.embedding_status, NEW.embedding IS NOT NULL, NEW.embedding_model,
+        NEW.embedding_source_sha256, NEW.embedding_claim_token, NEW.embedding_due_at,
+        NEW.embedding_queued_at, NEW.embedding_last_error);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'study_questions %: embedding_status % is inconsistent: %',
+            NEW.id, NEW.embedding_status, problem
+            USING ERRCODE = 'check_violation';
+    END IF;
     RETURN NEW;
 END;
 $$;
+-- BEFORE UPDATE by the pipeline's own functions (claim, complete, fail, release, requeue,
+-- adopt): the transition its operation may make, the text left alone, and the bookkeeping the
+-- new status needs.  No SET clause: it fires only for updates made as study_embed_pipeline (the
+-- trigger's WHEN), which only that role's SECURITY DEFINER functions make, and every one of them
+-- pins search_path to pg_catalog, pg_temp (test_trust_boundary checks both), so the names below
+-- resolve under that path.  A SET clause cost each row a save and restore of search_path and a
+-- rebuild of the path, about 6 µs an update: 13 % of PostgreSQL's CPU per embedded row, where a
+-- row is updated twice (claim, complete; BENCHMARKS.md).
+CREATE OR REPLACE FUNCTION study_embed._guard_pipeline()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    actor text := current_setting('study_embed.actor', true);
+    problem text;
+BEGIN
+    IF coalesce(actor, '') = '' THEN
+        RAISE EXCEPTION 'study_questions %: an update as % must name its operation '
+                        '(study_embed._set_actor)', OLD.id, current_user
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4)
+       IS DISTINCT FROM (OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4)
+    THEN
+        RAISE EXCEPTION 'study_embed.% must not change question text', actor
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NOT study_embed.transition_allowed(actor, OLD.embedding_status, NEW.embedding_status) THEN
+        RAISE EXCEPTION 'study_questions %: embedding_status cannot go from % to % (by '
+                        'study_embed.%)', OLD.id, OLD.embedding_status,
+            quote_nullable(NEW.embedding_status), actor
+            USING ERRCODE = 'check_violation';
+    END IF;
+    problem := study_embed._inconsistency(
+        NEW.id, NEW.embedding_status, NEW.embedding IS NOT NULL, NEW.embedding_model,
+        NEW.embedding_source_sha256, NEW.embedding_claim_token, NEW.embedding_due_at,
+        NEW.embedding_queued_at, NEW.embedding_last_error);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'study_questions %: embedding_status % is inconsistent: %',
+            NEW.id, NEW.embedding_status, problem
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- (the form of the row, which the guards called before _inconsistency; and the one guard's
+-- test of who is updating, which the two triggers' WHEN clauses now make)
+DROP FUNCTION IF EXISTS study_embed._check_consistent(public.study_questions);
+DROP FUNCTION IF EXISTS study_embed._actor();
 
 -- Fires only when an INSERT gives a pipeline column a value other than its default: a plain
 -- INSERT gets its queue bookkeeping from the column defaults (0005) and runs no function.
@@ -330,8 +388,9 @@ CREATE OR REPLACE TRIGGER study_embed_guard_insert
           OR NEW.embedding_attempts IS DISTINCT FROM 0 OR NEW.embedding_last_error IS NOT NULL)
     EXECUTE FUNCTION study_embed._guard_insert();
 
--- Names every column the state machine reads; fires only when one of them really changes.
--- (The WHEN clause is bound when the trigger is created: pgvector's operator is qualified.)
+-- A client's update: names every column the state machine reads; fires only when one of them
+-- really changes.  (The WHEN clause is bound when the trigger is created: pgvector's operator
+-- is qualified.)
 CREATE OR REPLACE TRIGGER study_embed_guard_update
     BEFORE UPDATE OF question_text, choice_1, choice_2, choice_3, choice_4,
         embedding, embedding_status, embedding_model, embedding_updated_at,
@@ -339,18 +398,32 @@ CREATE OR REPLACE TRIGGER study_embed_guard_update
         embedding_attempts, embedding_last_error
     ON public.study_questions
     FOR EACH ROW
-    WHEN ((OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4,
-           OLD.embedding_status, OLD.embedding_model, OLD.embedding_updated_at,
-           OLD.embedding_source_sha256, OLD.embedding_claim_token, OLD.embedding_due_at,
-           OLD.embedding_queued_at, OLD.embedding_attempts, OLD.embedding_last_error)
-          IS DISTINCT FROM
-          (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4,
-           NEW.embedding_status, NEW.embedding_model, NEW.embedding_updated_at,
-           NEW.embedding_source_sha256, NEW.embedding_claim_token, NEW.embedding_due_at,
-           NEW.embedding_queued_at, NEW.embedding_attempts, NEW.embedding_last_error)
-          OR (OLD.embedding IS NULL) <> (NEW.embedding IS NULL)
-          OR OLD.embedding OPERATOR(:"vector_schema".<>) NEW.embedding)
+    WHEN (current_user <> 'study_embed_pipeline'::name
+          AND ((OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4,
+             OLD.embedding_status, OLD.embedding_model, OLD.embedding_updated_at,
+             OLD.embedding_source_sha256, OLD.embedding_claim_token, OLD.embedding_due_at,
+             OLD.embedding_queued_at, OLD.embedding_attempts, OLD.embedding_last_error)
+            IS DISTINCT FROM
+            (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4,
+             NEW.embedding_status, NEW.embedding_model, NEW.embedding_updated_at,
+             NEW.embedding_source_sha256, NEW.embedding_claim_token, NEW.embedding_due_at,
+             NEW.embedding_queued_at, NEW.embedding_attempts, NEW.embedding_last_error)
+            OR (OLD.embedding IS NULL) <> (NEW.embedding IS NULL)
+            OR OLD.embedding OPERATOR(:"vector_schema".<>) NEW.embedding))
     EXECUTE FUNCTION study_embed._guard_update();
+
+-- The pipeline's update of this slot (a model change's shadow slot has guards of its own,
+-- 046_generations.sql): every one is a transition to check.  (Named to fire before
+-- study_embed_queue_unadopted, as study_embed_guard_update does.)
+CREATE OR REPLACE TRIGGER study_embed_guard_pipeline
+    BEFORE UPDATE OF question_text, choice_1, choice_2, choice_3, choice_4,
+        embedding, embedding_status, embedding_model, embedding_updated_at,
+        embedding_source_sha256, embedding_claim_token, embedding_due_at, embedding_queued_at,
+        embedding_attempts, embedding_last_error
+    ON public.study_questions
+    FOR EACH ROW
+    WHEN (current_user = 'study_embed_pipeline'::name)
+    EXECUTE FUNCTION study_embed._guard_pipeline();
 
 -- A row from before study-embed (an adopted bank: the columns were added under it, so it has
 -- no queue bookkeeping at all) is queued by its first write, whoever makes it: the app's,

@@ -13,20 +13,27 @@
 --     deletion changed (the trigger's WHEN clause): an update of any other column runs nothing;
 --   * a client's DELETE, per statement (a transition table: a TOAST pointer at most per row).
 
+-- (The helpers the pipeline's functions call once per batch are plpgsql: a SQL function that is
+-- not inlined is parsed and planned again at every call, a plpgsql one plans once per session;
+-- BENCHMARKS.md, "CPU per embedded row".)
 CREATE OR REPLACE FUNCTION study_embed._count_moves(was text[], was_deleted boolean[],
                                                    now_is text[], now_deleted boolean[])
 RETURNS void
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
+AS $$
+BEGIN
     INSERT INTO study_embed.status_counts (status, deleted, n)
     SELECT m.status, m.deleted, sum(m.d)
-    FROM (SELECT o.status, o.deleted, -1 AS d FROM unnest(was, was_deleted) AS o(status, deleted)
+    FROM (SELECT o.status, o.deleted, -1 AS d
+          FROM unnest(_count_moves.was, _count_moves.was_deleted) AS o(status, deleted)
           UNION ALL
-          SELECT c.status, c.deleted, 1 FROM unnest(now_is, now_deleted) AS c(status, deleted)) m
+          SELECT c.status, c.deleted, 1
+          FROM unnest(_count_moves.now_is, _count_moves.now_deleted) AS c(status, deleted)) m
     GROUP BY m.status, m.deleted
     HAVING sum(m.d) <> 0;
 END;
+$$;
 COMMENT ON FUNCTION study_embed._count_moves(text[], boolean[], text[], boolean[]) IS
     'Record the status-count deltas of rows that moved from (was, was_deleted) to '
     '(now_is, now_deleted).';
@@ -34,22 +41,28 @@ COMMENT ON FUNCTION study_embed._count_moves(text[], boolean[], text[], boolean[
 -- n live rows moved from one status to another (the batch functions that move one kind).
 CREATE OR REPLACE FUNCTION study_embed._count_live_moves(was text, now_is text, n bigint)
 RETURNS void
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-    INSERT INTO study_embed.status_counts (status, deleted, n)
-    SELECT m.status, false, m.d
-    FROM (VALUES (was, -n), (now_is, n)) AS m(status, d)
-    WHERE n <> 0 AND was <> now_is;
+AS $$
+BEGIN
+    IF _count_live_moves.n <> 0 AND _count_live_moves.was <> _count_live_moves.now_is THEN
+        INSERT INTO study_embed.status_counts (status, deleted, n)
+        VALUES (_count_live_moves.was, false, -_count_live_moves.n),
+               (_count_live_moves.now_is, false, _count_live_moves.n);
+    END IF;
 END;
+$$;
 
--- An array as long as like_array, every element value (for _count_moves).  (A polymorphic SQL
--- function cannot have a SQL-standard body; this one resolves its names in pg_catalog.)
+-- An array as long as like_array, every element value (for _count_moves).
 CREATE OR REPLACE FUNCTION study_embed._all(like_array anyarray, value anycompatible)
 RETURNS anycompatiblearray
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT array_fill(value, ARRAY[coalesce(cardinality(like_array), 0)]) $$;
+AS $$
+BEGIN
+    RETURN array_fill(value, ARRAY[coalesce(cardinality(like_array), 0)]);
+END;
+$$;
 
 -- A client's INSERT, or UPDATE of a row whose status or soft deletion changed (row level:
 -- the trigger's WHEN clause keeps every other update out; the pipeline's own updates are

@@ -99,37 +99,27 @@ COMMENT ON FUNCTION study_embed.generation_status() IS
 -- The shadow slot's state machine (the served slot's is 010_state_machine.sql)
 -- ------------------------------------------------------------------------------------------
 
-CREATE OR REPLACE FUNCTION study_embed._check_shadow_consistent(q public.study_questions)
-RETURNS void
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    problem text := CASE q.embedding_shadow_status
-        WHEN 'ready' THEN CASE
-            WHEN q.embedding_shadow IS NULL THEN 'it has no embedding'
-            WHEN q.embedding_shadow_model IS NULL THEN 'it has no model'
-            WHEN q.embedding_shadow_claim_token IS NOT NULL
-                 OR q.embedding_shadow_queued_at IS NOT NULL THEN 'it is still queued' END
-        WHEN 'pending' THEN CASE
-            WHEN q.embedding_shadow_claim_token IS NULL OR q.embedding_shadow_due_at IS NULL
-                THEN 'nobody claimed it' END
-        WHEN 'failed' THEN CASE
-            WHEN q.embedding_shadow_claim_token IS NOT NULL THEN 'it carries a claim token'
-            WHEN q.embedding_shadow_last_error IS NULL THEN 'it has no error recorded' END
-        ELSE CASE
-            WHEN q.embedding_shadow_claim_token IS NOT NULL THEN 'it carries a claim token'
-            WHEN q.embedding_shadow_due_at IS NULL OR q.embedding_shadow_queued_at IS NULL
-                THEN 'it is not queued' END
-    END;
-BEGIN
-    IF problem IS NOT NULL THEN
-        RAISE EXCEPTION 'study_questions %: embedding_shadow_status % is inconsistent: %',
-            q.id, q.embedding_shadow_status, problem
-            USING ERRCODE = 'check_violation';
-    END IF;
+-- What is wrong with a row's shadow status and bookkeeping, or NULL: the served slot's
+-- _inconsistency (010_state_machine.sql), of the columns, inlined into the guards.
+CREATE OR REPLACE FUNCTION study_embed._shadow_inconsistency(
+    status text, has_embedding boolean, model text, claim_token uuid, due_at timestamptz,
+    queued_at timestamptz, last_error text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN CASE status
+    WHEN 'ready' THEN CASE
+        WHEN NOT has_embedding THEN 'it has no embedding'
+        WHEN model IS NULL THEN 'it has no model'
+        WHEN claim_token IS NOT NULL OR queued_at IS NOT NULL THEN 'it is still queued' END
+    WHEN 'pending' THEN CASE
+        WHEN claim_token IS NULL OR due_at IS NULL THEN 'nobody claimed it' END
+    WHEN 'failed' THEN CASE
+        WHEN claim_token IS NOT NULL THEN 'it carries a claim token'
+        WHEN last_error IS NULL THEN 'it has no error recorded' END
+    ELSE CASE
+        WHEN claim_token IS NOT NULL THEN 'it carries a claim token'
+        WHEN due_at IS NULL OR queued_at IS NULL THEN 'it is not queued' END
 END;
-$$;
 
 -- BEFORE INSERT, while the slot exists: a new row joins the shadow queue by the columns'
 -- defaults; only the table's owner may insert it otherwise (a restored dump), consistent.
@@ -138,6 +128,8 @@ RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    problem text;
 BEGIN
     IF NOT pg_has_role(current_user,
                        (SELECT c.relowner FROM pg_class c WHERE c.oid = TG_RELID), 'USAGE') THEN
@@ -145,57 +137,52 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Insert the question without them: it is queued for both generations.';
     END IF;
-    PERFORM study_embed._check_shadow_consistent(NEW);
+    problem := study_embed._shadow_inconsistency(
+        NEW.embedding_shadow_status, NEW.embedding_shadow IS NOT NULL, NEW.embedding_shadow_model,
+        NEW.embedding_shadow_claim_token, NEW.embedding_shadow_due_at,
+        NEW.embedding_shadow_queued_at, NEW.embedding_shadow_last_error);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'study_questions %: embedding_shadow_status % is inconsistent: %',
+            NEW.id, NEW.embedding_shadow_status, problem
+            USING ERRCODE = 'check_violation';
+    END IF;
     RETURN NEW;
 END;
 $$;
 
--- BEFORE UPDATE, while the slot exists: a client may not write the shadow columns; an edit of
--- the text queues the row again in the shadow slot too, without its vector (a shadow vector
--- is never served, and a stale one would only count as coverage it is not).  The pipeline's
--- moves are checked against the same transitions as the served slot's.
+-- BEFORE UPDATE by a client, while the slot exists: a client may not write the shadow columns;
+-- an edit of the text queues the row again in the shadow slot too, without its vector (a
+-- shadow vector is never served, and a stale one would only count as coverage it is not).
 CREATE OR REPLACE FUNCTION study_embed._guard_shadow()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    actor text := study_embed._actor();
-    text_changed boolean :=
-        study_embed.render_question(OLD.question_text, OLD.choice_1, OLD.choice_2,
-                                    OLD.choice_3, OLD.choice_4)
-        IS DISTINCT FROM
-        study_embed.render_question(NEW.question_text, NEW.choice_1, NEW.choice_2,
-                                    NEW.choice_3, NEW.choice_4);
+    problem text;
 BEGIN
-    IF actor = 'client' THEN
-        IF (NEW.embedding_shadow_status, NEW.embedding_shadow_model,
-            NEW.embedding_shadow_updated_at, NEW.embedding_shadow_source_sha256,
-            NEW.embedding_shadow_claim_token, NEW.embedding_shadow_due_at,
-            NEW.embedding_shadow_queued_at, NEW.embedding_shadow_attempts,
-            NEW.embedding_shadow_last_error)
-           IS DISTINCT FROM
-           (OLD.embedding_shadow_status, OLD.embedding_shadow_model,
-            OLD.embedding_shadow_updated_at, OLD.embedding_shadow_source_sha256,
-            OLD.embedding_shadow_claim_token, OLD.embedding_shadow_due_at,
-            OLD.embedding_shadow_queued_at, OLD.embedding_shadow_attempts,
-            OLD.embedding_shadow_last_error)
-           OR study_embed._vectors_differ(NEW.embedding_shadow, OLD.embedding_shadow) THEN
-            RAISE EXCEPTION 'study_questions %: the embedding_shadow columns are managed by the '
-                            'embedding pipeline', OLD.id
-                USING ERRCODE = 'insufficient_privilege',
-                      HINT = 'Edit the question: both generations are queued.';
-        END IF;
-    ELSIF text_changed THEN
-        RAISE EXCEPTION 'study_embed.% must not change question text', actor;
-    ELSIF NOT study_embed.transition_allowed(actor, OLD.embedding_shadow_status,
-                                             NEW.embedding_shadow_status) THEN
-        RAISE EXCEPTION 'study_questions %: embedding_shadow_status cannot go from % to % (by '
-                        'study_embed.%)', OLD.id, OLD.embedding_shadow_status,
-                        quote_nullable(NEW.embedding_shadow_status), actor
-            USING ERRCODE = 'check_violation';
+    IF (NEW.embedding_shadow_status, NEW.embedding_shadow_model,
+        NEW.embedding_shadow_updated_at, NEW.embedding_shadow_source_sha256,
+        NEW.embedding_shadow_claim_token, NEW.embedding_shadow_due_at,
+        NEW.embedding_shadow_queued_at, NEW.embedding_shadow_attempts,
+        NEW.embedding_shadow_last_error)
+       IS DISTINCT FROM
+       (OLD.embedding_shadow_status, OLD.embedding_shadow_model,
+        OLD.embedding_shadow_updated_at, OLD.embedding_shadow_source_sha256,
+        OLD.embedding_shadow_claim_token, OLD.embedding_shadow_due_at,
+        OLD.embedding_shadow_queued_at, OLD.embedding_shadow_attempts,
+        OLD.embedding_shadow_last_error)
+       OR study_embed._vectors_differ(NEW.embedding_shadow, OLD.embedding_shadow) THEN
+        RAISE EXCEPTION 'study_questions %: the embedding_shadow columns are managed by the '
+                        'embedding pipeline', OLD.id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Edit the question: both generations are queued.';
     END IF;
-    IF text_changed THEN
+    IF study_embed.render_question(OLD.question_text, OLD.choice_1, OLD.choice_2,
+                                   OLD.choice_3, OLD.choice_4)
+       IS DISTINCT FROM
+       study_embed.render_question(NEW.question_text, NEW.choice_1, NEW.choice_2,
+                                   NEW.choice_3, NEW.choice_4) THEN
         NEW.embedding_shadow := NULL;
         NEW.embedding_shadow_status := 'none';
         NEW.embedding_shadow_model := NULL;
@@ -207,10 +194,62 @@ BEGIN
         NEW.embedding_shadow_attempts := 0;
         NEW.embedding_shadow_last_error := NULL;
     END IF;
-    PERFORM study_embed._check_shadow_consistent(NEW);
+    problem := study_embed._shadow_inconsistency(
+        NEW.embedding_shadow_status, NEW.embedding_shadow IS NOT NULL, NEW.embedding_shadow_model,
+        NEW.embedding_shadow_claim_token, NEW.embedding_shadow_due_at,
+        NEW.embedding_shadow_queued_at, NEW.embedding_shadow_last_error);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'study_questions %: embedding_shadow_status % is inconsistent: %',
+            NEW.id, NEW.embedding_shadow_status, problem
+            USING ERRCODE = 'check_violation';
+    END IF;
     RETURN NEW;
 END;
 $$;
+
+-- BEFORE UPDATE by the pipeline's own functions, while the slot exists: its moves are checked
+-- against the same transitions as the served slot's.  No SET clause, as _guard_pipeline()
+-- (010_state_machine.sql): it fires only for updates made as study_embed_pipeline.
+CREATE OR REPLACE FUNCTION study_embed._guard_shadow_pipeline()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    actor text := current_setting('study_embed.actor', true);
+    problem text;
+BEGIN
+    IF coalesce(actor, '') = '' THEN
+        RAISE EXCEPTION 'study_questions %: an update as % must name its operation '
+                        '(study_embed._set_actor)', OLD.id, current_user
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4)
+       IS DISTINCT FROM (OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4)
+    THEN
+        RAISE EXCEPTION 'study_embed.% must not change question text', actor
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NOT study_embed.transition_allowed(actor, OLD.embedding_shadow_status,
+                                          NEW.embedding_shadow_status) THEN
+        RAISE EXCEPTION 'study_questions %: embedding_shadow_status cannot go from % to % (by '
+                        'study_embed.%)', OLD.id, OLD.embedding_shadow_status,
+                        quote_nullable(NEW.embedding_shadow_status), actor
+            USING ERRCODE = 'check_violation';
+    END IF;
+    problem := study_embed._shadow_inconsistency(
+        NEW.embedding_shadow_status, NEW.embedding_shadow IS NOT NULL, NEW.embedding_shadow_model,
+        NEW.embedding_shadow_claim_token, NEW.embedding_shadow_due_at,
+        NEW.embedding_shadow_queued_at, NEW.embedding_shadow_last_error);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'study_questions %: embedding_shadow_status % is inconsistent: %',
+            NEW.id, NEW.embedding_shadow_status, problem
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- (the form of the row, which the guards called before _shadow_inconsistency)
+DROP FUNCTION IF EXISTS study_embed._check_shadow_consistent(public.study_questions);
 
 -- The triggers exist while the slot does (they name its columns); the switch creates them
 -- again, bound to the columns that then carry the shadow names.
@@ -238,25 +277,38 @@ CREATE OR REPLACE TRIGGER study_embed_guard_shadow
         embedding_shadow_attempts, embedding_shadow_last_error
     ON public.study_questions
     FOR EACH ROW
-    WHEN ((OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4,
-           OLD.embedding_shadow_status, OLD.embedding_shadow_model,
-           OLD.embedding_shadow_updated_at, OLD.embedding_shadow_source_sha256,
-           OLD.embedding_shadow_claim_token, OLD.embedding_shadow_due_at,
-           OLD.embedding_shadow_queued_at, OLD.embedding_shadow_attempts,
-           OLD.embedding_shadow_last_error)
-          IS DISTINCT FROM
-          (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4,
-           NEW.embedding_shadow_status, NEW.embedding_shadow_model,
-           NEW.embedding_shadow_updated_at, NEW.embedding_shadow_source_sha256,
-           NEW.embedding_shadow_claim_token, NEW.embedding_shadow_due_at,
-           NEW.embedding_shadow_queued_at, NEW.embedding_shadow_attempts,
-           NEW.embedding_shadow_last_error)
-          OR (OLD.embedding_shadow IS NULL) <> (NEW.embedding_shadow IS NULL)
-          OR OLD.embedding_shadow OPERATOR(:"vector_schema".<>) NEW.embedding_shadow)
+    WHEN (current_user <> 'study_embed_pipeline'::name
+          AND ((OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4,
+             OLD.embedding_shadow_status, OLD.embedding_shadow_model,
+             OLD.embedding_shadow_updated_at, OLD.embedding_shadow_source_sha256,
+             OLD.embedding_shadow_claim_token, OLD.embedding_shadow_due_at,
+             OLD.embedding_shadow_queued_at, OLD.embedding_shadow_attempts,
+             OLD.embedding_shadow_last_error)
+            IS DISTINCT FROM
+            (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4,
+             NEW.embedding_shadow_status, NEW.embedding_shadow_model,
+             NEW.embedding_shadow_updated_at, NEW.embedding_shadow_source_sha256,
+             NEW.embedding_shadow_claim_token, NEW.embedding_shadow_due_at,
+             NEW.embedding_shadow_queued_at, NEW.embedding_shadow_attempts,
+             NEW.embedding_shadow_last_error)
+            OR (OLD.embedding_shadow IS NULL) <> (NEW.embedding_shadow IS NULL)
+            OR OLD.embedding_shadow OPERATOR(:"vector_schema".<>) NEW.embedding_shadow))
     EXECUTE FUNCTION study_embed._guard_shadow();
+
+CREATE OR REPLACE TRIGGER study_embed_guard_shadow_pipeline
+    BEFORE UPDATE OF question_text, choice_1, choice_2, choice_3, choice_4,
+        embedding_shadow, embedding_shadow_status, embedding_shadow_model,
+        embedding_shadow_updated_at, embedding_shadow_source_sha256,
+        embedding_shadow_claim_token, embedding_shadow_due_at, embedding_shadow_queued_at,
+        embedding_shadow_attempts, embedding_shadow_last_error
+    ON public.study_questions
+    FOR EACH ROW
+    WHEN (current_user = 'study_embed_pipeline'::name)
+    EXECUTE FUNCTION study_embed._guard_shadow_pipeline();
 \else
 DROP TRIGGER IF EXISTS study_embed_guard_shadow_insert ON public.study_questions;
 DROP TRIGGER IF EXISTS study_embed_guard_shadow ON public.study_questions;
+DROP TRIGGER IF EXISTS study_embed_guard_shadow_pipeline ON public.study_questions;
 \endif
 
 -- ------------------------------------------------------------------------------------------
@@ -730,6 +782,7 @@ BEGIN
     PERFORM study_embed._refuse_dependents('drop');
     DROP TRIGGER IF EXISTS study_embed_guard_shadow_insert ON public.study_questions;
     DROP TRIGGER IF EXISTS study_embed_guard_shadow ON public.study_questions;
+    DROP TRIGGER IF EXISTS study_embed_guard_shadow_pipeline ON public.study_questions;
     FOREACH s IN ARRAY study_embed._slot_columns() LOOP
         EXECUTE format('ALTER TABLE public.study_questions DROP COLUMN %I', 'embedding_shadow' || s);
     END LOOP;

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import numpy as np
 import psycopg
 import pytest
+from psycopg import sql
 
 from ..helpers import legacy_ready, render, vector_for
 
@@ -168,6 +170,53 @@ def test_client_cannot_write_embedding_bookkeeping(bank, column, value):
         value = "00000000-0000-0000-0000-000000000000"
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="managed by the embedding"):
         bank.update(qid, **{column: value})
+
+
+# A mistake a pipeline function could make, each as the update it would run: the actor it set
+# (none at all first), the columns it writes, and what its guard says.
+PIPELINE_MISTAKES = {
+    "no operation named": (
+        "",
+        "SET embedding_attempts = 1",
+        "must name its operation",
+    ),
+    "a transition that is not its own": (
+        "fail",
+        "SET embedding_status = 'ready', embedding_claim_token = NULL",
+        "cannot go from pending to 'ready' (by study_embed.fail)",
+    ),
+    "the bookkeeping of the new status missing": (
+        "fail",
+        "SET embedding_status = 'failed', embedding_claim_token = NULL,"
+        " embedding_last_error = NULL",
+        "inconsistent: it has no error recorded",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", PIPELINE_MISTAKES)
+def test_the_pipelines_own_updates_are_checked(bank, db, mistake):
+    """The pipeline's updates pass through a guard of their own (_guard_pipeline, no SET
+    clause: it runs under the path its caller pinned).  Checked as the pipeline role: a
+    SECURITY DEFINER function it owns makes the mistake, as one of its queue functions would."""
+    actor, assignments, message = PIPELINE_MISTAKES[mistake]
+    qid = bank.insert()
+    [claimed] = bank.claim(1)
+    db.execute(
+        sql.SQL(
+            "CREATE FUNCTION study_embed.test_mistake(qid bigint) RETURNS void"
+            " LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
+            " AS $$ BEGIN PERFORM set_config('study_embed.actor', {actor}, true);"
+            " UPDATE public.study_questions {assignments} WHERE id = qid; END $$"
+        ).format(actor=sql.Literal(actor), assignments=sql.SQL(assignments))
+    )
+    db.execute("ALTER FUNCTION study_embed.test_mistake(bigint) OWNER TO study_embed_pipeline")
+    try:
+        with pytest.raises(psycopg.errors.CheckViolation, match=re.escape(message)):
+            db.execute("SELECT study_embed.test_mistake(%s)", (qid,))
+        assert bank.row(qid)["embedding_claim_token"] == claimed.token
+    finally:
+        db.execute("DROP FUNCTION study_embed.test_mistake(bigint)")
 
 
 def test_client_can_ask_for_a_reembed(bank):
