@@ -608,16 +608,10 @@ CREATE TRIGGER study_embed_count_update AFTER UPDATE ON public.study_questions F
 CREATE TRIGGER study_embed_guard_insert BEFORE INSERT ON public.study_questions FOR EACH ROW WHEN ((((new.embedding_status)::text IS DISTINCT FROM 'none'::text) OR (new.embedding IS NOT NULL) OR (new.embedding_model IS NOT NULL) OR (new.embedding_updated_at IS NOT NULL) OR (new.embedding_source_sha256 IS NOT NULL) OR (new.embedding_claim_token IS NOT NULL) OR (new.embedding_due_at IS DISTINCT FROM now()) OR (new.embedding_queued_at IS DISTINCT FROM now()) OR (new.embedding_attempts IS DISTINCT FROM 0) OR (new.embedding_last_error IS NOT NULL))) EXECUTE FUNCTION study_embed._guard_insert();
 
 --
--- Name: study_questions study_embed_guard_pipeline; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER study_embed_guard_pipeline BEFORE UPDATE OF question_text, choice_1, choice_2, choice_3, choice_4, embedding, embedding_status, embedding_model, embedding_updated_at, embedding_source_sha256, embedding_claim_token, embedding_due_at, embedding_queued_at, embedding_attempts, embedding_last_error ON public.study_questions FOR EACH ROW WHEN ((CURRENT_USER = 'study_embed_pipeline'::name)) EXECUTE FUNCTION study_embed._guard_pipeline();
-
---
 -- Name: study_questions study_embed_guard_update; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER study_embed_guard_update BEFORE UPDATE OF question_text, choice_1, choice_2, choice_3, choice_4, embedding, embedding_status, embedding_model, embedding_updated_at, embedding_source_sha256, embedding_claim_token, embedding_due_at, embedding_queued_at, embedding_attempts, embedding_last_error ON public.study_questions FOR EACH ROW WHEN (((CURRENT_USER <> 'study_embed_pipeline'::name) AND (((((((((((((((old.question_text IS DISTINCT FROM new.question_text) OR (old.choice_1 IS DISTINCT FROM new.choice_1)) OR (old.choice_2 IS DISTINCT FROM new.choice_2)) OR (old.choice_3 IS DISTINCT FROM new.choice_3)) OR (old.choice_4 IS DISTINCT FROM new.choice_4)) OR ((old.embedding_status)::text IS DISTINCT FROM (new.embedding_status)::text)) OR ((old.embedding_model)::text IS DISTINCT FROM (new.embedding_model)::text)) OR (old.embedding_updated_at IS DISTINCT FROM new.embedding_updated_at)) OR (old.embedding_source_sha256 IS DISTINCT FROM new.embedding_source_sha256)) OR (old.embedding_claim_token IS DISTINCT FROM new.embedding_claim_token)) OR (old.embedding_due_at IS DISTINCT FROM new.embedding_due_at)) OR (old.embedding_queued_at IS DISTINCT FROM new.embedding_queued_at)) OR (old.embedding_attempts IS DISTINCT FROM new.embedding_attempts)) OR (old.embedding_last_error IS DISTINCT FROM new.embedding_last_error)) OR ((old.embedding IS NULL) <> (new.embedding IS NULL)) OR (old.embedding OPERATOR(public.<>) new.embedding)))) EXECUTE FUNCTION study_embed._guard_update();
+CREATE TRIGGER study_embed_guard_update BEFORE UPDATE OF question_text, choice_1, choice_2, choice_3, choice_4, embedding, embedding_status, embedding_model, embedding_updated_at, embedding_source_sha256, embedding_claim_token, embedding_due_at, embedding_queued_at, embedding_attempts, embedding_last_error ON public.study_questions FOR EACH ROW WHEN ((((((((((((((((old.question_text IS DISTINCT FROM new.question_text) OR (old.choice_1 IS DISTINCT FROM new.choice_1)) OR (old.choice_2 IS DISTINCT FROM new.choice_2)) OR (old.choice_3 IS DISTINCT FROM new.choice_3)) OR (old.choice_4 IS DISTINCT FROM new.choice_4)) OR ((old.embedding_status)::text IS DISTINCT FROM (new.embedding_status)::text)) OR ((old.embedding_model)::text IS DISTINCT FROM (new.embedding_model)::text)) OR (old.embedding_updated_at IS DISTINCT FROM new.embedding_updated_at)) OR (old.embedding_source_sha256 IS DISTINCT FROM new.embedding_source_sha256)) OR (old.embedding_claim_token IS DISTINCT FROM new.embedding_claim_token)) OR (old.embedding_due_at IS DISTINCT FROM new.embedding_due_at)) OR (old.embedding_queued_at IS DISTINCT FROM new.embedding_queued_at)) OR (old.embedding_attempts IS DISTINCT FROM new.embedding_attempts)) OR (old.embedding_last_error IS DISTINCT FROM new.embedding_last_error)) OR ((old.embedding IS NULL) <> (new.embedding IS NULL)) OR (old.embedding OPERATOR(public.<>) new.embedding))) EXECUTE FUNCTION study_embed._guard_update();
 
 --
 -- Name: study_questions study_embed_queue_unadopted; Type: TRIGGER; Schema: public; Owner: -
@@ -695,6 +689,8 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --
 -- Functions (schema study_embed): signature, result, where its body is
 --
+-- study_embed._actor()
+--     -> text  [010_state_machine.sql]
 -- study_embed._adopted(bigint)
 --     -> boolean  SECURITY DEFINER  [010_state_machine.sql]
 -- study_embed._all(anyarray,anycompatible)
@@ -727,13 +723,9 @@ ALTER TABLE ONLY study_embed.duplicate_candidates
 --     -> boolean  [045_adoption.sql]
 -- study_embed._guard_insert()
 --     -> trigger  [010_state_machine.sql]
--- study_embed._guard_pipeline()
---     -> trigger  [010_state_machine.sql]
 -- study_embed._guard_shadow()
 --     -> trigger  [046_generations.sql]
 -- study_embed._guard_shadow_insert()
---     -> trigger  [046_generations.sql]
--- study_embed._guard_shadow_pipeline()
 --     -> trigger  [046_generations.sql]
 -- study_embed._guard_update()
 --     -> trigger  [010_state_machine.sql]

@@ -1,9 +1,8 @@
 -- 010_state_machine.sql — re-runnable: applied by `make migrate` whenever it changed.
 --
 -- The embedding status of a question, written once.  Every status change of
--- public.study_questions passes through a guard: a client's through study_embed._guard_update(),
--- the pipeline's own through study_embed._guard_pipeline(); the allowed transitions are the one
--- CASE in study_embed.transition_allowed().
+-- public.study_questions, whoever makes it, passes through study_embed._guard_update(); the
+-- allowed transitions are the one CASE in study_embed.transition_allowed().
 --
 --   status    meaning                                              claimable when
 --   none      inserted, never embedded                             at once
@@ -42,9 +41,7 @@
 -- body (`RETURN ...`), whose names were bound when migrate created it (under that same path)
 -- and which a SET clause would only keep the planner from inlining: each call would then start
 -- an executor of its own, once per row of a claim or a complete (BENCHMARKS.md, "CPU per
--- embedded row").  The one exception is _guard_pipeline(), which fires only inside the
--- pipeline's own functions and so runs under the path they pinned.  pgvector's type and
--- operators are schema-qualified.
+-- embedded row").  pgvector's type and operators are schema-qualified.
 --
 -- psql variables: :"vector_schema" (the schema pgvector is installed in).
 
@@ -114,12 +111,21 @@ RETURN 'study_embed_pipeline'::name;
 COMMENT ON FUNCTION study_embed.pipeline_role() IS
     'The role that owns the queue functions; only its updates may make pipeline transitions.';
 
+-- Which operation the current update is: the pipeline's own (claim, complete, ...) only when
+-- it runs as the pipeline role; `client` for everybody else, whatever they set.
+CREATE OR REPLACE FUNCTION study_embed._actor()
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE WHEN current_user = study_embed.pipeline_role()
+            THEN coalesce(nullif(current_setting('study_embed.actor', true), ''), 'client')
+            ELSE 'client' END;
+
 -- Set by the queue functions around their UPDATE (transaction-local).  Only the pipeline role
 -- may call it, and only the pipeline role's updates read it.  plpgsql, as every helper the queue
 -- functions call once per batch: a SQL function that is not inlined is parsed and planned again
--- at every call (about 10 % of PostgreSQL's CPU per embedded row at batches of 100 for the
--- eleven such calls of a claim and a complete; BENCHMARKS.md), a plpgsql one plans once per
--- session.
+-- at every call, a plpgsql one plans once per session (the eleven such calls of a claim and a
+-- complete held 11 % of the backend's CPU at batches of 100, most of it parsing and planning;
+-- BENCHMARKS.md).
 CREATE OR REPLACE FUNCTION study_embed._set_actor(actor text)
 RETURNS void
 LANGUAGE plpgsql
@@ -151,9 +157,9 @@ RETURN EXISTS (SELECT 1 FROM study_embed.adopted_source a WHERE a.question_id = 
 -- status and bookkeeping, or NULL.  An assertion about the pipeline's own writes (a client
 -- cannot reach these states: the guards refuse first).  The guards pass the columns, not the
 -- row: a SQL-standard body is inlined into the guard's own expression.  As a plpgsql function
--- of the row it cost every claim and complete about 7 µs a row (a second function call with its
--- search_path, and the row built as a composite value: the new vector copied, an old one read
--- back from TOAST), 15 % of PostgreSQL's CPU per embedded row (BENCHMARKS.md).
+-- of the row (a second call with a search_path of its own, and the row built as a composite
+-- value: the new vector copied, an old one read back from TOAST) it was 9 % of the backend's CPU
+-- in claims and completes of 100 rows: the guard's share fell from 21 % to 12 % (BENCHMARKS.md).
 DROP FUNCTION IF EXISTS study_embed._check_consistent(public.study_questions, boolean);
 CREATE OR REPLACE FUNCTION study_embed._inconsistency(
     question_id bigint, status text, has_embedding boolean, model text, source_sha256 bytea,
@@ -248,17 +254,16 @@ BEGIN
 END;
 $$;
 
--- BEFORE UPDATE by a client (any role but study_embed_pipeline): the state machine.  The
--- trigger fires only for updates that name a text or pipeline column and really change one
--- (its WHEN clause), so an app's update of any other column never runs it.  A client may edit
--- the question (the row is queued again) or ask for a re-embed; the bookkeeping is the
--- pipeline's.
+-- BEFORE UPDATE: the state machine.  The trigger fires only for updates that name a text or
+-- pipeline column and really change one (its WHEN clause), so an app's update of any other
+-- column never runs it.
 CREATE OR REPLACE FUNCTION study_embed._guard_update()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    actor text := study_embed._actor();
     -- cheap column comparison first; render only when a column really changed
     text_changed boolean :=
         (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4)
@@ -268,30 +273,38 @@ DECLARE
             IS DISTINCT FROM
             study_embed.render_question(NEW.question_text, NEW.choice_1, NEW.choice_2,
                                         NEW.choice_3, NEW.choice_4);
-    touched text[] := array_remove(ARRAY[
-        CASE WHEN study_embed._vectors_differ(NEW.embedding, OLD.embedding) THEN 'embedding' END,
-        CASE WHEN NEW.embedding_model IS DISTINCT FROM OLD.embedding_model THEN 'embedding_model' END,
-        CASE WHEN NEW.embedding_updated_at IS DISTINCT FROM OLD.embedding_updated_at THEN 'embedding_updated_at' END,
-        CASE WHEN NEW.embedding_source_sha256 IS DISTINCT FROM OLD.embedding_source_sha256 THEN 'embedding_source_sha256' END,
-        CASE WHEN NEW.embedding_claim_token IS DISTINCT FROM OLD.embedding_claim_token THEN 'embedding_claim_token' END,
-        CASE WHEN NEW.embedding_due_at IS DISTINCT FROM OLD.embedding_due_at THEN 'embedding_due_at' END,
-        CASE WHEN NEW.embedding_queued_at IS DISTINCT FROM OLD.embedding_queued_at THEN 'embedding_queued_at' END,
-        CASE WHEN NEW.embedding_attempts IS DISTINCT FROM OLD.embedding_attempts THEN 'embedding_attempts' END,
-        CASE WHEN NEW.embedding_last_error IS DISTINCT FROM OLD.embedding_last_error THEN 'embedding_last_error' END
-    ], NULL);
+    touched text[];
     problem text;
 BEGIN
-    IF cardinality(touched) > 0 THEN
-        RAISE EXCEPTION 'study_questions %: % managed by the embedding pipeline', OLD.id,
-            array_to_string(touched, ', ') || CASE WHEN cardinality(touched) > 1 THEN ' are' ELSE ' is' END
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Edit the question; to ask for a new embedding set embedding_status = ''stale''.';
+    IF actor = 'client' THEN
+        touched := array_remove(ARRAY[
+            CASE WHEN study_embed._vectors_differ(NEW.embedding, OLD.embedding) THEN 'embedding' END,
+            CASE WHEN NEW.embedding_model IS DISTINCT FROM OLD.embedding_model THEN 'embedding_model' END,
+            CASE WHEN NEW.embedding_updated_at IS DISTINCT FROM OLD.embedding_updated_at THEN 'embedding_updated_at' END,
+            CASE WHEN NEW.embedding_source_sha256 IS DISTINCT FROM OLD.embedding_source_sha256 THEN 'embedding_source_sha256' END,
+            CASE WHEN NEW.embedding_claim_token IS DISTINCT FROM OLD.embedding_claim_token THEN 'embedding_claim_token' END,
+            CASE WHEN NEW.embedding_due_at IS DISTINCT FROM OLD.embedding_due_at THEN 'embedding_due_at' END,
+            CASE WHEN NEW.embedding_queued_at IS DISTINCT FROM OLD.embedding_queued_at THEN 'embedding_queued_at' END,
+            CASE WHEN NEW.embedding_attempts IS DISTINCT FROM OLD.embedding_attempts THEN 'embedding_attempts' END,
+            CASE WHEN NEW.embedding_last_error IS DISTINCT FROM OLD.embedding_last_error THEN 'embedding_last_error' END
+        ], NULL);
+        IF cardinality(touched) > 0 THEN
+            RAISE EXCEPTION 'study_questions %: % managed by the embedding pipeline', OLD.id,
+                array_to_string(touched, ', ') || CASE WHEN cardinality(touched) > 1 THEN ' are' ELSE ' is' END
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Edit the question; to ask for a new embedding set embedding_status = ''stale''.';
+        END IF;
+    ELSIF text_changed THEN
+        RAISE EXCEPTION 'study_embed.% must not change question text', actor;
     END IF;
-    IF NOT study_embed.transition_allowed('client', OLD.embedding_status, NEW.embedding_status) THEN
-        RAISE EXCEPTION 'study_questions %: embedding_status cannot go from % to % (a SQL client '
-                        'may only set ''stale'', to ask for a re-embed)', OLD.id,
-            OLD.embedding_status, quote_nullable(NEW.embedding_status)
-            USING ERRCODE = 'insufficient_privilege';
+
+    IF NOT study_embed.transition_allowed(actor, OLD.embedding_status, NEW.embedding_status) THEN
+        RAISE EXCEPTION 'study_questions %: embedding_status cannot go from % to % (%)', OLD.id,
+            OLD.embedding_status, quote_nullable(NEW.embedding_status),
+            CASE actor WHEN 'client' THEN 'a SQL client may only set ''stale'', to ask for a re-embed'
+                       ELSE 'by study_embed.' || actor END
+            USING ERRCODE = CASE actor WHEN 'client' THEN 'insufficient_privilege'
+                                       ELSE 'check_violation' END;
     END IF;
 
     -- New text, or an explicit request: queue the row again.  The previous embedding stays
@@ -299,7 +312,8 @@ BEGIN
     -- A row already waiting keeps its place in the queue (embedding_queued_at, the queue
     -- index's key, is left as it is, so the edit can be HOT); a ready or parked failed row
     -- joins it.
-    IF text_changed OR (NEW.embedding_status = 'stale' AND OLD.embedding_status <> 'stale') THEN
+    IF text_changed OR (actor = 'client' AND NEW.embedding_status = 'stale'
+                        AND OLD.embedding_status <> 'stale') THEN
         NEW.embedding_status := 'stale';
         NEW.embedding_claim_token := NULL;
         NEW.embedding_due_at := now();
@@ -324,55 +338,8 @@ BEGIN
     RETURN NEW;
 END;
 $$;
--- BEFORE UPDATE by the pipeline's own functions (claim, complete, fail, release, requeue,
--- adopt): the transition its operation may make, the text left alone, and the bookkeeping the
--- new status needs.  No SET clause: it fires only for updates made as study_embed_pipeline (the
--- trigger's WHEN), which only that role's SECURITY DEFINER functions make, and every one of them
--- pins search_path to pg_catalog, pg_temp (test_trust_boundary checks both), so the names below
--- resolve under that path.  A SET clause cost each row a save and restore of search_path and a
--- rebuild of the path, about 6 µs an update: 13 % of PostgreSQL's CPU per embedded row, where a
--- row is updated twice (claim, complete; BENCHMARKS.md).
-CREATE OR REPLACE FUNCTION study_embed._guard_pipeline()
-RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    actor text := current_setting('study_embed.actor', true);
-    problem text;
-BEGIN
-    IF coalesce(actor, '') = '' THEN
-        RAISE EXCEPTION 'study_questions %: an update as % must name its operation '
-                        '(study_embed._set_actor)', OLD.id, current_user
-            USING ERRCODE = 'check_violation';
-    END IF;
-    IF (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4)
-       IS DISTINCT FROM (OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4)
-    THEN
-        RAISE EXCEPTION 'study_embed.% must not change question text', actor
-            USING ERRCODE = 'check_violation';
-    END IF;
-    IF NOT study_embed.transition_allowed(actor, OLD.embedding_status, NEW.embedding_status) THEN
-        RAISE EXCEPTION 'study_questions %: embedding_status cannot go from % to % (by '
-                        'study_embed.%)', OLD.id, OLD.embedding_status,
-            quote_nullable(NEW.embedding_status), actor
-            USING ERRCODE = 'check_violation';
-    END IF;
-    problem := study_embed._inconsistency(
-        NEW.id, NEW.embedding_status, NEW.embedding IS NOT NULL, NEW.embedding_model,
-        NEW.embedding_source_sha256, NEW.embedding_claim_token, NEW.embedding_due_at,
-        NEW.embedding_queued_at, NEW.embedding_last_error);
-    IF problem IS NOT NULL THEN
-        RAISE EXCEPTION 'study_questions %: embedding_status % is inconsistent: %',
-            NEW.id, NEW.embedding_status, problem
-            USING ERRCODE = 'check_violation';
-    END IF;
-    RETURN NEW;
-END;
-$$;
--- (the form of the row, which the guards called before _inconsistency; and the one guard's
--- test of who is updating, which the two triggers' WHEN clauses now make)
+-- (the form of the row, which the guards called before _inconsistency)
 DROP FUNCTION IF EXISTS study_embed._check_consistent(public.study_questions);
-DROP FUNCTION IF EXISTS study_embed._actor();
 
 -- Fires only when an INSERT gives a pipeline column a value other than its default: a plain
 -- INSERT gets its queue bookkeeping from the column defaults (0005) and runs no function.
@@ -388,9 +355,8 @@ CREATE OR REPLACE TRIGGER study_embed_guard_insert
           OR NEW.embedding_attempts IS DISTINCT FROM 0 OR NEW.embedding_last_error IS NOT NULL)
     EXECUTE FUNCTION study_embed._guard_insert();
 
--- A client's update: names every column the state machine reads; fires only when one of them
--- really changes.  (The WHEN clause is bound when the trigger is created: pgvector's operator
--- is qualified.)
+-- Names every column the state machine reads; fires only when one of them really changes.
+-- (The WHEN clause is bound when the trigger is created: pgvector's operator is qualified.)
 CREATE OR REPLACE TRIGGER study_embed_guard_update
     BEFORE UPDATE OF question_text, choice_1, choice_2, choice_3, choice_4,
         embedding, embedding_status, embedding_model, embedding_updated_at,
@@ -398,32 +364,18 @@ CREATE OR REPLACE TRIGGER study_embed_guard_update
         embedding_attempts, embedding_last_error
     ON public.study_questions
     FOR EACH ROW
-    WHEN (current_user <> 'study_embed_pipeline'::name
-          AND ((OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4,
-             OLD.embedding_status, OLD.embedding_model, OLD.embedding_updated_at,
-             OLD.embedding_source_sha256, OLD.embedding_claim_token, OLD.embedding_due_at,
-             OLD.embedding_queued_at, OLD.embedding_attempts, OLD.embedding_last_error)
-            IS DISTINCT FROM
-            (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4,
-             NEW.embedding_status, NEW.embedding_model, NEW.embedding_updated_at,
-             NEW.embedding_source_sha256, NEW.embedding_claim_token, NEW.embedding_due_at,
-             NEW.embedding_queued_at, NEW.embedding_attempts, NEW.embedding_last_error)
-            OR (OLD.embedding IS NULL) <> (NEW.embedding IS NULL)
-            OR OLD.embedding OPERATOR(:"vector_schema".<>) NEW.embedding))
+    WHEN ((OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4,
+           OLD.embedding_status, OLD.embedding_model, OLD.embedding_updated_at,
+           OLD.embedding_source_sha256, OLD.embedding_claim_token, OLD.embedding_due_at,
+           OLD.embedding_queued_at, OLD.embedding_attempts, OLD.embedding_last_error)
+          IS DISTINCT FROM
+          (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4,
+           NEW.embedding_status, NEW.embedding_model, NEW.embedding_updated_at,
+           NEW.embedding_source_sha256, NEW.embedding_claim_token, NEW.embedding_due_at,
+           NEW.embedding_queued_at, NEW.embedding_attempts, NEW.embedding_last_error)
+          OR (OLD.embedding IS NULL) <> (NEW.embedding IS NULL)
+          OR OLD.embedding OPERATOR(:"vector_schema".<>) NEW.embedding)
     EXECUTE FUNCTION study_embed._guard_update();
-
--- The pipeline's update of this slot (a model change's shadow slot has guards of its own,
--- 046_generations.sql): every one is a transition to check.  (Named to fire before
--- study_embed_queue_unadopted, as study_embed_guard_update does.)
-CREATE OR REPLACE TRIGGER study_embed_guard_pipeline
-    BEFORE UPDATE OF question_text, choice_1, choice_2, choice_3, choice_4,
-        embedding, embedding_status, embedding_model, embedding_updated_at,
-        embedding_source_sha256, embedding_claim_token, embedding_due_at, embedding_queued_at,
-        embedding_attempts, embedding_last_error
-    ON public.study_questions
-    FOR EACH ROW
-    WHEN (current_user = 'study_embed_pipeline'::name)
-    EXECUTE FUNCTION study_embed._guard_pipeline();
 
 -- A row from before study-embed (an adopted bank: the columns were added under it, so it has
 -- no queue bookkeeping at all) is queued by its first write, whoever makes it: the app's,

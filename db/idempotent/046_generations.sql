@@ -150,39 +150,53 @@ BEGIN
 END;
 $$;
 
--- BEFORE UPDATE by a client, while the slot exists: a client may not write the shadow columns;
--- an edit of the text queues the row again in the shadow slot too, without its vector (a
--- shadow vector is never served, and a stale one would only count as coverage it is not).
+-- BEFORE UPDATE, while the slot exists: a client may not write the shadow columns; an edit of
+-- the text queues the row again in the shadow slot too, without its vector (a shadow vector
+-- is never served, and a stale one would only count as coverage it is not).  The pipeline's
+-- moves are checked against the same transitions as the served slot's.
 CREATE OR REPLACE FUNCTION study_embed._guard_shadow()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    actor text := study_embed._actor();
+    text_changed boolean :=
+        study_embed.render_question(OLD.question_text, OLD.choice_1, OLD.choice_2,
+                                    OLD.choice_3, OLD.choice_4)
+        IS DISTINCT FROM
+        study_embed.render_question(NEW.question_text, NEW.choice_1, NEW.choice_2,
+                                    NEW.choice_3, NEW.choice_4);
     problem text;
 BEGIN
-    IF (NEW.embedding_shadow_status, NEW.embedding_shadow_model,
-        NEW.embedding_shadow_updated_at, NEW.embedding_shadow_source_sha256,
-        NEW.embedding_shadow_claim_token, NEW.embedding_shadow_due_at,
-        NEW.embedding_shadow_queued_at, NEW.embedding_shadow_attempts,
-        NEW.embedding_shadow_last_error)
-       IS DISTINCT FROM
-       (OLD.embedding_shadow_status, OLD.embedding_shadow_model,
-        OLD.embedding_shadow_updated_at, OLD.embedding_shadow_source_sha256,
-        OLD.embedding_shadow_claim_token, OLD.embedding_shadow_due_at,
-        OLD.embedding_shadow_queued_at, OLD.embedding_shadow_attempts,
-        OLD.embedding_shadow_last_error)
-       OR study_embed._vectors_differ(NEW.embedding_shadow, OLD.embedding_shadow) THEN
-        RAISE EXCEPTION 'study_questions %: the embedding_shadow columns are managed by the '
-                        'embedding pipeline', OLD.id
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Edit the question: both generations are queued.';
+    IF actor = 'client' THEN
+        IF (NEW.embedding_shadow_status, NEW.embedding_shadow_model,
+            NEW.embedding_shadow_updated_at, NEW.embedding_shadow_source_sha256,
+            NEW.embedding_shadow_claim_token, NEW.embedding_shadow_due_at,
+            NEW.embedding_shadow_queued_at, NEW.embedding_shadow_attempts,
+            NEW.embedding_shadow_last_error)
+           IS DISTINCT FROM
+           (OLD.embedding_shadow_status, OLD.embedding_shadow_model,
+            OLD.embedding_shadow_updated_at, OLD.embedding_shadow_source_sha256,
+            OLD.embedding_shadow_claim_token, OLD.embedding_shadow_due_at,
+            OLD.embedding_shadow_queued_at, OLD.embedding_shadow_attempts,
+            OLD.embedding_shadow_last_error)
+           OR study_embed._vectors_differ(NEW.embedding_shadow, OLD.embedding_shadow) THEN
+            RAISE EXCEPTION 'study_questions %: the embedding_shadow columns are managed by the '
+                            'embedding pipeline', OLD.id
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Edit the question: both generations are queued.';
+        END IF;
+    ELSIF text_changed THEN
+        RAISE EXCEPTION 'study_embed.% must not change question text', actor;
+    ELSIF NOT study_embed.transition_allowed(actor, OLD.embedding_shadow_status,
+                                             NEW.embedding_shadow_status) THEN
+        RAISE EXCEPTION 'study_questions %: embedding_shadow_status cannot go from % to % (by '
+                        'study_embed.%)', OLD.id, OLD.embedding_shadow_status,
+                        quote_nullable(NEW.embedding_shadow_status), actor
+            USING ERRCODE = 'check_violation';
     END IF;
-    IF study_embed.render_question(OLD.question_text, OLD.choice_1, OLD.choice_2,
-                                   OLD.choice_3, OLD.choice_4)
-       IS DISTINCT FROM
-       study_embed.render_question(NEW.question_text, NEW.choice_1, NEW.choice_2,
-                                   NEW.choice_3, NEW.choice_4) THEN
+    IF text_changed THEN
         NEW.embedding_shadow := NULL;
         NEW.embedding_shadow_status := 'none';
         NEW.embedding_shadow_model := NULL;
@@ -193,48 +207,6 @@ BEGIN
         NEW.embedding_shadow_queued_at := coalesce(OLD.embedding_shadow_queued_at, now());
         NEW.embedding_shadow_attempts := 0;
         NEW.embedding_shadow_last_error := NULL;
-    END IF;
-    problem := study_embed._shadow_inconsistency(
-        NEW.embedding_shadow_status, NEW.embedding_shadow IS NOT NULL, NEW.embedding_shadow_model,
-        NEW.embedding_shadow_claim_token, NEW.embedding_shadow_due_at,
-        NEW.embedding_shadow_queued_at, NEW.embedding_shadow_last_error);
-    IF problem IS NOT NULL THEN
-        RAISE EXCEPTION 'study_questions %: embedding_shadow_status % is inconsistent: %',
-            NEW.id, NEW.embedding_shadow_status, problem
-            USING ERRCODE = 'check_violation';
-    END IF;
-    RETURN NEW;
-END;
-$$;
-
--- BEFORE UPDATE by the pipeline's own functions, while the slot exists: its moves are checked
--- against the same transitions as the served slot's.  No SET clause, as _guard_pipeline()
--- (010_state_machine.sql): it fires only for updates made as study_embed_pipeline.
-CREATE OR REPLACE FUNCTION study_embed._guard_shadow_pipeline()
-RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    actor text := current_setting('study_embed.actor', true);
-    problem text;
-BEGIN
-    IF coalesce(actor, '') = '' THEN
-        RAISE EXCEPTION 'study_questions %: an update as % must name its operation '
-                        '(study_embed._set_actor)', OLD.id, current_user
-            USING ERRCODE = 'check_violation';
-    END IF;
-    IF (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4)
-       IS DISTINCT FROM (OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4)
-    THEN
-        RAISE EXCEPTION 'study_embed.% must not change question text', actor
-            USING ERRCODE = 'check_violation';
-    END IF;
-    IF NOT study_embed.transition_allowed(actor, OLD.embedding_shadow_status,
-                                          NEW.embedding_shadow_status) THEN
-        RAISE EXCEPTION 'study_questions %: embedding_shadow_status cannot go from % to % (by '
-                        'study_embed.%)', OLD.id, OLD.embedding_shadow_status,
-                        quote_nullable(NEW.embedding_shadow_status), actor
-            USING ERRCODE = 'check_violation';
     END IF;
     problem := study_embed._shadow_inconsistency(
         NEW.embedding_shadow_status, NEW.embedding_shadow IS NOT NULL, NEW.embedding_shadow_model,
@@ -277,38 +249,25 @@ CREATE OR REPLACE TRIGGER study_embed_guard_shadow
         embedding_shadow_attempts, embedding_shadow_last_error
     ON public.study_questions
     FOR EACH ROW
-    WHEN (current_user <> 'study_embed_pipeline'::name
-          AND ((OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4,
-             OLD.embedding_shadow_status, OLD.embedding_shadow_model,
-             OLD.embedding_shadow_updated_at, OLD.embedding_shadow_source_sha256,
-             OLD.embedding_shadow_claim_token, OLD.embedding_shadow_due_at,
-             OLD.embedding_shadow_queued_at, OLD.embedding_shadow_attempts,
-             OLD.embedding_shadow_last_error)
-            IS DISTINCT FROM
-            (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4,
-             NEW.embedding_shadow_status, NEW.embedding_shadow_model,
-             NEW.embedding_shadow_updated_at, NEW.embedding_shadow_source_sha256,
-             NEW.embedding_shadow_claim_token, NEW.embedding_shadow_due_at,
-             NEW.embedding_shadow_queued_at, NEW.embedding_shadow_attempts,
-             NEW.embedding_shadow_last_error)
-            OR (OLD.embedding_shadow IS NULL) <> (NEW.embedding_shadow IS NULL)
-            OR OLD.embedding_shadow OPERATOR(:"vector_schema".<>) NEW.embedding_shadow))
+    WHEN ((OLD.question_text, OLD.choice_1, OLD.choice_2, OLD.choice_3, OLD.choice_4,
+           OLD.embedding_shadow_status, OLD.embedding_shadow_model,
+           OLD.embedding_shadow_updated_at, OLD.embedding_shadow_source_sha256,
+           OLD.embedding_shadow_claim_token, OLD.embedding_shadow_due_at,
+           OLD.embedding_shadow_queued_at, OLD.embedding_shadow_attempts,
+           OLD.embedding_shadow_last_error)
+          IS DISTINCT FROM
+          (NEW.question_text, NEW.choice_1, NEW.choice_2, NEW.choice_3, NEW.choice_4,
+           NEW.embedding_shadow_status, NEW.embedding_shadow_model,
+           NEW.embedding_shadow_updated_at, NEW.embedding_shadow_source_sha256,
+           NEW.embedding_shadow_claim_token, NEW.embedding_shadow_due_at,
+           NEW.embedding_shadow_queued_at, NEW.embedding_shadow_attempts,
+           NEW.embedding_shadow_last_error)
+          OR (OLD.embedding_shadow IS NULL) <> (NEW.embedding_shadow IS NULL)
+          OR OLD.embedding_shadow OPERATOR(:"vector_schema".<>) NEW.embedding_shadow)
     EXECUTE FUNCTION study_embed._guard_shadow();
-
-CREATE OR REPLACE TRIGGER study_embed_guard_shadow_pipeline
-    BEFORE UPDATE OF question_text, choice_1, choice_2, choice_3, choice_4,
-        embedding_shadow, embedding_shadow_status, embedding_shadow_model,
-        embedding_shadow_updated_at, embedding_shadow_source_sha256,
-        embedding_shadow_claim_token, embedding_shadow_due_at, embedding_shadow_queued_at,
-        embedding_shadow_attempts, embedding_shadow_last_error
-    ON public.study_questions
-    FOR EACH ROW
-    WHEN (current_user = 'study_embed_pipeline'::name)
-    EXECUTE FUNCTION study_embed._guard_shadow_pipeline();
 \else
 DROP TRIGGER IF EXISTS study_embed_guard_shadow_insert ON public.study_questions;
 DROP TRIGGER IF EXISTS study_embed_guard_shadow ON public.study_questions;
-DROP TRIGGER IF EXISTS study_embed_guard_shadow_pipeline ON public.study_questions;
 \endif
 
 -- ------------------------------------------------------------------------------------------
@@ -782,7 +741,6 @@ BEGIN
     PERFORM study_embed._refuse_dependents('drop');
     DROP TRIGGER IF EXISTS study_embed_guard_shadow_insert ON public.study_questions;
     DROP TRIGGER IF EXISTS study_embed_guard_shadow ON public.study_questions;
-    DROP TRIGGER IF EXISTS study_embed_guard_shadow_pipeline ON public.study_questions;
     FOREACH s IN ARRAY study_embed._slot_columns() LOOP
         EXECUTE format('ALTER TABLE public.study_questions DROP COLUMN %I', 'embedding_shadow' || s);
     END LOOP;

@@ -30,6 +30,7 @@ GRANT EXECUTE ON FUNCTION
     study_embed.text_sha256(text),
     study_embed.transition_allowed(text, text, text),
     study_embed.pipeline_role(),
+    study_embed._actor(),
     study_embed._vectors_differ(:"vector_schema".vector, :"vector_schema".vector),
     study_embed._cosine_distance(:"vector_schema".vector, :"vector_schema".vector),
     study_embed.answer_key(text, text, text, text, integer),

@@ -173,22 +173,25 @@ def test_client_cannot_write_embedding_bookkeeping(bank, column, value):
 
 
 # A mistake a pipeline function could make, each as the update it would run: the actor it set
-# (none at all first), the columns it writes, and what its guard says.
+# (none at all first: it is then a client), the columns it writes, and what its guard says.
 PIPELINE_MISTAKES = {
     "no operation named": (
         "",
         "SET embedding_attempts = 1",
-        "must name its operation",
+        psycopg.errors.InsufficientPrivilege,
+        "embedding_attempts is managed by the embedding pipeline",
     ),
     "a transition that is not its own": (
         "fail",
         "SET embedding_status = 'ready', embedding_claim_token = NULL",
+        psycopg.errors.CheckViolation,
         "cannot go from pending to 'ready' (by study_embed.fail)",
     ),
     "the bookkeeping of the new status missing": (
         "fail",
         "SET embedding_status = 'failed', embedding_claim_token = NULL,"
         " embedding_last_error = NULL",
+        psycopg.errors.CheckViolation,
         "inconsistent: it has no error recorded",
     ),
 }
@@ -196,10 +199,10 @@ PIPELINE_MISTAKES = {
 
 @pytest.mark.parametrize("mistake", PIPELINE_MISTAKES)
 def test_the_pipelines_own_updates_are_checked(bank, db, mistake):
-    """The pipeline's updates pass through a guard of their own (_guard_pipeline, no SET
-    clause: it runs under the path its caller pinned).  Checked as the pipeline role: a
-    SECURITY DEFINER function it owns makes the mistake, as one of its queue functions would."""
-    actor, assignments, message = PIPELINE_MISTAKES[mistake]
+    """The guard checks the pipeline's own updates too: its transitions and the bookkeeping of
+    the new status (_inconsistency).  Checked as the pipeline role: a SECURITY DEFINER function
+    it owns makes the mistake, as one of its queue functions would."""
+    actor, assignments, error, message = PIPELINE_MISTAKES[mistake]
     qid = bank.insert()
     [claimed] = bank.claim(1)
     db.execute(
@@ -212,7 +215,7 @@ def test_the_pipelines_own_updates_are_checked(bank, db, mistake):
     )
     db.execute("ALTER FUNCTION study_embed.test_mistake(bigint) OWNER TO study_embed_pipeline")
     try:
-        with pytest.raises(psycopg.errors.CheckViolation, match=re.escape(message)):
+        with pytest.raises(error, match=re.escape(message)):
             db.execute("SELECT study_embed.test_mistake(%s)", (qid,))
         assert bank.row(qid)["embedding_claim_token"] == claimed.token
     finally:
